@@ -1,0 +1,42 @@
+# The two commands a person needs: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: run test lint format check bench-telemetry clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: $(STAMP)
+	$(BIN)/python manage.py serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+check: $(STAMP)
+	$(BIN)/python manage.py check --fail-level WARNING
+	$(BIN)/python manage.py makemigrations --check --dry-run
+	HANGAR_SECRET_KEY=$$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=') HANGAR_HTTPS=true \
+	  HANGAR_ALLOWED_HOSTS=hangar.example.org \
+	  $(BIN)/python manage.py check --deploy --fail-level WARNING
+
+test: export HANGAR_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hangar
+test: export HANGAR_DATA_DIR ?= $(CURDIR)/.test-data
+test: lint check
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench-telemetry: $(STAMP)
+	$(BIN)/python -m tests.bench.telemetry
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,165 @@
+"""The one place that decides access: `can`, `require` and `restrict`.
+
+Views, viewsets, websocket consumers and services all ask here; nothing else
+compares roles. Deny by default: an unknown action, an anonymous user, or a
+target outside every bound scope is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
+
+from apps.accounts.roles import ALL_ACTIONS, GLOBAL_ONLY_ACTIONS, ROLE_ACTIONS
+
+# Markers for views that need no role: PUBLIC (anyone, e.g. /healthz, login) and
+# AUTHENTICATED (any logged-in user, e.g. their own API tokens).
+PUBLIC = "public"
+AUTHENTICATED = "authenticated"
+
+
+@dataclass(frozen=True)
+class Rights:
+    """A user's effective rights: roles everywhere and roles per cluster id."""
+
+    global_roles: frozenset[str] = frozenset()
+    cluster_roles: dict[int, frozenset[str]] = field(default_factory=dict)
+
+    def actions_in(self, cluster_id: int | None) -> frozenset[str]:
+        actions = set().union(*(ROLE_ACTIONS[r] for r in self.global_roles))
+        if cluster_id is not None:
+            scoped = set().union(*(ROLE_ACTIONS[r] for r in self.cluster_roles.get(cluster_id, ())))
+            actions |= scoped - GLOBAL_ONLY_ACTIONS
+        return frozenset(actions)
+
+    def clusters_with(self, action: str) -> set[int]:
+        return {
+            cid
+            for cid, roles in self.cluster_roles.items()
+            if any(action in ROLE_ACTIONS[r] for r in roles)
+        }
+
+    def has_anywhere(self, action: str) -> bool:
+        if action in self.actions_in(None):
+            return True
+        return action not in GLOBAL_ONLY_ACTIONS and bool(self.clusters_with(action))
+
+
+def rights_of(user) -> Rights:
+    """Compute (once per request: cached on the user object) the user's rights."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return Rights()
+    cached = getattr(user, "_hangar_rights", None)
+    if cached is not None:
+        return cached
+    from apps.accounts.models import RoleBinding
+
+    global_roles: set[str] = set()
+    cluster_roles: dict[int, set[str]] = {}
+    for role, cluster_id in RoleBinding.objects.for_user(user).values_list("role", "cluster_id"):
+        if cluster_id is None:
+            global_roles.add(role)
+        else:
+            cluster_roles.setdefault(cluster_id, set()).add(role)
+    rights = Rights(
+        frozenset(global_roles), {cid: frozenset(roles) for cid, roles in cluster_roles.items()}
+    )
+    user._hangar_rights = rights
+    return rights
+
+
+def forget_rights(user) -> None:
+    """Drop the cached rights, e.g. after the user's bindings changed."""
+    user.__dict__.pop("_hangar_rights", None)
+
+
+def cluster_id_of(target) -> int | None:
+    """The cluster a target belongs to; None for global objects."""
+    if target is None:
+        return None
+    if isinstance(target, int):
+        return target
+    resolver = getattr(target, "policy_cluster_id", None)
+    if resolver is not None:
+        return resolver
+    return None
+
+
+def can(user, action: str, target=None) -> bool:
+    """May `user` do `action` on `target` (a model instance, a cluster id, or None)?
+
+    With target None the question is "anywhere at all", used to decide whether a
+    list endpoint may be opened; its rows are then narrowed by `restrict`.
+    """
+    if action == PUBLIC:
+        return True
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    if action == AUTHENTICATED:
+        return True
+    if action not in ALL_ACTIONS:
+        return False
+    rights = rights_of(user)
+    if target is None:
+        return rights.has_anywhere(action)
+    if isinstance(target, Model) and not hasattr(target, "policy_cluster_id"):
+        return action in rights.actions_in(None)
+    return action in rights.actions_in(cluster_id_of(target))
+
+
+def can_globally(user, action: str) -> bool:
+    """May `user` do `action` everywhere (e.g. create a cluster)?"""
+    if not can(user, action):
+        return False
+    return action in rights_of(user).actions_in(None)
+
+
+def require(user, action: str, target=None) -> None:
+    if not can(user, action, target):
+        raise PermissionDenied(f"Your roles do not allow {action} here.")
+
+
+def restrict(queryset: QuerySet, user, action: str) -> QuerySet:
+    """Narrow a queryset to the rows `user` may `action`.
+
+    A model declares `policy_cluster_path` (e.g. "cluster" or "node__cluster")
+    when its rows belong to a cluster; rows of other models are global.
+    """
+    if not can(user, action):
+        return queryset.none()
+    rights = rights_of(user)
+    if action in rights.actions_in(None):
+        return queryset
+    path = getattr(queryset.model, "policy_cluster_path", None)
+    if path is None:
+        return queryset.none()
+    return queryset.filter(**{f"{path}__in": rights.clusters_with(action)})
+
+
+def visible_cluster_ids(user, action: str = "inventory.view") -> set[int] | None:
+    """Cluster ids the user may `action` in; None means every cluster."""
+    rights = rights_of(user)
+    if action in rights.actions_in(None):
+        return None
+    return rights.clusters_with(action)
+
+
+def effective_rights(user) -> dict:
+    """A description of the rights for /api/v1/me/ and the user menu."""
+    rights = rights_of(user)
+    return {
+        "global": sorted(rights.global_roles),
+        "clusters": {str(cid): sorted(roles) for cid, roles in rights.cluster_roles.items()},
+        "actions": sorted(rights.actions_in(None)),
+        "cluster_actions": {
+            str(cid): sorted(rights.actions_in(cid) - rights.actions_in(None))
+            for cid in rights.cluster_roles
+        },
+    }
+
+
+def declared(actions: Iterable[str]) -> bool:
+    return all(a in ALL_ACTIONS or a in (PUBLIC, AUTHENTICATED) for a in actions)

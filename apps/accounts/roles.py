@@ -1,0 +1,51 @@
+"""Roles and the actions each grants. This table is the whole RBAC policy.
+
+Rights are additive: a user's rights in a scope are the union of the actions of
+every role bound to them (or to one of their LDAP groups) globally or in that
+cluster. docs/identity.md renders this table for people.
+"""
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer", "Viewer"
+    OPERATOR = "operator", "Operator"
+    MODEL_MANAGER = "model-manager", "Model manager"
+    AUDITOR = "auditor", "Auditor"
+    ADMIN = "admin", "Administrator"
+
+
+# Reading the inventory and telemetry comes with every role: an operator who
+# cannot see the node they restart is no use. Secrets are never readable.
+_READ = {"inventory.view", "telemetry.view", "deployments.view", "models.view", "alerts.view"}
+
+ROLE_ACTIONS: dict[str, frozenset[str]] = {
+    Role.VIEWER: frozenset(_READ),
+    Role.OPERATOR: frozenset(_READ | {"deployments.operate", "alerts.acknowledge"}),
+    Role.MODEL_MANAGER: frozenset(_READ | {"models.manage"}),
+    Role.AUDITOR: frozenset(_READ | {"audit.view", "audit.export"}),
+    Role.ADMIN: frozenset(
+        _READ
+        | {
+            "deployments.operate",
+            "alerts.acknowledge",
+            "alerts.manage",
+            "models.manage",
+            "audit.view",
+            "audit.export",
+            "inventory.change",
+            "inventory.enroll",
+            "accounts.view",
+            "accounts.manage",
+            "settings.manage",
+        }
+    ),
+}
+
+ALL_ACTIONS = frozenset().union(*ROLE_ACTIONS.values())
+
+# Actions that only make sense everywhere: a cluster-scoped binding never grants them.
+GLOBAL_ONLY_ACTIONS = frozenset(
+    {"audit.view", "audit.export", "accounts.view", "accounts.manage", "settings.manage"}
+)

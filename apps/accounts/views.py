@@ -1,0 +1,71 @@
+"""Login and logout pages (the rest of the identity UI lives in the API for now)."""
+
+from __future__ import annotations
+
+from django.contrib import auth
+from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_http_methods
+
+from apps.accounts import lockout
+from apps.accounts.permissions import requires
+from apps.accounts.policy import AUTHENTICATED, PUBLIC
+from apps.audit import recorder
+from apps.audit.middleware import client_address
+
+
+def _safe_next(request) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or "/"
+    if url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        return target
+    return "/"
+
+
+@require_http_methods(["GET", "POST"])
+@requires(PUBLIC)
+def login_view(request):
+    if request.method == "GET":
+        return render(request, "accounts/login.html", {"next": _safe_next(request)})
+    username = request.POST.get("username", "").strip()
+    password = request.POST.get("password", "")
+    address = client_address(request)
+    recorder.describe(
+        action="auth.login", target=("auth.user", "", username[:150]), actor_name=username[:150]
+    )
+    context = {"next": _safe_next(request), "username": username}
+    if not username or not password:
+        recorder.describe(outcome=recorder.Outcome.FAILED)
+        context["error"] = _("Enter your username and password.")
+        return render(request, "accounts/login.html", context, status=400)
+    refusal = lockout.check_login_allowed(username, address)
+    if refusal is not None:
+        recorder.describe(outcome=recorder.Outcome.DENIED, changes={"reason": "locked"})
+        context["error"] = refusal.message
+        response = render(request, "accounts/login.html", context, status=429)
+        response["Retry-After"] = str(refusal.retry_after)
+        return response
+    user = auth.authenticate(request, username=username, password=password)
+    if user is None:
+        lockout.note_login_failure(username, address)
+        recorder.describe(outcome=recorder.Outcome.DENIED, changes={"reason": "bad-credentials"})
+        context["error"] = _("Wrong username or password.")
+        if getattr(request, "ldap_unreachable", False):
+            context["error"] = _(
+                "The directory server is unreachable, so directory accounts cannot log in "
+                "right now. Local accounts still work."
+            )
+            recorder.describe(changes={"directory": "unreachable"})
+        return render(request, "accounts/login.html", context, status=401)
+    lockout.note_login_success(username, address)
+    auth.login(request, user)
+    recorder.describe(target=user, changes={"backend": user.backend.rsplit(".", 1)[-1]})
+    return redirect(context["next"])
+
+
+@require_http_methods(["POST"])
+@requires(AUTHENTICATED)
+def logout_view(request):
+    recorder.describe(action="auth.logout", target=request.user)
+    auth.logout(request)
+    return redirect("login")

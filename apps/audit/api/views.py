@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+
+from apps.audit.api.serializers import AuditEventSerializer
+from apps.audit.export import csv_lines, jsonl_lines
+from apps.audit.filters import filter_events
+from apps.audit.models import AuditEvent
+from apps.core.viewsets import HangarViewSet
+
+EXPORTS = {"jsonl": (jsonl_lines, "application/x-ndjson"), "csv": (csv_lines, "text/csv")}
+
+
+class AuditEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, HangarViewSet):
+    """The audit log, newest first. Filters: actor, actor_type, action, action_prefix,
+    target_type, target_id, outcome, request_id, since, until, q."""
+
+    queryset = AuditEvent.objects.all()
+    serializer_class = AuditEventSerializer
+    lookup_field = "seq"
+    policy = {"list": "audit.view", "retrieve": "audit.view", "export": "audit.export"}
+
+    def get_queryset(self):
+        return filter_events(super().get_queryset(), self.request.query_params)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("as", enum=list(EXPORTS), default="jsonl")],
+        responses={200: None},
+    )
+    @action(detail=False, methods=["get"])
+    def export(self, request):
+        """Export the filtered events, oldest first, as JSON Lines or CSV."""
+        kind = request.query_params.get("as", "jsonl")
+        if kind not in EXPORTS:
+            raise ValidationError({"as": "Choose jsonl or csv."})
+        write, content_type = EXPORTS[kind]
+        events = self.get_queryset().order_by("seq").iterator(chunk_size=2000)
+        response = StreamingHttpResponse(write(events), content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="hangar-audit.{kind}"'
+        return response

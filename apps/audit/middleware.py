@@ -1,0 +1,67 @@
+"""Writes one audit event for every mutating HTTP request, whatever its outcome."""
+
+from __future__ import annotations
+
+from django.urls import Resolver404, resolve
+
+from apps.audit import recorder
+from apps.audit.models import AuditEvent
+
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+Outcome = AuditEvent.Outcome
+
+
+def client_address(request) -> str | None:
+    # X-Forwarded-For is trusted only behind a proxy we were told about
+    # (HANGAR_HTTPS implies one); otherwise a client could forge its address.
+    from django.conf import settings
+
+    if settings.HTTPS and request.headers.get("X-Forwarded-For"):
+        return request.headers["X-Forwarded-For"].split(",")[0].strip() or None
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def outcome_for(status: int) -> str:
+    if status < 400:
+        return Outcome.ALLOWED
+    if status in (401, 403, 429):
+        return Outcome.DENIED
+    return Outcome.FAILED
+
+
+def default_action(request) -> str:
+    try:
+        match = resolve(request.path_info)
+    except Resolver404:
+        return f"http.{request.method.lower()}.unknown-route"
+    return f"http.{request.method.lower()}.{match.url_name or match.route}"
+
+
+class AuditMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.method not in MUTATING:
+            return self.get_response(request)
+        pending, token = recorder.begin_request()
+        try:
+            response = self.get_response(request)
+        finally:
+            recorder.end_request(token)
+        user = getattr(request, "user", None)
+        authenticated = user is not None and user.is_authenticated
+        recorder.append_event(
+            action=pending.action or default_action(request),
+            outcome=pending.outcome or outcome_for(response.status_code),
+            actor_type=recorder.Actor.USER if authenticated else recorder.Actor.ANONYMOUS,
+            actor_id=str(user.pk) if authenticated else "",
+            actor_name=user.get_username() if authenticated else (pending.actor_name or ""),
+            source_address=client_address(request),
+            request_id=getattr(request, "request_id", ""),
+            target_type=pending.target_type,
+            target_id=pending.target_id,
+            target_repr=pending.target_repr,
+            changes={**pending.changes, "status": response.status_code, "path": request.path[:200]},
+        )
+        return response

@@ -1,0 +1,62 @@
+"""One error shape for the API: {"detail": ..., "code": ...}, JSON under /api/."""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+from django.shortcuts import render
+from rest_framework.views import exception_handler
+
+
+def api_exception_handler(exc, context):
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    data = response.data
+    if isinstance(data, dict) and "detail" in data:
+        code = getattr(data["detail"], "code", None) or getattr(exc, "default_code", "error")
+        response.data = {"detail": str(data["detail"]), "code": code}
+    else:
+        # Field errors: keep them, and add a sentence a person can read.
+        response.data = {
+            "detail": "The request has invalid fields.",
+            "code": "invalid",
+            "fields": data,
+        }
+    return response
+
+
+def _wants_json(request) -> bool:
+    return request.path.startswith("/api/") or request.path.startswith("/healthz")
+
+
+def not_found(request, exception=None):
+    if _wants_json(request):
+        return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+    return render(request, "errors/404.html", status=404)
+
+
+def server_error(request):
+    if _wants_json(request):
+        return JsonResponse(
+            {
+                "detail": "Internal server error; the event is in the server log.",
+                "code": "server_error",
+            },
+            status=500,
+        )
+    return render(request, "errors/500.html", status=500)
+
+
+def permission_denied(request, exception=None):
+    if _wants_json(request):
+        return JsonResponse(
+            {"detail": "You do not have permission to do this.", "code": "permission_denied"},
+            status=403,
+        )
+    return render(request, "errors/403.html", status=403)
+
+
+def bad_request(request, exception=None):
+    if _wants_json(request):
+        return JsonResponse({"detail": "Bad request.", "code": "bad_request"}, status=400)
+    return render(request, "errors/400.html", status=400)

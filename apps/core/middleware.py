@@ -1,0 +1,27 @@
+"""Request ids: one per request, echoed back and recorded in audit events."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from apps.core.context import request_id_var
+
+# Accept a caller's id (a reverse proxy's) only if it looks like one.
+_VALID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+class RequestIdMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.headers.get("X-Request-ID", "")
+        request.request_id = incoming if _VALID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request.request_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        response["X-Request-ID"] = request.request_id
+        return response

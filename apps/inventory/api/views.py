@@ -1,0 +1,265 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db.models import Prefetch
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents.protocol import ProtocolError, validate_facts
+from apps.accounts.policy import PUBLIC, can, can_globally
+from apps.audit import recorder
+from apps.audit.middleware import client_address
+from apps.core.viewsets import HangarViewSet, snapshot
+from apps.inventory import services
+from apps.inventory.api.serializers import (
+    ClusterSerializer,
+    EnrollmentTokenCreatedSerializer,
+    EnrollmentTokenSerializer,
+    EnrollRequestSerializer,
+    GPUSerializer,
+    NodeSerializer,
+)
+from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState
+from apps.telemetry.history import metric_history
+
+VIEW = {"list": "inventory.view", "retrieve": "inventory.view"}
+CRUD = (mixins.ListModelMixin, mixins.RetrieveModelMixin)
+
+
+class ClusterViewSet(
+    *CRUD, mixins.CreateModelMixin, mixins.UpdateModelMixin, mixins.DestroyModelMixin, HangarViewSet
+):
+    queryset = Cluster.objects.all()
+    serializer_class = ClusterSerializer
+    policy = {
+        **VIEW,
+        "create": "inventory.change",
+        "update": "inventory.change",
+        "partial_update": "inventory.change",
+        "destroy": "inventory.change",
+    }
+
+    def perform_create(self, serializer):
+        if not can_globally(self.request.user, "inventory.change"):
+            raise PermissionDenied("Only administrators of every cluster can create clusters.")
+        super().perform_create(serializer)
+
+    def perform_destroy(self, instance):
+        if instance.nodes.exists():
+            raise serializers.ValidationError(
+                {"detail": "The cluster still has nodes; move or retire them first."}
+            )
+        super().perform_destroy(instance)
+
+
+class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
+    """Nodes with their GPUs inline. Filters: cluster, state, label=key:value."""
+
+    queryset = Node.objects.select_related("cluster").prefetch_related(
+        Prefetch("gpus", queryset=GPU.objects.order_by("index"))
+    )
+    serializer_class = NodeSerializer
+    policy = {
+        **VIEW,
+        "update": "inventory.change",
+        "partial_update": "inventory.change",
+        "drain": "inventory.change",
+        "undrain": "inventory.change",
+        "retire": "inventory.enroll",
+        "revoke_credential": "inventory.enroll",
+        "metrics": "telemetry.view",
+    }
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        params = self.request.query_params
+        if params.get("cluster"):
+            queryset = queryset.filter(cluster_id=_int_param(params, "cluster"))
+        if params.get("state"):
+            if params["state"] not in NodeState.values:
+                raise serializers.ValidationError(
+                    {"state": f"Choose one of {', '.join(NodeState.values)}."}
+                )
+            queryset = queryset.filter(state=params["state"])
+        for label in params.getlist("label"):
+            key, sep, value = label.partition(":")
+            if not sep:
+                raise serializers.ValidationError({"label": "Filter labels as key:value."})
+            queryset = queryset.filter(**{f"labels__{key}": value})
+        return queryset
+
+    def perform_update(self, serializer):
+        target = serializer.validated_data.get("cluster")
+        if target is not None and not can(self.request.user, "inventory.change", target):
+            raise PermissionDenied("You cannot move nodes into that cluster.")
+        super().perform_update(serializer)
+
+    def _transition(self, state: str, reason: str):
+        node = self.get_object()
+        if node.state == NodeState.RETIRED:
+            raise serializers.ValidationError({"detail": "The node is retired."})
+        services.transition_node(node, state, reason, by_person=True)
+        return Response(NodeSerializer(node).data)
+
+    @extend_schema(request=None, responses=NodeSerializer)
+    @action(detail=True, methods=["post"])
+    def drain(self, request, pk=None):
+        """Stop placing new work on the node."""
+        return self._transition(NodeState.DRAINING, f"drained by {request.user}")
+
+    @extend_schema(request=None, responses=NodeSerializer)
+    @action(detail=True, methods=["post"])
+    def undrain(self, request, pk=None):
+        node = self.get_object()
+        if node.state != NodeState.DRAINING:
+            raise serializers.ValidationError({"detail": "The node is not draining."})
+        return self._transition(NodeState.OFFLINE, "undrained; waiting for the next heartbeat")
+
+    @extend_schema(request=None, responses=NodeSerializer)
+    @action(detail=True, methods=["post"])
+    def retire(self, request, pk=None):
+        """Retire the node for good: its credential stops working."""
+        node = self.get_object()
+        services.revoke_node_credential(node)
+        return self._transition(NodeState.RETIRED, f"retired by {request.user}")
+
+    @extend_schema(request=None, responses=NodeSerializer)
+    @action(detail=True, methods=["post"], url_path="revoke-credential")
+    def revoke_credential(self, request, pk=None):
+        """Refuse the node's agent from now on (re-enroll to get a new credential)."""
+        node = self.get_object()
+        services.revoke_node_credential(node)
+        return Response(NodeSerializer(node).data)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("metric", required=True),
+            OpenApiParameter("from"),
+            OpenApiParameter("to"),
+        ],
+        responses={200: None},
+    )
+    @action(detail=True, methods=["get"])
+    def metrics(self, request, pk=None):
+        """Per-minute min/mean/max of one series, e.g. metric=gpu.0.temperature."""
+        return Response(metric_history(self.get_object(), request.query_params))
+
+
+class GPUViewSet(*CRUD, HangarViewSet):
+    """GPUs. Filters: node, cluster."""
+
+    queryset = GPU.objects.select_related("node")
+    serializer_class = GPUSerializer
+    policy = dict(VIEW)
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.request.query_params.get("node"):
+            queryset = queryset.filter(node_id=_int_param(self.request.query_params, "node"))
+        if self.request.query_params.get("cluster"):
+            queryset = queryset.filter(
+                node__cluster_id=_int_param(self.request.query_params, "cluster")
+            )
+        return queryset
+
+
+class EnrollmentTokenViewSet(
+    *CRUD, mixins.CreateModelMixin, mixins.DestroyModelMixin, HangarViewSet
+):
+    """One-time tokens to enroll a host's agent into a cluster."""
+
+    queryset = EnrollmentToken.objects.select_related("cluster")
+    serializer_class = EnrollmentTokenSerializer
+    policy = {
+        "list": "inventory.enroll",
+        "retrieve": "inventory.enroll",
+        "create": "inventory.enroll",
+        "destroy": "inventory.enroll",
+    }
+
+    @extend_schema(responses={201: EnrollmentTokenCreatedSerializer})
+    def create(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        cluster = serializer.validated_data["cluster"]
+        if not can(request.user, "inventory.enroll", cluster):
+            raise PermissionDenied("You cannot enroll nodes into that cluster.")
+        token, secret = services.create_enrollment_token(
+            cluster,
+            request.user,
+            serializer.validated_data["hours"],
+            serializer.validated_data.get("description", ""),
+        )
+        recorder.describe(target=token, changes={"created": snapshot(token)})
+        console = request.build_absolute_uri("/").rstrip("/")
+        data = EnrollmentTokenCreatedSerializer(token).data | {
+            "secret": secret,
+            "command": f"hangar-agent enroll --console {console} --token {secret}",
+        }
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        """Deleting an unused token withdraws it; used ones stay as a record."""
+        if instance.used_at is not None:
+            raise serializers.ValidationError(
+                {"detail": "This token was used; it stays on record."}
+            )
+        super().perform_destroy(instance)
+
+
+class EnrollAgentView(APIView):
+    """An agent exchanges a one-time enrollment token for its node credential."""
+
+    policy = {"post": PUBLIC}
+    authentication_classes: list = []
+
+    @extend_schema(request=EnrollRequestSerializer, responses={201: None})
+    def post(self, request):
+        body = EnrollRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            facts = (
+                validate_facts(body.validated_data["facts"]) if body.validated_data["facts"] else {}
+            )
+        except ProtocolError as exc:
+            raise serializers.ValidationError({"facts": str(exc)}) from None
+        recorder.describe(action="inventory.enroll", actor_name=body.validated_data["hostname"])
+        try:
+            node, credential = services.enroll_node(
+                body.validated_data["token"],
+                body.validated_data["hostname"],
+                facts,
+                client_address(request),
+            )
+        except services.EnrollmentRefused as exc:
+            recorder.describe(changes={"reason": str(exc)})
+            return Response(
+                {
+                    "detail": f"The enrollment token is {exc}; ask an administrator for a new one.",
+                    "code": "enrollment_refused",
+                },
+                status=status.HTTP_403_FORBIDDEN,
+            )
+        return Response(
+            {
+                "node_id": node.pk,
+                "credential": credential,
+                "queue": f"node.{node.pk}",
+                "broker_url": settings.AGENT_BROKER_URL,
+                "protocol": 1,
+                "enrolled_at": timezone.now().isoformat(),
+            },
+            status=status.HTTP_201_CREATED,
+        )
+
+
+def _int_param(params, name: str) -> int:
+    try:
+        return int(params[name])
+    except ValueError:
+        raise serializers.ValidationError({name: "Give a numeric id."}) from None

@@ -1,0 +1,59 @@
+"""The agent `make run` starts for the console's own machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from apps.inventory.models import Cluster
+from apps.inventory.services import create_enrollment_token, enroll_node
+
+LOCAL_CLUSTER = "local"
+SIMULATED_GPUS = 2
+
+
+def enroll_local_agent(state_dir: Path, console_url: str) -> bool:
+    """Enroll this machine once (no HTTP round trip: the console is not up yet).
+
+    Returns False when a credential exists already.
+    """
+    from agents.enroll import save_credential
+    from agents.host import facts as host_facts
+
+    if (state_dir / "credential.json").exists():
+        return False
+    cluster, _ = Cluster.objects.get_or_create(
+        name=LOCAL_CLUSTER, defaults={"description": "The machine the console runs on."}
+    )
+    _token, secret = create_enrollment_token(cluster, None, hours=1, description="make run")
+    facts = host_facts()
+    node, credential = enroll_node(secret, facts.get("hostname") or "localhost", {}, None)
+    from django.conf import settings
+
+    save_credential(
+        state_dir,
+        {
+            "console": console_url,
+            "node_id": node.pk,
+            "credential": credential,
+            "queue": f"node.{node.pk}",
+            "broker_url": settings.AGENT_BROKER_URL,
+        },
+    )
+    return True
+
+
+def local_gpu_flags() -> tuple[list[str], str]:
+    """Real GPUs through NVML when this machine has them, else simulated ones."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        pynvml.nvmlShutdown()
+    except Exception:
+        count = 0
+    if count:
+        return [], f"Local agent: {count} NVIDIA GPU(s) found; sampling them through NVML."
+    return ["--simulate", str(SIMULATED_GPUS)], (
+        f"Local agent: no NVIDIA GPU here; simulating {SIMULATED_GPUS} GPUs (labelled simulated)."
+    )

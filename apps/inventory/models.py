@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class Cluster(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True, default="")
+    site = models.CharField(max_length=100, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    policy_cluster_path = "pk"
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def policy_cluster_id(self) -> int | None:
+        return self.pk
+
+
+class NodeState(models.TextChoices):
+    PENDING = "pending"
+    ONLINE = "online"
+    DEGRADED = "degraded"
+    OFFLINE = "offline"
+    DRAINING = "draining"
+    RETIRED = "retired"
+
+
+class Node(models.Model):
+    """A GPU host. The agent reports the facts; people edit name, labels, cluster."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="nodes")
+    name = models.CharField(
+        max_length=100, blank=True, default="", help_text="Display name; the hostname when empty."
+    )
+    hostname = models.CharField(max_length=255)
+    labels = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=16, choices=NodeState.choices, default=NodeState.PENDING)
+    state_reason = models.CharField(max_length=255, blank=True, default="")
+    addresses = models.JSONField(default=list, blank=True)
+    os = models.CharField(max_length=200, blank=True, default="")
+    kernel = models.CharField(max_length=200, blank=True, default="")
+    driver_version = models.CharField(max_length=64, blank=True, default="")
+    cuda_version = models.CharField(max_length=64, blank=True, default="")
+    cpu_count = models.PositiveIntegerField(null=True, blank=True)
+    memory_total = models.BigIntegerField(null=True, blank=True)
+    agent_version = models.CharField(max_length=64, blank=True, default="")
+    simulated = models.BooleanField(default=False)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    credential_hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    credential_revoked_at = models.DateTimeField(null=True, blank=True)
+    enrolled_at = models.DateTimeField(auto_now_add=True)
+
+    policy_cluster_path = "cluster"
+
+    class Meta:
+        ordering = ["cluster__name", "hostname"]
+
+    def __str__(self) -> str:
+        return self.name or self.hostname
+
+    @property
+    def policy_cluster_id(self) -> int | None:
+        return self.cluster_id
+
+
+class GPU(models.Model):
+    class State(models.TextChoices):
+        OK = "ok"
+        FAULTED = "faulted"
+        MISSING = "missing"
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gpus")
+    index = models.PositiveSmallIntegerField()
+    uuid = models.CharField(max_length=100, blank=True, default="")
+    name = models.CharField(max_length=200, blank=True, default="")
+    memory_total = models.BigIntegerField(null=True, blank=True)
+    pci_bus_id = models.CharField(max_length=64, blank=True, default="")
+    power_limit = models.FloatField(null=True, blank=True)
+    mig_mode = models.BooleanField(default=False)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OK)
+    fault = models.CharField(max_length=255, blank=True, default="")
+
+    policy_cluster_path = "node__cluster"
+
+    class Meta:
+        ordering = ["node_id", "index"]
+        constraints = [models.UniqueConstraint(fields=["node", "index"], name="gpu_node_index")]
+
+    def __str__(self) -> str:
+        return f"{self.node} GPU {self.index}"
+
+    @property
+    def policy_cluster_id(self) -> int | None:
+        return self.node.cluster_id
+
+
+class EnrollmentToken(models.Model):
+    """A one-time, expiring token an agent exchanges for its node credential."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="enrollment_tokens")
+    description = models.CharField(max_length=200, blank=True, default="")
+    token_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=16)
+    created_by = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    used_by_node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.SET_NULL)
+
+    policy_cluster_path = "cluster"
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"enrollment token {self.prefix} for {self.cluster}"
+
+    @property
+    def policy_cluster_id(self) -> int | None:
+        return self.cluster_id

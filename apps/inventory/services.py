@@ -1,0 +1,165 @@
+"""Inventory operations: enrollment, credentials, node states and reported facts."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.audit import recorder
+from apps.inventory.models import GPU, EnrollmentToken, Node, NodeState
+
+ENROLLMENT_PREFIX = "hge_"
+CREDENTIAL_PREFIX = "hnc_"
+# States the agent's reports may move a node between; the rest are set by people.
+AGENT_STATES = {NodeState.PENDING, NodeState.ONLINE, NodeState.DEGRADED, NodeState.OFFLINE}
+
+
+class EnrollmentRefused(Exception):
+    """The enrollment token is unknown, used or expired."""
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def create_enrollment_token(
+    cluster, user, hours: int = 24, description: str = ""
+) -> tuple[EnrollmentToken, str]:
+    secret = ENROLLMENT_PREFIX + secrets.token_urlsafe(24)
+    token = EnrollmentToken.objects.create(
+        cluster=cluster,
+        created_by=user,
+        description=description,
+        token_hash=sha256(secret),
+        prefix=secret[len(ENROLLMENT_PREFIX) :][:8],
+        expires_at=timezone.now() + timedelta(hours=hours),
+    )
+    return token, secret
+
+
+@transaction.atomic
+def enroll_node(
+    secret: str, hostname: str, facts: dict, source_address: str | None
+) -> tuple[Node, str]:
+    """Exchange a one-time token for a new node and its credential."""
+    token = EnrollmentToken.objects.select_for_update().filter(token_hash=sha256(secret)).first()
+    if token is None or token.used_at is not None or token.expires_at <= timezone.now():
+        reason = "unknown" if token is None else ("used" if token.used_at else "expired")
+        raise EnrollmentRefused(reason)
+    credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+    node = Node.objects.create(
+        cluster=token.cluster, hostname=hostname[:255], credential_hash=sha256(credential)
+    )
+    apply_facts(node, facts)
+    token.used_at = timezone.now()
+    token.used_by_node = node
+    token.save(update_fields=["used_at", "used_by_node"])
+    recorder.describe(
+        action="inventory.enroll",
+        target=node,
+        changes={"cluster": token.cluster.name, "token": token.prefix, "hostname": hostname},
+    )
+    return node, credential
+
+
+def node_for_credential(credential: str) -> Node | None:
+    if not credential.startswith(CREDENTIAL_PREFIX):
+        return None
+    node = Node.objects.filter(credential_hash=sha256(credential)).first()
+    if node is None or node.credential_revoked_at is not None or node.state == NodeState.RETIRED:
+        return None
+    return node
+
+
+def revoke_node_credential(node: Node) -> None:
+    node.credential_revoked_at = timezone.now()
+    node.save(update_fields=["credential_revoked_at"])
+    recorder.describe(target=node, changes={"credential": "revoked"})
+    from apps.telemetry.live import disconnect_agent
+
+    disconnect_agent(node.pk)
+
+
+FACT_FIELDS = (
+    "os",
+    "kernel",
+    "driver_version",
+    "cuda_version",
+    "cpu_count",
+    "memory_total",
+    "addresses",
+    "simulated",
+)
+
+
+def apply_facts(node: Node, facts: dict, agent_version: str = "") -> None:
+    """Store what the agent reports about its host and GPUs (validated upstream)."""
+    for name in FACT_FIELDS:
+        if name in facts:
+            setattr(node, name, facts[name] if facts[name] is not None else getattr(node, name))
+    if agent_version:
+        node.agent_version = agent_version[:64]
+    node.save()
+    seen = set()
+    for gpu in facts.get("gpus", []):
+        seen.add(gpu["index"])
+        GPU.objects.update_or_create(
+            node=node,
+            index=gpu["index"],
+            defaults={
+                "uuid": gpu.get("uuid") or "",
+                "name": gpu.get("name") or "",
+                "memory_total": gpu.get("memory_total"),
+                "pci_bus_id": gpu.get("pci_bus_id") or "",
+                "power_limit": gpu.get("power_limit"),
+                "mig_mode": bool(gpu.get("mig_mode")),
+                "state": GPU.State.OK,
+                "fault": "",
+            },
+        )
+    node.gpus.exclude(index__in=seen).update(state=GPU.State.MISSING, fault="not reported")
+
+
+def transition_node(node: Node, state: str, reason: str = "", by_person: bool = False) -> bool:
+    """Move a node to `state`, recording the transition. Returns False if unchanged.
+
+    A transition made by a person is described on their request's event; one made
+    by the system (heartbeats, the offline sweep) is its own event, actor system.
+    """
+    if node.state == state:
+        return False
+    old = node.state
+    updated = Node.objects.filter(pk=node.pk, state=old).update(
+        state=state, state_reason=reason[:255]
+    )
+    if not updated:  # someone else moved it first; theirs stands
+        node.refresh_from_db(fields=["state", "state_reason"])
+        return False
+    node.state, node.state_reason = state, reason[:255]
+    changes = {"state": [old, state], "reason": reason}
+    if by_person:
+        recorder.describe(target=node, changes=changes)
+    else:
+        recorder.record("inventory.node-state", target=node, changes=changes)
+    from apps.telemetry.live import publish_node_state
+
+    publish_node_state(node)
+    return True
+
+
+def mark_offline_nodes(last_seen: dict[int, float], now: float) -> list[int]:
+    """Nodes whose last heartbeat is older than the grace period go offline."""
+    grace = settings.NODE_GRACE_SECONDS
+    moved = []
+    for node in Node.objects.filter(state__in=[NodeState.ONLINE, NodeState.DEGRADED]):
+        seen = last_seen.get(node.pk)
+        if seen is None or now - seen > grace:
+            silent = "never" if seen is None else f"{now - seen:.0f} s"
+            if transition_node(node, NodeState.OFFLINE, f"no heartbeat for {silent}"):
+                moved.append(node.pk)
+    return moved

@@ -1,0 +1,259 @@
+"""The two websockets: agents stream in, browsers subscribe out."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis.asyncio as aioredis
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from django.conf import settings
+
+from agents.protocol import PROTOCOL_VERSION, ProtocolError
+from apps.accounts.policy import can, visible_cluster_ids
+from apps.audit import recorder
+from apps.inventory.models import Node
+from apps.inventory.services import node_for_credential
+from apps.telemetry import live
+from apps.telemetry.ingest import NodeIngest
+
+REFUSED = 4401
+PROTOCOL_ERROR = 4400
+_redis: dict[int, aioredis.Redis] = {}
+
+
+def async_redis() -> aioredis.Redis:
+    import asyncio
+
+    loop_id = id(asyncio.get_running_loop())
+    if loop_id not in _redis:
+        _redis[loop_id] = aioredis.Redis.from_url(settings.REDIS_URL)
+    return _redis[loop_id]
+
+
+def _bearer(scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+    return ""
+
+
+def _address(scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+class AgentConsumer(AsyncWebsocketConsumer):
+    """One per connected agent. The node comes from the credential, never a message."""
+
+    ingest: NodeIngest | None = None
+
+    async def connect(self):
+        credential = _bearer(self.scope)
+        node = await database_sync_to_async(node_for_credential)(credential)
+        await self.accept()
+        if node is None:
+            await database_sync_to_async(recorder.record)(
+                "agent.connect",
+                outcome=recorder.Outcome.DENIED,
+                actor_type=recorder.Actor.NODE,
+                actor_name="unknown agent",
+                source_address=_address(self.scope),
+                changes={
+                    "reason": "unknown or revoked credential",
+                    "credential_prefix": credential[:8],
+                },
+            )
+            await self.close(code=REFUSED)
+            return
+        self.ingest = NodeIngest(node)
+        self.cluster_group = live.cluster_group(node.cluster_id)
+        await self.channel_layer.group_add(live.agent_group(node.pk), self.channel_name)
+        await self.send(
+            json.dumps({"type": "welcome", "protocol": PROTOCOL_VERSION, "node_id": node.pk})
+        )
+
+    async def disconnect(self, code):
+        if self.ingest is None:
+            return
+        await self.channel_layer.group_discard(
+            live.agent_group(self.ingest.node.pk), self.channel_name
+        )
+        await database_sync_to_async(self.ingest.flush_rollups)(include_current=True)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.ingest is None:
+            return
+        try:
+            message = json.loads(text_data or "")
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind == "telemetry":
+                await self.take_samples([message.get("sample")])
+            elif kind == "batch":
+                samples = message.get("samples")
+                if not isinstance(samples, list) or len(samples) > 10_000:
+                    raise ProtocolError("batch.samples must be a list of at most 10000 samples")
+                await self.take_samples(samples)
+            elif kind == "hello":
+                await database_sync_to_async(self.ingest.hello)(
+                    message.get("facts"), str(message.get("agent_version", ""))
+                )
+                await self.touch()
+            else:
+                raise ProtocolError(f"unknown message type {kind!r}")
+        except (ProtocolError, ValueError, TypeError, KeyError) as exc:
+            await self.send(json.dumps({"type": "error", "detail": str(exc)[:300]}))
+
+    async def take_samples(self, raw_samples: list) -> None:
+        ingest = self.ingest
+        samples = [ingest.accept_sample(raw) for raw in raw_samples]
+        newest = max(samples, key=lambda s: s["seq"])
+        node_id = ingest.node.pk
+        pipe = async_redis().pipeline(transaction=False)
+        pipe.set(live.latest_key(node_id), json.dumps(newest), ex=3600)
+        pipe.hset(live.LAST_SEEN, node_id, time.time())
+        if ingest.lost:
+            pipe.hincrby(live.LOST, node_id, ingest.lost)
+            ingest.lost = 0
+        await pipe.execute()
+        await self.channel_layer.group_send(
+            self.cluster_group,
+            {
+                "type": "telemetry.sample",
+                "cluster": ingest.node.cluster_id,
+                "node": node_id,
+                "sample": newest,
+                "sent": time.time(),
+            },
+        )
+        state, reason = NodeIngest.wanted_state(newest)
+        now = time.time()
+        if state != ingest.node.state or ingest.finished or now - ingest.last_seen_written >= 15:
+            await database_sync_to_async(self._settle)(state, reason, now)
+
+    def _settle(self, state: str, reason: str, now: float) -> None:
+        self.ingest.settle_state(state, reason)
+        self.ingest.persist(now)
+
+    async def touch(self) -> None:
+        await async_redis().hset(live.LAST_SEEN, self.ingest.node.pk, time.time())
+
+    async def agent_revoked(self, event):
+        await self.close(code=REFUSED)
+
+
+class TelemetryConsumer(AsyncJsonWebsocketConsumer):
+    """Browsers: {"action": "subscribe", "cluster": id} or {"..., "node": id}.
+
+    Authorisation happens when joining a group (a cluster), as the policy says;
+    messages within a joined group are then forwarded without per-message checks.
+    """
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close()  # before accept: the handshake is refused (403)
+            return
+        self.user = user
+        self.filters: dict[int, set[int] | None] = {}
+        await self.accept()
+
+    async def disconnect(self, code):
+        for cluster_id in getattr(self, "filters", {}):
+            await self.channel_layer.group_discard(
+                live.cluster_group(cluster_id), self.channel_name
+            )
+
+    async def receive_json(self, content, **kwargs):
+        if not isinstance(content, dict) or content.get("action") != "subscribe":
+            await self.send_json({"type": "error", "detail": "send {action: subscribe, ...}"})
+            return
+        try:
+            clusters, nodes = await database_sync_to_async(self._resolve)(content)
+        except PermissionError as exc:
+            await self.send_json({"type": "error", "detail": str(exc)})
+            return
+        for cluster_id in clusters:
+            if cluster_id not in self.filters:
+                await self.channel_layer.group_add(
+                    live.cluster_group(cluster_id), self.channel_name
+                )
+            current = self.filters.get(cluster_id, set())
+            wanted = nodes.get(cluster_id)
+            self.filters[cluster_id] = (
+                None if (current is None or wanted is None) else current | wanted
+            )
+        snapshot = await database_sync_to_async(self._snapshot)(clusters, nodes)
+        await self.send_json({"type": "snapshot", "nodes": snapshot})
+
+    def _resolve(self, content) -> tuple[list[int], dict[int, set[int] | None]]:
+        if "node" in content:
+            node = Node.objects.filter(pk=_int(content["node"])).only("id", "cluster_id").first()
+            if node is None or not can(self.user, "telemetry.view", node):
+                raise PermissionError("no such node, or not yours to see")
+            return [node.cluster_id], {node.cluster_id: {node.pk}}
+        if "cluster" in content:
+            cluster_id = _int(content["cluster"])
+            if not can(self.user, "telemetry.view", cluster_id):
+                raise PermissionError("no such cluster, or not yours to see")
+            return [cluster_id], {cluster_id: None}
+        visible = visible_cluster_ids(self.user, "telemetry.view")
+        from apps.inventory.models import Cluster
+
+        ids = (
+            list(Cluster.objects.values_list("pk", flat=True))
+            if visible is None
+            else sorted(visible)
+        )
+        return ids, dict.fromkeys(ids)
+
+    def _snapshot(self, clusters, nodes) -> list[dict]:
+        rows = Node.objects.filter(cluster_id__in=clusters).values(
+            "id", "cluster_id", "state", "state_reason", "simulated"
+        )
+        rows = [
+            r
+            for r in rows
+            if nodes.get(r["cluster_id"]) is None or r["id"] in nodes[r["cluster_id"]]
+        ]
+        latest = live.latest_samples([r["id"] for r in rows])
+        return [{**r, "sample": latest.get(r["id"])} for r in rows]
+
+    async def telemetry_sample(self, event):
+        await self._forward(
+            event,
+            {
+                "type": "sample",
+                "node": event["node"],
+                "sample": event["sample"],
+                "sent": event["sent"],
+            },
+        )
+
+    async def node_state(self, event):
+        await self._forward(
+            event,
+            {
+                "type": "node_state",
+                "node": event["node"],
+                "state": event["state"],
+                "reason": event["reason"],
+            },
+        )
+
+    async def _forward(self, event, message):
+        if event["cluster"] not in self.filters:
+            return
+        allowed = self.filters[event["cluster"]]
+        if allowed is None or event["node"] in allowed:
+            await self.send_json(message)
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PermissionError("ids are whole numbers") from None

@@ -1,0 +1,61 @@
+"""Flatten samples into named series and roll them up per minute."""
+
+from __future__ import annotations
+
+GPU_METRICS = (
+    "temperature",
+    "utilization_gpu",
+    "utilization_memory",
+    "memory_used",
+    "power_draw",
+    "sm_clock",
+    "fan",
+)
+HOST_METRICS = ("cpu_percent", "memory_used", "disk_used")
+
+
+def flatten(sample: dict) -> dict[str, float]:
+    """{"gpu.0.temperature": 41.0, "host.cpu_percent": 12.5, ...} (None dropped)."""
+    values: dict[str, float] = {}
+    for gpu in sample.get("gpus", ()):
+        prefix = f"gpu.{gpu['index']}."
+        for metric in GPU_METRICS:
+            value = gpu.get(metric)
+            if value is not None:
+                values[prefix + metric] = float(value)
+    host = sample.get("host") or {}
+    for metric in HOST_METRICS:
+        value = host.get(metric)
+        if value is not None:
+            values["host." + metric] = float(value)
+    return values
+
+
+class MinuteRollup:
+    """Accumulates one node's samples for the current minute."""
+
+    __slots__ = ("count", "minute", "stats")
+
+    def __init__(self, minute: int):
+        self.minute = minute
+        self.count = 0
+        self.stats: dict[str, list[float]] = {}
+
+    def add(self, values: dict[str, float]) -> None:
+        self.count += 1
+        for key, value in values.items():
+            stat = self.stats.get(key)
+            if stat is None:
+                self.stats[key] = [value, value, value, 1]
+            else:
+                if value < stat[0]:
+                    stat[0] = value
+                if value > stat[1]:
+                    stat[1] = value
+                stat[2] += value
+                stat[3] += 1
+
+    def summary(self) -> dict[str, list[float]]:
+        return {
+            key: [lo, round(total / n, 3), hi] for key, (lo, hi, total, n) in self.stats.items()
+        }

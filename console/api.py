@@ -1,0 +1,20 @@
+"""The REST API: every app's viewsets on one router under /api/v1/."""
+
+from rest_framework.routers import SimpleRouter
+
+from apps.accounts.api import views as accounts
+from apps.audit.api import views as audit
+from apps.inventory.api import views as inventory
+
+router = SimpleRouter()
+router.register("users", accounts.UserViewSet, basename="user")
+router.register("role-bindings", accounts.RoleBindingViewSet, basename="rolebinding")
+router.register("tokens", accounts.ApiTokenViewSet, basename="apitoken")
+router.register("audit-events", audit.AuditEventViewSet, basename="auditevent")
+router.register("clusters", inventory.ClusterViewSet, basename="cluster")
+router.register("nodes", inventory.NodeViewSet, basename="node")
+router.register("gpus", inventory.GPUViewSet, basename="gpu")
+router.register("enrollment-tokens", inventory.EnrollmentTokenViewSet, basename="enrollmenttoken")
+
+API_ENDPOINTS = [(basename, prefix) for prefix, _viewset, basename in router.registry]
+API_ENDPOINTS.append(("me", "me"))

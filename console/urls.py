@@ -1,0 +1,36 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from apps.accounts.api.views import MeView
+from apps.accounts.permissions import public_view
+from apps.core import views as core
+from apps.inventory.api.views import EnrollAgentView
+from apps.telemetry.views import prometheus_metrics
+from console.api import router
+
+handler400 = "apps.core.errors.bad_request"
+handler403 = "apps.core.errors.permission_denied"
+handler404 = "apps.core.errors.not_found"
+handler500 = "apps.core.errors.server_error"
+
+api_v1 = [
+    path("", core.ApiRootView.as_view(), name="api-root"),
+    path("me/", MeView.as_view(), name="me"),
+    path("agent/enroll/", EnrollAgentView.as_view(), name="agent-enroll"),
+    *router.urls,
+]
+
+urlpatterns = [
+    path("healthz", core.healthz, name="healthz"),
+    path("metrics", prometheus_metrics, name="metrics"),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", public_view(SpectacularAPIView.as_view()), name="schema"),
+    path(
+        "api/docs/",
+        public_view(SpectacularSwaggerView.as_view(url_name="schema")),
+        name="swagger-ui",
+    ),
+    path("", include("apps.accounts.urls")),
+    path("", include("apps.inventory.urls")),
+    path("", include("apps.audit.urls")),
+]
