@@ -39,7 +39,7 @@ def check_celery(redis_up: bool) -> dict:
     except Exception as exc:
         return {"state": "unknown", "error": str(exc)[:200], "workers": []}
     workers = sorted(name for reply in replies for name in reply)
-    console_workers = [name for name in workers if not name.startswith("agent@")]
+    console_workers = [name for name in workers if not name.startswith("hangar-agent-")]
     return {"state": "up" if console_workers else "none", "workers": workers}
 
 

@@ -4,32 +4,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.conf import settings
+
+from apps.audit import recorder
 from apps.inventory.models import Cluster
-from apps.inventory.services import create_enrollment_token, enroll_node
+from apps.inventory.services import create_enrollment_token, enroll_node, node_for_credential
 
 LOCAL_CLUSTER = "local"
 SIMULATED_GPUS = 2
 
 
 def enroll_local_agent(state_dir: Path, console_url: str) -> bool:
-    """Enroll this machine once (no HTTP round trip: the console is not up yet).
+    """Enroll this machine unless its credential still works.
 
-    Returns False when a credential exists already.
+    Done in-process rather than over HTTP because the console is not up yet.
+    Returns True when a new credential was written.
     """
-    from agents.enroll import save_credential
+    from agents.enroll import EnrollError, read_credential, write_credential
     from agents.host import facts as host_facts
 
-    if (state_dir / "credential.json").exists():
+    try:
+        existing = read_credential(state_dir)
+    except EnrollError:
+        existing = None
+    if existing and node_for_credential(existing["credential"]) is not None:
         return False
     cluster, _ = Cluster.objects.get_or_create(
         name=LOCAL_CLUSTER, defaults={"description": "The machine the console runs on."}
     )
     _token, secret = create_enrollment_token(cluster, None, hours=1, description="make run")
-    facts = host_facts()
-    node, credential = enroll_node(secret, facts.get("hostname") or "localhost", {}, None)
-    from django.conf import settings
-
-    save_credential(
+    hostname = host_facts().get("hostname") or "localhost"
+    node, credential = enroll_node(secret, hostname, {}, None)
+    recorder.record(
+        "inventory.enroll", target=node, changes={"cluster": cluster.name, "via": "make run"}
+    )
+    write_credential(
         state_dir,
         {
             "console": console_url,

