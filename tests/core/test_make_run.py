@@ -1,0 +1,112 @@
+"""`make run`'s command end to end: SQLite, embedded Redis, a simulated local agent."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+from tests.support import processes
+from tests.support.browserless import Session, admin_password
+
+
+def supervisor_pids(env) -> dict[str, int]:
+    """{program: pid} from `supervisorctl status` ("web  RUNNING  pid 123, uptime ...")."""
+    out = subprocess.run(
+        [
+            str(processes.BIN / "supervisorctl"),
+            "-c",
+            str(processes.ROOT / "deploy/supervisord.conf"),
+            "status",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return {
+        m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+RUNNING\s+pid (\d+)", out, re.M)
+    }
+
+
+def test_make_run_serves_the_console_with_a_local_agent_that_goes_offline_and_back(tmp_path):
+    port, redis_port = processes.free_port(), processes.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
+    env.update(
+        {
+            "HANGAR_DATA_DIR": str(tmp_path / "data"),
+            "HANGAR_BIND": f"127.0.0.1:{port}",
+            "HANGAR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "HANGAR_NODE_GRACE_SECONDS": "3",
+            "PATH": f"{processes.BIN}{os.pathsep}{env['PATH']}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    log = tmp_path / "serve.log"
+    serve = processes.start([str(processes.BIN / "python"), "manage.py", "serve"], env, log)
+    session = Session(f"http://127.0.0.1:{port}")
+    try:
+        processes.wait_for(
+            lambda: session.request("GET", "/healthz")[0] == 200,
+            timeout=90,
+            what="the console to answer /healthz",
+            process=serve,
+        )
+        output = log.read_text()
+        assert f"open http://127.0.0.1:{port}/" in output
+        assert "starting the embedded Redis" in output
+        assert "simulating 2 GPUs" in output
+        health = session.json("/healthz")
+        assert health["checks"]["database"]["vendor"] == "sqlite"
+
+        assert session.login("admin", admin_password(output)) == 302
+
+        def local_node(state):
+            nodes = session.json("/api/v1/nodes/")["results"]
+            return len(nodes) == 1 and nodes[0]["state"] == state and nodes[0]
+
+        processes.wait_for(lambda: local_node("online"), timeout=60, what="the local node online")
+        node = local_node("online")
+        assert node["simulated"] is True
+        assert [gpu["index"] for gpu in node["gpus"]] == [0, 1]
+        status, page, _ = session.request("GET", "/nodes/")
+        assert status == 200 and node["hostname"].encode() in page and b"simulated" in page
+
+        pids = supervisor_pids(env)
+        assert set(pids) == {"redis", "web", "worker", "beat", "agent"}
+        os.kill(pids["agent"], signal.SIGKILL)
+        processes.wait_for(
+            lambda: local_node("offline"),
+            timeout=30,
+            what="the node offline after its agent was killed",
+        )
+        subprocess.run(
+            [
+                str(processes.BIN / "supervisorctl"),
+                "-c",
+                str(processes.ROOT / "deploy/supervisord.conf"),
+                "start",
+                "agent",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        processes.wait_for(
+            lambda: local_node("online"),
+            timeout=30,
+            what="the node online again after the agent restarted",
+        )
+        pids = supervisor_pids(env)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(40)
+        finally:
+            processes.stop(serve)
+    deadline = time.monotonic() + 10
+    alive = dict(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {name: pid for name, pid in alive.items() if processes.group_alive(pid)}
+        time.sleep(0.2)
+    assert alive == {}, f"processes left behind after Ctrl-C: {alive}"
