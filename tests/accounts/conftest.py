@@ -4,7 +4,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from apps.inventory.models import Node
-from tests.accounts.helpers import use_ldap
+from tests.accounts.helpers import fast_password_hashing, use_ldap
+
+__all__ = ["fast_password_hashing"]
 
 
 @pytest.fixture

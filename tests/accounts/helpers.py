@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from rest_framework.test import APIClient
 
 from apps.accounts.ldap import HangarLDAPBackend
@@ -33,3 +34,9 @@ def use_ldap(settings, monkeypatch, env: dict[str, str]) -> dict:
 def login(client: APIClient, username: str, password: str, address: str = "127.0.0.1"):
     """POST the login form; returns the response (302 on success)."""
     return client.post("/login/", {"username": username, "password": password}, REMOTE_ADDR=address)
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """PBKDF2 at production strength costs ~0.3 s per login; these tests log in a lot."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

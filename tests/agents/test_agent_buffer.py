@@ -26,7 +26,7 @@ def test_below_capacity_samples_come_back_unchanged_and_in_order(sweeps):
 
 def test_a_long_outage_stays_within_capacity_and_accounts_for_every_sweep(sweeps):
     buffer = SampleBuffer(capacity=100, keep_recent=40)
-    for pushed, sample in enumerate(sweeps, start=1):
+    for _pushed, sample in enumerate(sweeps, start=1):
         buffer.push(sample)
         assert len(buffer) <= 100
     kept = buffer.take(1000)

@@ -143,7 +143,7 @@ def test_the_enroll_command_sends_valid_facts_and_writes_the_file(console, tmp_p
             str(state),
             "--simulate",
             "2",
-        ),  # fmt: skip
+        ),
         env=agent_env(),
         cwd=REPO_ROOT,
         capture_output=True,
@@ -171,7 +171,7 @@ def test_the_enroll_command_prints_one_line_and_exits_1_when_refused(tmp_path):
                 str(tmp_path),
                 "--simulate",
                 "1",
-            ),  # fmt: skip
+            ),
             env=agent_env(),
             cwd=REPO_ROOT,
             capture_output=True,
@@ -190,7 +190,7 @@ def test_the_enroll_command_treats_a_bad_url_as_a_usage_error(tmp_path):
     result = subprocess.run(
         agent_command(
             "enroll", "--console", "gopher://x", "--token", "t", "--state-dir", str(tmp_path)
-        ),  # fmt: skip
+        ),
         env=agent_env(),
         cwd=REPO_ROOT,
         capture_output=True,

@@ -232,7 +232,7 @@ def test_messages_are_validated_by_type():
     assert len(batch["samples"]) == 2
     bad = protocol.batch([good_sample()])
     bad["samples"][0]["seq"] = "x"
-    with pytest.raises(ProtocolError, match="sample.seq"):
+    with pytest.raises(ProtocolError, match=r"sample\.seq"):
         validate_message(bad)
     with pytest.raises(ProtocolError, match="unknown message type 'shell'"):
         validate_message({"type": "shell", "command": "rm -rf /"})

@@ -27,16 +27,15 @@ def test_values_move_between_sweeps():
 def test_temperature_follows_utilization():
     source = SimulatedSource(1, seed=9)
     gpu = source._gpus[0]
-    idle = [
-        source.sample()[0][0]["temperature"]
-        for _ in range(30)
-        if not gpu.__setattr__("utilization", 0)
-    ]
-    busy = [
-        source.sample()[0][0]["temperature"]
-        for _ in range(30)
-        if not gpu.__setattr__("utilization", 100)
-    ]
+
+    def temperatures_at(utilization: float) -> list[int]:
+        readings = []
+        for _ in range(30):
+            gpu.utilization = utilization  # pin the load; the walk adds noise around it
+            readings.append(source.sample()[0][0]["temperature"])
+        return readings
+
+    idle, busy = temperatures_at(0), temperatures_at(100)
     assert max(idle[-5:]) < min(busy[-5:])
 
 

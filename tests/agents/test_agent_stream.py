@@ -119,7 +119,7 @@ def test_console_urls_map_to_the_agent_websocket():
 
 def test_the_agent_says_hello_first_then_streams_consecutive_samples(fake_console, start_agent):
     start_agent(fake_console.url)
-    number, hello = fake_console.next_message()
+    _number, hello = fake_console.next_message()
     assert hello["type"] == "hello" and hello["protocol"] == protocol.PROTOCOL_VERSION
     facts = protocol.validate_facts(hello["facts"])
     assert facts["simulated"] is True and len(facts["gpus"]) == 2
@@ -200,7 +200,7 @@ def test_hangar_agent_run_streams_to_the_console_and_stops_on_sigterm(fake_conso
             "0.2",
             "--state-dir",
             str(tmp_path),
-        ),  # fmt: skip
+        ),
         env=agent_env(),
         cwd=REPO_ROOT,
         stderr=subprocess.PIPE,

@@ -1,0 +1,209 @@
+"""Agents stream in over /ws/agent/, browsers receive over /ws/telemetry/ (real Daphne)."""
+
+import json
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from apps.audit.models import AuditEvent
+from apps.inventory.models import GPU, Node, NodeState
+from apps.inventory.services import mark_offline_nodes
+from apps.telemetry import live
+from tests.support.processes import wait_for
+from tests.telemetry.conftest import (
+    FACTS,
+    AgentSocket,
+    browser_socket,
+    gpu_sample,
+    receive_until,
+    sample,
+    session_for,
+)
+
+
+def node_state(node):
+    return Node.objects.get(pk=node.pk).state
+
+
+def test_hello_brings_a_node_online_and_records_its_gpus(daphne, enrolled):
+    node, credential = enrolled
+    agent = AgentSocket(daphne.url, credential)
+    assert agent.welcome == {"type": "welcome", "protocol": 1, "node_id": node.pk}
+    agent.send({"type": "hello", "protocol": 1, "agent_version": "9.9", "facts": FACTS})
+    wait_for(lambda: node_state(node) == NodeState.ONLINE, what="node online")
+    agent.close()
+    node.refresh_from_db()
+    assert node.agent_version == "9.9" and node.simulated and node.cpu_count == 4
+    assert list(GPU.objects.filter(node=node).values_list("index", "uuid")) == [
+        (0, "GPU-test-0"),
+        (1, "GPU-test-1"),
+    ]
+    transition = AuditEvent.objects.get(action="inventory.node-state", target_id=str(node.pk))
+    assert transition.actor_type == "system"
+    assert transition.changes["state"] == [NodeState.PENDING, NodeState.ONLINE]
+
+
+def test_a_subscribed_browser_receives_each_sample_labelled_simulated(
+    daphne, enrolled, make_user, cluster
+):
+    node, credential = enrolled
+    viewer = make_user("vera", ("viewer", cluster))
+    browser = browser_socket(daphne.url, session_for(viewer))
+    browser.send(json.dumps({"action": "subscribe", "cluster": cluster.pk}))
+    snapshot = receive_until(browser, lambda m: m["type"] == "snapshot")
+    assert [n["id"] for n in snapshot["nodes"]] == [node.pk]
+    agent = AgentSocket(daphne.url, credential)
+    agent.send({"type": "hello", "protocol": 1, "agent_version": "1", "facts": FACTS})
+    for seq in (1, 2, 3):
+        agent.send(
+            {"type": "telemetry", "sample": sample(seq, [gpu_sample(0, temperature=60 + seq)])}
+        )
+    seen = []
+    while len(seen) < 3:
+        message = receive_until(browser, lambda m: m["type"] == "sample")
+        seen.append(
+            (
+                message["node"],
+                message["sample"]["seq"],
+                message["sample"]["gpus"][0]["temperature"],
+                message["sample"]["simulated"],
+            )
+        )
+    assert seen == [(node.pk, 1, 61, True), (node.pk, 2, 62, True), (node.pk, 3, 63, True)]
+    assert live.latest_samples([node.pk])[node.pk]["seq"] == 3
+    agent.close()
+    browser.close()
+
+
+def test_a_gpu_fault_degrades_the_node_and_a_clean_sample_restores_it(daphne, enrolled):
+    node, credential = enrolled
+    agent = AgentSocket(daphne.url, credential)
+    agent.send({"type": "hello", "protocol": 1, "agent_version": "1", "facts": FACTS})
+    wait_for(lambda: node_state(node) == NodeState.ONLINE, what="online")
+    agent.send(
+        {
+            "type": "telemetry",
+            "sample": sample(
+                1, [gpu_sample(0), gpu_sample(1, fault="GPU is lost", temperature=None)]
+            ),
+        }
+    )
+    wait_for(lambda: node_state(node) == NodeState.DEGRADED, what="degraded")
+    assert "GPU 1: GPU is lost" in Node.objects.get(pk=node.pk).state_reason
+    agent.send({"type": "telemetry", "sample": sample(2)})
+    wait_for(lambda: node_state(node) == NodeState.ONLINE, what="online again")
+    agent.close()
+    states = [
+        e.changes["state"]
+        for e in AuditEvent.objects.filter(action="inventory.node-state").order_by("seq")
+    ]
+    assert states == [["pending", "online"], ["online", "degraded"], ["degraded", "online"]]
+
+
+def test_an_unknown_credential_is_refused_and_audited(daphne, enrolled):
+    agent = AgentSocket.__new__(AgentSocket)
+    from websockets.sync.client import connect
+
+    ws = connect(
+        daphne.url.replace("http", "ws") + "/ws/agent/",
+        additional_headers={"Authorization": "Bearer hnc_forged"},
+    )
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
+    assert closed.value.rcvd.code == 4401
+    event = AuditEvent.objects.get(action="agent.connect")
+    assert event.outcome == "denied" and event.actor_type == "node"
+    del agent
+
+
+def test_a_revoked_credential_is_disconnected_and_refused(daphne, enrolled, admin_api):
+    node, credential = enrolled
+    agent = AgentSocket(daphne.url, credential)
+    agent.send({"type": "hello", "protocol": 1, "agent_version": "1", "facts": FACTS})
+    wait_for(lambda: node_state(node) == NodeState.ONLINE, what="online")
+    response = admin_api.post(f"/api/v1/nodes/{node.pk}/revoke-credential/")
+    assert response.status_code == 200 and response.json()["credential_revoked"] is True
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            agent.ws.recv(timeout=10)
+    assert closed.value.rcvd.code == 4401
+    again = AgentSocket.__new__(AgentSocket)
+    from websockets.sync.client import connect
+
+    again = connect(
+        daphne.url.replace("http", "ws") + "/ws/agent/",
+        additional_headers={"Authorization": f"Bearer {credential}"},
+    )
+    with pytest.raises(ConnectionClosed):
+        again.recv(timeout=10)
+    assert AuditEvent.objects.filter(action="agent.connect", outcome="denied").count() == 1
+
+
+def test_an_agent_cannot_report_for_another_node(daphne, enrolled, cluster):
+    from apps.inventory.services import create_enrollment_token, enroll_node
+
+    node, credential = enrolled
+    _t, secret = create_enrollment_token(cluster, None)
+    other, _ = enroll_node(secret, "other", FACTS, None)
+    agent = AgentSocket(daphne.url, credential)
+    forged = sample(1)
+    forged["node_id"] = other.pk
+    agent.send({"type": "telemetry", "node_id": other.pk, "sample": forged})
+    agent.send({"type": "telemetry", "sample": sample(2)})
+    wait_for(
+        lambda: live.latest_samples([node.pk]).get(node.pk, {}).get("seq") == 2,
+        what="the agent's own sample stored",
+    )
+    agent.close()
+    assert live.latest_samples([other.pk]) == {}
+    assert node_state(other) == NodeState.PENDING
+
+
+def test_malformed_messages_get_an_error_and_do_not_close_the_stream(daphne, enrolled):
+    node, credential = enrolled
+    agent = AgentSocket(daphne.url, credential)
+    agent.ws.send("{not json")
+    assert json.loads(agent.ws.recv(timeout=10))["type"] == "error"
+    bad = sample(1)
+    bad["gpus"][0]["temperature"] = "hot"
+    agent.send({"type": "telemetry", "sample": bad})
+    error = json.loads(agent.ws.recv(timeout=10))
+    assert error["type"] == "error" and "temperature" in error["detail"]
+    agent.send({"type": "telemetry", "sample": sample(2)})
+    wait_for(
+        lambda: live.latest_samples([node.pk]).get(node.pk, {}).get("seq") == 2,
+        what="a good sample after bad ones",
+    )
+    agent.close()
+
+
+def test_browser_sockets_need_a_login_a_same_origin_and_a_cluster_in_scope(
+    daphne, enrolled, make_user, cluster, other_cluster
+):
+    with pytest.raises(InvalidStatus):
+        browser_socket(daphne.url, None)
+    viewer = make_user("olga", ("viewer", other_cluster))
+    with pytest.raises(InvalidStatus):
+        browser_socket(daphne.url, session_for(viewer), origin="http://evil.example")
+    browser = browser_socket(daphne.url, session_for(viewer))
+    browser.send(json.dumps({"action": "subscribe", "cluster": cluster.pk}))
+    assert receive_until(browser, lambda m: True)["type"] == "error"
+    node, _ = enrolled
+    browser.send(json.dumps({"action": "subscribe", "node": node.pk}))
+    assert receive_until(browser, lambda m: True)["type"] == "error"
+    browser.send(json.dumps({"action": "subscribe"}))
+    snapshot = receive_until(browser, lambda m: m["type"] == "snapshot")
+    assert snapshot["nodes"] == []  # the node is in a cluster the viewer may not see
+    browser.close()
+
+
+def test_a_silent_node_goes_offline_after_the_grace_period(enrolled, settings):
+    node, _ = enrolled
+    Node.objects.filter(pk=node.pk).update(state=NodeState.ONLINE)
+    settings.NODE_GRACE_SECONDS = 15
+    now = time.time()
+    assert mark_offline_nodes({node.pk: now - 5}, now) == []
+    assert mark_offline_nodes({node.pk: now - 16}, now) == [node.pk]
+    node.refresh_from_db()
+    assert node.state == NodeState.OFFLINE and "16 s" in node.state_reason
