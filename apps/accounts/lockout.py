@@ -10,6 +10,7 @@ lift them, and both the lock and the unlock are audit events.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -53,7 +54,7 @@ def lift_lock(lock: LoginLock, by=None) -> None:
     lock.unlocked_at = timezone.now()
     lock.save(update_fields=["unlocked_at"])
     cache.delete(_counter_key(lock.scope, lock.key))
-    changes = {"scope": lock.scope, "key": lock.key, "reason": "admin" if by else "expired"}
+    changes = {"scope": lock.scope, "subject": lock.key, "reason": "admin" if by else "expired"}
     if by is not None and recorder.in_request():
         recorder.describe(action="auth.unlock", target=lock, changes=changes)
     else:
@@ -61,7 +62,8 @@ def lift_lock(lock: LoginLock, by=None) -> None:
 
 
 def _counter_key(scope: str, key: str) -> str:
-    return f"login-failures:{scope}:{key}"
+    # Hashed: a typed username can be any length or character; cache keys cannot.
+    return f"login-failures:{scope}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def check_login_allowed(username: str, address: str | None) -> Refusal | None:
@@ -104,7 +106,7 @@ def note_login_failure(username: str, address: str | None) -> None:
                 source_address=address,
                 changes={
                     "scope": scope,
-                    "key": key,
+                    "subject": key,
                     "failures": failures["count"],
                     "minutes": settings.LOGIN_LOCK_MINUTES,
                 },

@@ -2,8 +2,8 @@
 
 DRF views declare `policy = {"list": "inventory.view", "create": ...}` keyed by
 viewset action (or lower-case HTTP method for plain APIViews). Django views
-use `@requires("action")` or `PolicyRequiredMixin`. An undeclared action is
-denied, and tests/test_policy_coverage.py fails for any route without one.
+use `@requires("action", methods=...)`. An undeclared action is denied, and
+tests/test_policy_coverage.py fails for any route without one.
 """
 
 from __future__ import annotations
@@ -12,10 +12,15 @@ from functools import wraps
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed
 from rest_framework.permissions import BasePermission
 
-from apps.accounts.policy import PUBLIC, can
+from apps.accounts.policy import AUTHENTICATED, PUBLIC, can
 from apps.audit import recorder
+
+# Markers that say who may call a view, not what is done: the audit event is
+# named by the view (recorder.describe) or after the route instead.
+_NOT_AN_ACTION = {PUBLIC, AUTHENTICATED}
 
 
 def declared_action(view, request) -> str | None:
@@ -31,7 +36,8 @@ class PolicyPermission(BasePermission):
         action = declared_action(view, request)
         if action is None:
             return False
-        recorder.describe(action=action)
+        if action not in _NOT_AN_ACTION:
+            recorder.describe(action=action)
         return can(request.user, action)
 
     def has_object_permission(self, request, view, obj) -> bool:
@@ -42,29 +48,37 @@ class PolicyPermission(BasePermission):
         return can(request.user, action, obj)
 
 
-def public_view(view):
-    """Mark a view as open to anyone (health, schema, login)."""
+def public_view(view, methods: tuple[str, ...] = ("GET", "HEAD")):
+    """Mark a view as open to anyone (health, schema, API docs) for `methods`."""
+    if not hasattr(view, "cls"):
+        return requires(PUBLIC, methods)(view)
     view.policy_action = PUBLIC
-    if hasattr(view, "cls"):
-        view.cls.policy = {m: PUBLIC for m in ("get", "head", "options", "post")}
-        view.cls.permission_classes = [PolicyPermission]
+    view.cls.policy = {m.lower(): PUBLIC for m in (*methods, "OPTIONS")}
+    view.cls.permission_classes = [PolicyPermission]
     return view
 
 
-def requires(action: str):
-    """Decorator for function views: log in first, then the policy decides."""
+def requires(action: str, methods: tuple[str, ...] = ("GET", "HEAD")):
+    """Decorator for function views: the HTTP methods they answer, then log in
+    first, then the policy decides. Pages are GET-only unless they say otherwise."""
+    methods = tuple(m.upper() for m in methods)
 
     def decorate(view):
         @wraps(view)
         def wrapper(request, *args, **kwargs):
+            if request.method not in methods:
+                return HttpResponseNotAllowed(methods)
+            if action not in _NOT_AN_ACTION:
+                recorder.describe(action=action)
             if action != PUBLIC and not request.user.is_authenticated:
+                recorder.describe(outcome=recorder.Outcome.DENIED)
                 return redirect_to_login(request.get_full_path())
-            recorder.describe(action=action)
             if not can(request.user, action):
                 raise PermissionDenied
             return view(request, *args, **kwargs)
 
         wrapper.policy_action = action
+        wrapper.policy_methods = methods
         return wrapper
 
     return decorate

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from django.contrib import auth
+from django.contrib.auth import get_user_model
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
-from django.views.decorators.http import require_http_methods
 
 from apps.accounts import lockout
 from apps.accounts.permissions import requires
 from apps.accounts.policy import AUTHENTICATED, PUBLIC
 from apps.audit import recorder
 from apps.audit.middleware import client_address
+
+
+def _valid_username(username: str) -> bool:
+    # Control characters (NUL above all) have no place in a username, and the
+    # database refuses to store NUL in the audit log; Django caps usernames at 150.
+    max_length = get_user_model()._meta.get_field(get_user_model().USERNAME_FIELD).max_length
+    return len(username) <= max_length and not any(ord(ch) < 32 for ch in username)
 
 
 def _safe_next(request) -> str:
@@ -22,21 +29,25 @@ def _safe_next(request) -> str:
     return "/"
 
 
-@require_http_methods(["GET", "POST"])
-@requires(PUBLIC)
+@requires(PUBLIC, methods=("GET", "HEAD", "POST"))
 def login_view(request):
     if request.method == "GET":
         return render(request, "accounts/login.html", {"next": _safe_next(request)})
     username = request.POST.get("username", "").strip()
     password = request.POST.get("password", "")
     address = client_address(request)
-    recorder.describe(
-        action="auth.login", target=("auth.user", "", username[:150]), actor_name=username[:150]
-    )
-    context = {"next": _safe_next(request), "username": username}
+    shown = username[:150] if _valid_username(username[:150]) else repr(username[:150])
+    recorder.describe(action="auth.login", target=("auth.user", "", shown), actor_name=shown)
+    context = {"next": _safe_next(request), "username": shown}
     if not username or not password:
         recorder.describe(outcome=recorder.Outcome.FAILED)
         context["error"] = _("Enter your username and password.")
+        return render(request, "accounts/login.html", context, status=400)
+    if not _valid_username(username):
+        recorder.describe(outcome=recorder.Outcome.DENIED, changes={"reason": "invalid-username"})
+        context["error"] = _(
+            "That is not a valid username: at most 150 characters, no control characters."
+        )
         return render(request, "accounts/login.html", context, status=400)
     refusal = lockout.check_login_allowed(username, address)
     if refusal is not None:
@@ -63,8 +74,7 @@ def login_view(request):
     return redirect(context["next"])
 
 
-@require_http_methods(["POST"])
-@requires(AUTHENTICATED)
+@requires(AUTHENTICATED, methods=("POST",))
 def logout_view(request):
     recorder.describe(action="auth.logout", target=request.user)
     auth.logout(request)

@@ -45,6 +45,17 @@ def redact(value):
     return value
 
 
+def _storable(value):
+    """PostgreSQL stores no NUL in text or jsonb: show it escaped instead of failing."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
+
 def event_hash(fields: dict) -> str:
     payload = {name: fields[name] for name in HASHED_FIELDS}
     if isinstance(payload["time"], datetime):
@@ -57,7 +68,7 @@ def append_event(**fields) -> AuditEvent:
     """Append one event to the chain, serialised on the chain head row."""
     fields["changes"] = redact(fields.get("changes") or {})
     # Round-trip through JSON so the hash covers exactly what the database stores.
-    fields["changes"] = json.loads(json.dumps(fields["changes"], default=str))
+    fields["changes"] = _storable(json.loads(json.dumps(fields["changes"], default=str)))
     fields.setdefault("time", timezone.now())
     with transaction.atomic():
         head, _ = ChainHead.objects.select_for_update().get_or_create(id=1)
@@ -71,8 +82,9 @@ def append_event(**fields) -> AuditEvent:
             "target_id",
             "target_repr",
         ):
-            fields[name] = str(fields.get(name) or "")[:255]
+            fields[name] = _storable(str(fields.get(name) or ""))[:255]
         fields.setdefault("source_address", None)
+        fields["action"] = _storable(fields["action"])[:100]
         fields["hash"] = event_hash(fields)
         event = AuditEvent.objects.create(**fields)
         head.last_seq = event.seq

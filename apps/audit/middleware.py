@@ -44,13 +44,19 @@ class AuditMiddleware:
     def __call__(self, request):
         if request.method not in MUTATING:
             return self.get_response(request)
+        # Who was logged in before the view ran: the actor of a logout.
+        before = getattr(request, "user", None)
+        was_authenticated = before is not None and before.is_authenticated
         pending, token = recorder.begin_request()
         try:
             response = self.get_response(request)
         finally:
             recorder.end_request(token)
+        # After the view: DRF's token authentication sets the user only inside it.
         user = getattr(request, "user", None)
         authenticated = user is not None and user.is_authenticated
+        if not authenticated and was_authenticated:
+            user, authenticated = before, True
         recorder.append_event(
             action=pending.action or default_action(request),
             outcome=pending.outcome or outcome_for(response.status_code),

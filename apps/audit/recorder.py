@@ -79,6 +79,17 @@ def describe(
         pending.actor_name = actor_name
 
 
+def describe_default(target=None, changes: dict | None = None) -> None:
+    """Describe the target and changes unless the request's code already did."""
+    pending = _pending.get()
+    if pending is None:
+        return
+    if target is not None and not pending.target_type:
+        describe(target=target)
+    if changes and not pending.changes:
+        describe(changes=changes)
+
+
 def in_request() -> bool:
     return _pending.get() is not None
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.forms.models import model_to_dict
+from django.http import Http404
 from rest_framework import viewsets
 
 from apps.accounts.policy import restrict
 from apps.audit import recorder
+
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def snapshot(instance) -> dict:
@@ -18,21 +22,62 @@ class HangarViewSet(viewsets.GenericViewSet):
 
     Rows are always narrowed to what the caller may *view* (policy["list"]);
     objects outside that set answer 404, inside it but without the right 403.
+
+    Writes are described on the request's audit event here, from the hooks DRF's
+    mixins call but never override (get_object, get_serializer, finalize_response):
+    subclasses list the mixins first, so mixin methods such as perform_create
+    would shadow anything defined on this class. A view that describes its own
+    changes (recorder.describe) keeps them; this only fills in what is missing.
     """
 
     def get_queryset(self):
         view_action = self.policy.get("list") or self.policy.get("retrieve")
         return restrict(super().get_queryset(), self.request.user, view_action)
 
-    def perform_create(self, serializer):
-        instance = serializer.save()
-        recorder.describe(target=instance, changes={"created": snapshot(instance)})
+    def get_object(self):
+        try:
+            instance = super().get_object()
+        except Http404:
+            self._note_hidden_object()
+            raise
+        if self.request.method in MUTATING:
+            self._audit_before = snapshot(instance)
+        return instance
 
-    def perform_update(self, serializer):
-        before = snapshot(serializer.instance)
-        instance = serializer.save()
-        recorder.describe(target=instance, changes=recorder.diff(before, snapshot(instance)))
+    def get_serializer(self, *args, **kwargs):
+        serializer = super().get_serializer(*args, **kwargs)
+        if self.request.method in MUTATING:
+            self._audit_serializer = serializer
+        return serializer
 
-    def perform_destroy(self, instance):
-        recorder.describe(target=instance, changes={"deleted": snapshot(instance)})
-        instance.delete()
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if request.method in MUTATING and 200 <= response.status_code < 300:
+            self._describe_write()
+        return response
+
+    def _describe_write(self) -> None:
+        before = getattr(self, "_audit_before", None)
+        serializer = getattr(self, "_audit_serializer", None)
+        instance = getattr(serializer, "instance", None)
+        if instance is not None and instance.pk is not None and serializer._errors == {}:
+            after = snapshot(instance)
+            changes = {"created": after} if before is None else recorder.diff(before, after)
+            recorder.describe_default(target=instance, changes=changes)
+        elif before is not None and self.request.method == "DELETE":
+            recorder.describe_default(changes={"deleted": before})
+
+    def _note_hidden_object(self) -> None:
+        """A 404 for an object that exists but is outside the caller's scope is a denial."""
+        lookup = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field)
+        model = self.get_queryset().model
+        try:
+            exists = model._base_manager.filter(**{self.lookup_field: lookup}).exists()
+        except (ValueError, TypeError, DjangoValidationError):
+            return
+        if exists:
+            recorder.describe(
+                target=(model._meta.label_lower, lookup, ""),
+                outcome=recorder.Outcome.DENIED,
+                changes={"reason": "outside the caller's scope"},
+            )

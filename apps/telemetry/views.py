@@ -17,6 +17,10 @@ class PlainTextRenderer(BaseRenderer):
     media_type = "text/plain"
     format = "txt"
 
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        # Only error details reach here; the exposition itself is an HttpResponse.
+        return str(data.get("detail", data) if isinstance(data, dict) else data).encode()
+
 
 def _label(value) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ async def command() -> dict:
 
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
-        return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+        return {"p50": math.nan, "p99": math.nan, "max": math.nan}
     ordered = sorted(values)
     last = len(ordered) - 1
     return {
@@ -81,6 +82,7 @@ class SimulatedAgent:
         self.send_failures = 0
 
     def facts(self) -> dict:
+        n = self.node_id
         return protocol.validate_facts(
             {
                 "hostname": f"bench-{self.node_id}",
@@ -88,9 +90,7 @@ class SimulatedAgent:
                 "kernel": "6.1.0",
                 "cpu_count": 64,
                 "memory_total": 512 * GIB,
-                "addresses": [
-                    f"10.{self.node_id // 65536 % 256}.{self.node_id // 256 % 256}.{self.node_id % 256}"
-                ],
+                "addresses": [f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"],
                 **self.source.facts(),
                 "simulated": True,
             }

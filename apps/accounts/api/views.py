@@ -110,12 +110,16 @@ class ApiTokenViewSet(
             )
         except ValueError as exc:
             raise serializers.ValidationError({"days": str(exc)}) from None
-        recorder.describe(target=token, changes={"created": snapshot(token)})
+        recorder.describe(
+            action="accounts.token.create", target=token, changes={"created": snapshot(token)}
+        )
         data = ApiTokenCreatedSerializer(token).data | {"secret": secret}
         return Response(data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance):
-        recorder.describe(target=instance, changes={"revoked": True})
+        recorder.describe(
+            action="accounts.token.revoke", target=instance, changes={"revoked": True}
+        )
         revoke_api_token(instance)
 
 

@@ -15,7 +15,7 @@ from apps.accounts.policy import PUBLIC, can, can_globally
 from apps.audit import recorder
 from apps.audit.middleware import client_address
 from apps.core.viewsets import HangarViewSet, snapshot
-from apps.inventory import services
+from apps.inventory import commands, services
 from apps.inventory.api.serializers import (
     ClusterSerializer,
     EnrollmentTokenCreatedSerializer,
@@ -73,6 +73,8 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
         "retire": "inventory.enroll",
         "revoke_credential": "inventory.enroll",
         "metrics": "telemetry.view",
+        "ping": "inventory.view",
+        "collect_facts": "inventory.change",
     }
 
     def get_queryset(self):
@@ -134,6 +136,42 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
         """Refuse the node's agent from now on (re-enroll to get a new credential)."""
         node = self.get_object()
         services.revoke_node_credential(node)
+        return Response(NodeSerializer(node).data)
+
+    @extend_schema(request=None, responses={200: None})
+    @action(detail=True, methods=["post"])
+    def ping(self, request, pk=None):
+        """Round trip through the node's command queue to its agent."""
+        node = self.get_object()
+        try:
+            answer = commands.ask_node(node, "ping")
+        except commands.NodeUnreachable as exc:
+            return Response(
+                {"detail": str(exc), "code": "node_unreachable"},
+                status=status.HTTP_504_GATEWAY_TIMEOUT,
+            )
+        return Response(answer)
+
+    @extend_schema(request=None, responses=NodeSerializer)
+    @action(detail=True, methods=["post"], url_path="collect-facts")
+    def collect_facts(self, request, pk=None):
+        """Ask the agent for fresh facts (driver, GPUs) and store them."""
+        node = self.get_object()
+        try:
+            facts = validate_facts(commands.ask_node(node, "collect_facts", timeout=30))
+        except commands.NodeUnreachable as exc:
+            return Response(
+                {"detail": str(exc), "code": "node_unreachable"},
+                status=status.HTTP_504_GATEWAY_TIMEOUT,
+            )
+        except ProtocolError as exc:
+            return Response(
+                {"detail": f"The agent sent invalid facts: {exc}", "code": "bad_agent_answer"},
+                status=status.HTTP_502_BAD_GATEWAY,
+            )
+        before = snapshot(node)
+        services.apply_facts(node, facts)
+        recorder.describe(target=node, changes=recorder.diff(before, snapshot(node)))
         return Response(NodeSerializer(node).data)
 
     @extend_schema(

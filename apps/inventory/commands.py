@@ -1,0 +1,26 @@
+"""Commands to a node's agent: Celery tasks on the node's own queue `node.<id>`."""
+
+from __future__ import annotations
+
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+from console.celery import app
+
+
+class NodeUnreachable(Exception):
+    """The node's agent did not answer in time."""
+
+
+def send_to_node(node, verb: str, kwargs: dict | None = None):
+    """Queue `hangar.agent.<verb>` for the node; returns the AsyncResult."""
+    return app.send_task(f"hangar.agent.{verb}", kwargs=kwargs or {}, queue=f"node.{node.pk}")
+
+
+def ask_node(node, verb: str, timeout: float = 10.0, kwargs: dict | None = None):
+    """Send a command and wait for its answer (for quick, read-only verbs)."""
+    result = send_to_node(node, verb, kwargs)
+    try:
+        return result.get(timeout=timeout)
+    except CeleryTimeout:
+        result.revoke()
+        raise NodeUnreachable(f"{node} did not answer {verb} within {timeout:.0f} s") from None

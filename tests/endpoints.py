@@ -1,0 +1,358 @@
+"""Every HTTP endpoint of the console, one row each: the table the role matrix
+(tests/test_role_matrix.py) and the audit coverage test
+(tests/audit/test_every_mutation_is_audited.py) run.
+
+Adding an endpoint? Add ONE row to ENDPOINTS. The coverage tests fail for any
+route and method without a row, so a new route cannot slip past the matrix.
+
+A row says which policy action the route needs and what a caller who may do it
+gets back. What each role may do is not written here: `expected_status` works it
+out from apps/accounts/roles.py (the RBAC table itself), so the matrix checks the
+enforcement in the views against the table, not against a second copy of it.
+
+Placeholders in paths and bodies are filled from a fresh `World` per test:
+  {cluster} {spare} {node} {gpu} {etoken}  objects in a cluster; for a row with
+      scoped=True they are taken from inside the cluster-scoped role's clusters
+      ("in") and from outside them ("out"), and the row runs for both;
+  {user} {binding} {event} {token}  global objects (a person, a role binding,
+      an audit event, an API token of the caller).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
+
+from apps.accounts.models import ApiToken, RoleBinding
+from apps.accounts.policy import AUTHENTICATED, PUBLIC
+from apps.accounts.roles import GLOBAL_ONLY_ACTIONS, ROLE_ACTIONS
+from apps.audit import recorder
+from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState
+
+STRONG_PASSWORD = "a long passphrase nobody guesses"
+LOGIN_REDIRECT = "login"  # expected_status for an anonymous visitor of a page
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    action: str  # the policy action the route declares (or PUBLIC / AUTHENTICATED)
+    ok: int  # the status of an allowed call
+    # "list": no object; "object": the URL names one; "create": the body names where.
+    kind: str = "list"
+    scoped: bool = False  # the object / body target lies in a cluster: run "in" and "out"
+    view: str | None = None  # action needed to see the object (else 404); default: `action`
+    body: dict | Callable | None = None  # dict with placeholders, or f(world) -> dict
+    page: bool = False  # an HTML page: anonymous visitors are sent to the login page
+    audit_action: str | None = None  # the audit event's action when allowed, if not `action`
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _enroll_body(world: World) -> dict:
+    from apps.inventory.services import create_enrollment_token
+
+    _token, secret = create_enrollment_token(world.clusters["in"], None, 1)
+    return {"token": secret, "hostname": "fresh-host"}
+
+
+INVENTORY_VIEW = "inventory.view"
+E = Endpoint
+ENDPOINTS: list[Endpoint] = [
+    # -- accounts --------------------------------------------------------------------
+    E("GET", "/api/v1/", PUBLIC, 200),
+    E("GET", "/api/v1/me/", AUTHENTICATED, 200),
+    E("GET", "/api/v1/users/", "accounts.view", 200),
+    E("POST", "/api/v1/users/", "accounts.manage", 201, kind="create",
+      body={"username": "newcomer", "password": STRONG_PASSWORD}),
+    E("GET", "/api/v1/users/{user}/", "accounts.view", 200, kind="object"),
+    E("PUT", "/api/v1/users/{user}/", "accounts.manage", 200, kind="object",
+      view="accounts.view", body={"username": "person", "email": "p@example.org"}),
+    E("PATCH", "/api/v1/users/{user}/", "accounts.manage", 200, kind="object",
+      view="accounts.view", body={"first_name": "Pat"}),
+    E("DELETE", "/api/v1/users/{user}/", "accounts.manage", 204, kind="object",
+      view="accounts.view"),
+    E("POST", "/api/v1/users/{user}/unlock/", "accounts.manage", 200, kind="object",
+      view="accounts.view", audit_action="auth.unlock"),
+    E("GET", "/api/v1/role-bindings/", "accounts.view", 200),
+    E("POST", "/api/v1/role-bindings/", "accounts.manage", 201, kind="create",
+      body={"role": "auditor", "user": "{user}"}),
+    E("GET", "/api/v1/role-bindings/{binding}/", "accounts.view", 200, kind="object"),
+    E("DELETE", "/api/v1/role-bindings/{binding}/", "accounts.manage", 204, kind="object",
+      view="accounts.view"),
+    E("GET", "/api/v1/tokens/", AUTHENTICATED, 200),
+    E("POST", "/api/v1/tokens/", AUTHENTICATED, 201, body={"name": "ci", "days": 1},
+      audit_action="accounts.token.create"),
+    E("GET", "/api/v1/tokens/{token}/", AUTHENTICATED, 200, kind="object"),
+    E("DELETE", "/api/v1/tokens/{token}/", AUTHENTICATED, 204, kind="object",
+      audit_action="accounts.token.revoke"),
+    # -- audit -----------------------------------------------------------------------
+    E("GET", "/api/v1/audit-events/", "audit.view", 200),
+    E("GET", "/api/v1/audit-events/export/", "audit.export", 200),
+    E("GET", "/api/v1/audit-events/{event}/", "audit.view", 200, kind="object"),
+    # -- inventory -------------------------------------------------------------------
+    E("GET", "/api/v1/clusters/", INVENTORY_VIEW, 200),
+    E("POST", "/api/v1/clusters/", "inventory.change", 201, kind="create",
+      body={"name": "brand-new"}),
+    E("GET", "/api/v1/clusters/{cluster}/", INVENTORY_VIEW, 200, kind="object", scoped=True),
+    E("PUT", "/api/v1/clusters/{cluster}/", "inventory.change", 200, kind="object",
+      scoped=True, view=INVENTORY_VIEW, body={"name": "renamed", "description": "x"}),
+    E("PATCH", "/api/v1/clusters/{cluster}/", "inventory.change", 200, kind="object",
+      scoped=True, view=INVENTORY_VIEW, body={"description": "x"}),
+    E("DELETE", "/api/v1/clusters/{spare}/", "inventory.change", 204, kind="object",
+      scoped=True, view=INVENTORY_VIEW),
+    E("GET", "/api/v1/nodes/", INVENTORY_VIEW, 200),
+    E("GET", "/api/v1/nodes/{node}/", INVENTORY_VIEW, 200, kind="object", scoped=True),
+    E("PUT", "/api/v1/nodes/{node}/", "inventory.change", 200, kind="object", scoped=True,
+      view=INVENTORY_VIEW, body={"name": "renamed", "labels": {}, "cluster": "{cluster}"}),
+    E("PATCH", "/api/v1/nodes/{node}/", "inventory.change", 200, kind="object", scoped=True,
+      view=INVENTORY_VIEW, body={"labels": {"rack": "r1"}}),
+    E("POST", "/api/v1/nodes/{node}/drain/", "inventory.change", 200, kind="object",
+      scoped=True, view=INVENTORY_VIEW),
+    E("POST", "/api/v1/nodes/{node}/undrain/", "inventory.change", 200, kind="object",
+      scoped=True, view=INVENTORY_VIEW),
+    E("POST", "/api/v1/nodes/{node}/retire/", "inventory.enroll", 200, kind="object",
+      scoped=True, view=INVENTORY_VIEW),
+    E("POST", "/api/v1/nodes/{node}/revoke-credential/", "inventory.enroll", 200,
+      kind="object", scoped=True, view=INVENTORY_VIEW),
+    E("GET", "/api/v1/nodes/{node}/metrics/?metric=gpu.0.temperature", "telemetry.view", 200,
+      kind="object", scoped=True, view=INVENTORY_VIEW),
+    E("GET", "/api/v1/gpus/", INVENTORY_VIEW, 200),
+    E("GET", "/api/v1/gpus/{gpu}/", INVENTORY_VIEW, 200, kind="object", scoped=True),
+    E("GET", "/api/v1/enrollment-tokens/", "inventory.enroll", 200),
+    E("POST", "/api/v1/enrollment-tokens/", "inventory.enroll", 201, kind="create",
+      scoped=True, body={"cluster": "{cluster}", "hours": 1}),
+    E("GET", "/api/v1/enrollment-tokens/{etoken}/", "inventory.enroll", 200, kind="object",
+      scoped=True),
+    E("DELETE", "/api/v1/enrollment-tokens/{etoken}/", "inventory.enroll", 204,
+      kind="object", scoped=True),
+    E("POST", "/api/v1/agent/enroll/", PUBLIC, 201, body=_enroll_body,
+      audit_action="inventory.enroll"),
+    E("GET", "/metrics", "telemetry.view", 200),
+    E("GET", "/", INVENTORY_VIEW, 200, page=True),
+    E("GET", "/nodes/", INVENTORY_VIEW, 200, page=True),
+    E("GET", "/nodes/{node}/", INVENTORY_VIEW, 200, kind="object", scoped=True, page=True),
+    # -- core and login --------------------------------------------------------------
+    E("GET", "/healthz", PUBLIC, 200),
+    E("GET", "/api/schema/", PUBLIC, 200),
+    E("GET", "/api/docs/", PUBLIC, 200),
+    E("GET", "/login/", PUBLIC, 200, page=True),
+    E("POST", "/login/", PUBLIC, 302, page=True, audit_action="auth.login",
+      body={"username": "person", "password": STRONG_PASSWORD}),
+    E("POST", "/logout/", AUTHENTICATED, 302, page=True, audit_action="auth.logout"),
+]  # fmt: skip
+
+
+# -- who: the subjects of the matrix --------------------------------------------------
+
+#: subject -> role bindings; a binding's scope is None (everywhere) or "in".
+SUBJECTS: dict[str, list[tuple[str, str | None]] | None] = {
+    "anonymous": None,
+    "viewer": [("viewer", None)],
+    "operator": [("operator", None)],
+    "model-manager": [("model-manager", None)],
+    "auditor": [("auditor", None)],
+    "admin": [("admin", None)],
+    "cluster-operator": [("operator", "in")],
+}
+
+
+def actions_at(subject: str, where: str | None) -> set[str]:
+    """What roles.py grants `subject` at `where` (None: everywhere, i.e. global objects)."""
+    actions: set[str] = set()
+    for role, scope in SUBJECTS[subject] or ():
+        if scope is None:
+            actions |= ROLE_ACTIONS[role]
+        elif scope == where:
+            actions |= ROLE_ACTIONS[role] - GLOBAL_ONLY_ACTIONS
+    return actions
+
+
+def actions_anywhere(subject: str) -> set[str]:
+    return actions_at(subject, None) | actions_at(subject, "in")
+
+
+def expected_status(row: Endpoint, subject: str, where: str | None) -> int | str:
+    """The status the policy promises: row.ok, 403, 404, 401 or LOGIN_REDIRECT.
+
+    The order follows what a caller may learn: without the right anywhere, 403;
+    an object they cannot even see, 404 (its existence stays hidden); an object
+    they see but may not act on, 403.
+    """
+    if row.action == PUBLIC:
+        return row.ok
+    if SUBJECTS[subject] is None:
+        return LOGIN_REDIRECT if row.page else 401
+    if row.action == AUTHENTICATED:
+        return row.ok
+    if row.action not in actions_anywhere(subject):
+        return 403
+    if row.kind == "object" and (row.view or row.action) not in actions_at(subject, where):
+        return 404
+    if row.kind in ("object", "create") and row.action not in actions_at(subject, where):
+        return 403
+    return row.ok
+
+
+def wheres(row: Endpoint) -> list[str | None]:
+    return ["in", "out"] if row.scoped else [None]
+
+
+# -- the world each matrix case runs in -------------------------------------------------
+
+OUTSIDE_NAMES = ("outside-cluster", "outside-node")
+
+
+@dataclass
+class World:
+    """Objects the rows point at, inside and outside the scoped role's clusters."""
+
+    clusters: dict[str, Cluster] = field(default_factory=dict)
+    spares: dict[str, Cluster] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    gpus: dict[str, GPU] = field(default_factory=dict)
+    etokens: dict[str, EnrollmentToken] = field(default_factory=dict)
+    person: object = None
+    binding: RoleBinding | None = None
+    event_seq: int = 0
+    token: ApiToken | None = None
+
+    def values(self, where: str | None) -> dict[str, object]:
+        place = where or "in"
+        return {
+            "cluster": self.clusters[place].pk,
+            "spare": self.spares[place].pk,
+            "node": self.nodes[place].pk,
+            "gpu": self.gpus[place].pk,
+            "etoken": self.etokens[place].pk,
+            "user": self.person.pk,
+            "binding": self.binding.pk,
+            "event": self.event_seq,
+            "token": self.token.pk,
+        }
+
+    def path(self, row: Endpoint, where: str | None) -> str:
+        return row.path.format(**self.values(where))
+
+    def body(self, row: Endpoint, where: str | None):
+        if row.body is None:
+            return None
+        if callable(row.body):
+            return row.body(self)
+        values = self.values(where)
+
+        def fill(value):
+            if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+                return values[value[1:-1]]
+            if isinstance(value, dict):
+                return {k: fill(v) for k, v in value.items()}
+            return value
+
+        return fill(row.body)
+
+
+def build_world(caller) -> World:
+    from apps.inventory.services import create_enrollment_token
+
+    world = World()
+    names = {"in": ("campus-a", "gpu-a1"), "out": OUTSIDE_NAMES}
+    for place, (cluster_name, hostname) in names.items():
+        cluster = Cluster.objects.create(name=cluster_name)
+        world.clusters[place] = cluster
+        world.spares[place] = Cluster.objects.create(name=f"{cluster_name}-spare")
+        # Draining, so that both drain and undrain are valid transitions.
+        node = Node.objects.create(cluster=cluster, hostname=hostname, state=NodeState.DRAINING)
+        world.nodes[place] = node
+        world.gpus[place] = GPU.objects.create(node=node, index=0, name="H100")
+        world.etokens[place], _secret = create_enrollment_token(cluster, None, 1)
+    world.person = get_user_model().objects.create_user("person", password=STRONG_PASSWORD)
+    world.binding = RoleBinding.objects.create(role="viewer", user=world.person)
+    world.event_seq = recorder.record("matrix.setup").seq
+    world.token = ApiToken.objects.create(
+        user=caller or world.person,
+        name="existing",
+        prefix=f"p{(caller or world.person).pk}",
+        secret_hash="0" * 64,
+        expires_at=timezone.now() + timedelta(days=1),
+    )
+    return world
+
+
+def make_subject(subject: str, world: World, make_user):
+    """The user for `subject` (None for anonymous), bound as SUBJECTS says."""
+    bindings = SUBJECTS[subject]
+    if bindings is None:
+        return None
+    roles = []
+    for role, scope in bindings:
+        if scope is None:
+            roles.append(role)
+        else:
+            roles += [(role, world.clusters[scope]), (role, world.spares[scope])]
+    return make_user(f"as-{subject}", *roles)
+
+
+# -- the routes the console serves --------------------------------------------------------
+
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+MUTATING = ("POST", "PUT", "PATCH", "DELETE")
+
+
+@dataclass(frozen=True)
+class Route:
+    route: str  # as ResolverMatch.route spells it
+    name: str | None
+    callback: Callable
+
+    @property
+    def drf_class(self):
+        return getattr(self.callback, "cls", None)
+
+    def methods(self) -> list[str]:
+        """The methods the route answers (HEAD and OPTIONS aside)."""
+        actions = getattr(self.callback, "actions", None)
+        if actions:
+            return [m.upper() for m in actions]
+        if self.drf_class is not None:
+            return [m for m in HTTP_METHODS if hasattr(self.drf_class, m.lower())]
+        declared = getattr(self.callback, "policy_methods", None)
+        if declared is not None:
+            return [m for m in declared if m in HTTP_METHODS]
+        return ["GET"]
+
+
+def all_routes() -> list[Route]:
+    found: list[Route] = []
+
+    join = URLResolver._join_route  # spelled as ResolverMatch.route spells it
+
+    def walk(patterns, prefix: str) -> None:
+        for pattern in patterns:
+            route = join(prefix, str(pattern.pattern))
+            if isinstance(pattern, URLResolver):
+                walk(pattern.url_patterns, route)
+            elif isinstance(pattern, URLPattern):
+                found.append(Route(route, pattern.name, pattern.callback))
+
+    walk(get_resolver().url_patterns, "")
+    # DRF's format-suffix twins (…\.(?P<format>[a-z0-9]+)/?$) behave like their originals.
+    return [r for r in found if "(?P<format>" not in r.route]
+
+
+PLACEHOLDERS = ("cluster", "spare", "node", "gpu", "etoken", "user", "binding", "event", "token")
+
+
+def route_of(path: str) -> str:
+    """The route a row's path (placeholders and all) resolves to."""
+    from django.urls import resolve
+
+    concrete = path.split("?")[0].format(**dict.fromkeys(PLACEHOLDERS, 1))
+    return resolve(concrete).route
