@@ -51,6 +51,7 @@ class Endpoint:
     body: dict | Callable | None = None  # dict with placeholders, or f(world) -> dict
     page: bool = False  # an HTML page: anonymous visitors are sent to the login page
     audit_action: str | None = None  # the audit event's action when allowed, if not `action`
+    setup: Callable | None = None  # f(monkeypatch) run before the request
 
     @property
     def id(self) -> str:
@@ -62,6 +63,18 @@ def _enroll_body(world: World) -> dict:
 
     _token, secret = create_enrollment_token(world.clusters["in"], None, 1)
     return {"token": secret, "hostname": "fresh-host"}
+
+
+def _agents_answer_fast(monkeypatch) -> None:
+    """No agent runs in these tests: let a command to one time out at once (504)."""
+    from apps.inventory import commands
+
+    ask = commands.ask_node
+    monkeypatch.setattr(
+        commands,
+        "ask_node",
+        lambda node, verb, timeout=0, kwargs=None: ask(node, verb, timeout=0.05, kwargs=kwargs),
+    )
 
 
 INVENTORY_VIEW = "inventory.view"
@@ -123,6 +136,10 @@ ENDPOINTS: list[Endpoint] = [
       scoped=True, view=INVENTORY_VIEW),
     E("POST", "/api/v1/nodes/{node}/revoke-credential/", "inventory.enroll", 200,
       kind="object", scoped=True, view=INVENTORY_VIEW),
+    E("POST", "/api/v1/nodes/{node}/ping/", INVENTORY_VIEW, 504, kind="object", scoped=True,
+      setup=_agents_answer_fast),
+    E("POST", "/api/v1/nodes/{node}/collect-facts/", "inventory.change", 504, kind="object",
+      scoped=True, view=INVENTORY_VIEW, setup=_agents_answer_fast),
     E("GET", "/api/v1/nodes/{node}/metrics/?metric=gpu.0.temperature", "telemetry.view", 200,
       kind="object", scoped=True, view=INVENTORY_VIEW),
     E("GET", "/api/v1/gpus/", INVENTORY_VIEW, 200),

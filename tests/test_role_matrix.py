@@ -33,8 +33,10 @@ CASES = [
 ]
 
 
-def call(row, subject, where, make_user):
+def call(row, subject, where, make_user, monkeypatch):
     """Build the world, log `subject` in, and make the row's request."""
+    if row.setup is not None:
+        row.setup(monkeypatch)
     world = build_world(None)
     user = make_subject(subject, world, make_user)
     if user is not None:
@@ -45,9 +47,7 @@ def call(row, subject, where, make_user):
         client.force_login(user)
     body = world.body(row, where)
     kwargs = {"format": "json"} if body is not None and not row.page else {}
-    response = client.generic(
-        row.method, world.path(row, where), **_encode(body, row.page, kwargs)
-    )
+    response = client.generic(row.method, world.path(row, where), **_encode(body, row.page, kwargs))
     return world, response
 
 
@@ -70,8 +70,8 @@ def _encode(body, page: bool, kwargs: dict) -> dict:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("row", "subject", "where"), CASES)
-def test_role_matrix(row, subject, where, make_user):
-    _world, response = call(row, subject, where, make_user)
+def test_role_matrix(row, subject, where, make_user, monkeypatch):
+    _world, response = call(row, subject, where, make_user, monkeypatch)
     expected = expected_status(row, subject, where)
 
     if expected == LOGIN_REDIRECT:

@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.conf import settings
 
-from agents.protocol import PROTOCOL_VERSION, ProtocolError
+from agents.protocol import MAX_BATCH_SAMPLES, PROTOCOL_VERSION, ProtocolError
 from apps.accounts.policy import can, visible_cluster_ids
 from apps.audit import recorder
 from apps.inventory.models import Node
@@ -94,8 +94,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self.take_samples([message.get("sample")])
             elif kind == "batch":
                 samples = message.get("samples")
-                if not isinstance(samples, list) or len(samples) > 10_000:
-                    raise ProtocolError("batch.samples must be a list of at most 10000 samples")
+                if not isinstance(samples, list) or len(samples) > MAX_BATCH_SAMPLES:
+                    raise ProtocolError(
+                        f"batch.samples must be a list of at most {MAX_BATCH_SAMPLES} samples"
+                    )
                 await self.take_samples(samples)
             elif kind == "hello":
                 await database_sync_to_async(self.ingest.hello)(

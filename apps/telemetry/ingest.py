@@ -33,8 +33,9 @@ class NodeIngest:
     def accept_sample(self, raw: dict) -> dict:
         sample = validate_sample(raw)
         seq = sample["seq"]
+        # Sweeps the agent merged while offline are not lost: `coalesced` counts them.
         if self.last_seq is not None and seq > self.last_seq + 1:
-            self.lost += seq - self.last_seq - 1
+            self.lost += max(0, seq - self.last_seq - 1 - sample.get("coalesced", 0))
         if self.last_seq is None or seq > self.last_seq:
             self.last_seq = seq
         minute = int(sample["ts"] // 60)
@@ -47,8 +48,8 @@ class NodeIngest:
 
     @staticmethod
     def wanted_state(sample: dict) -> tuple[str, str]:
-        faults = list(sample.get("faults") or ())
-        faults += [f"GPU {g['index']}: {g['fault']}" for g in sample["gpus"] if g.get("fault")]
+        # The agent repeats every GPU fault in the node-level list ("gpu N: ...").
+        faults = sample.get("faults") or ()
         if faults:
             return NodeState.DEGRADED, "; ".join(faults)[:255]
         return NodeState.ONLINE, ""

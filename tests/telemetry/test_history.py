@@ -54,3 +54,15 @@ def test_prometheus_exports_latest_gauges_to_a_token_holder_only(client, make_us
     text = response.content.decode()
     assert 'hangar_gpu_temperature{node="prom-1",gpu="0",uuid="GPU-test-0"} 77' in text
     assert 'hangar_node_up{node="prom-1",cluster="campus-a",state="online"} 1' in text
+
+
+def test_merged_sweeps_are_not_counted_as_lost(cluster):
+    node = Node.objects.create(cluster=cluster, hostname="r3")
+    ingest = NodeIngest(node)
+    ingest.accept_sample(sample(1))
+    merged = sample(10)
+    merged["coalesced"] = 8  # sweeps 2..9 were merged into this one while offline
+    ingest.accept_sample(merged)
+    assert ingest.lost == 0
+    ingest.accept_sample(sample(13))
+    assert ingest.lost == 2

@@ -85,12 +85,14 @@ def test_a_gpu_fault_degrades_the_node_and_a_clean_sample_restores_it(daphne, en
         {
             "type": "telemetry",
             "sample": sample(
-                1, [gpu_sample(0), gpu_sample(1, fault="GPU is lost", temperature=None)]
+                1,
+                [gpu_sample(0), gpu_sample(1, fault="GPU is lost", temperature=None)],
+                faults=["gpu 1: GPU is lost"],
             ),
         }
     )
     wait_for(lambda: node_state(node) == NodeState.DEGRADED, what="degraded")
-    assert "GPU 1: GPU is lost" in Node.objects.get(pk=node.pk).state_reason
+    assert Node.objects.get(pk=node.pk).state_reason == "gpu 1: GPU is lost"
     agent.send({"type": "telemetry", "sample": sample(2)})
     wait_for(lambda: node_state(node) == NodeState.ONLINE, what="online again")
     agent.close()

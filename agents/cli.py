@@ -1,0 +1,207 @@
+"""`hangar-agent` command line: enroll once, then run.
+
+Exit codes: 0 stopped on request, 1 runtime error (console unreachable at
+enrollment, no credential...), 2 bad arguments, 3 the console refused this
+node's credential (a systemd unit should not restart on 3: see docs/agent.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from agents import __version__
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CREDENTIAL_REFUSED = 3
+WORKER_RESTART_DELAY_S = 10.0
+WORKER_STOP_TIMEOUT_S = 10.0
+
+log = logging.getLogger("hangar.agent")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and still exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def default_state_dir() -> Path:
+    if os.environ.get("HANGAR_AGENT_STATE_DIR"):
+        return Path(os.environ["HANGAR_AGENT_STATE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/hangar-agent")
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "hangar-agent"
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 3600 seconds")
+    return value
+
+
+def _gpu_count(text: str) -> int:
+    from agents.protocol import MAX_GPUS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_GPUS:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_GPUS}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hangar-agent", description="Hangar node agent.")
+    parser.add_argument("--version", action="version", version=f"hangar-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    state_help = (
+        "where credential.json lives (default: $HANGAR_AGENT_STATE_DIR, else "
+        "/var/lib/hangar-agent as root, else ~/.local/state/hangar-agent)"
+    )
+    simulate_help = "report N simulated GPUs instead of reading NVML"
+
+    enroll = commands.add_parser("enroll", help="trade an enrollment token for a credential")
+    enroll.add_argument("--console", required=True, help="console address, https://...")
+    enroll.add_argument("--token", required=True, help="one-time enrollment token")
+    enroll.add_argument("--state-dir", type=Path, help=state_help)
+    enroll.add_argument("--simulate", type=_gpu_count, default=0, metavar="N", help=simulate_help)
+
+    run = commands.add_parser("run", help="stream telemetry and take commands")
+    run.add_argument("--state-dir", type=Path, help=state_help)
+    run.add_argument("--interval", type=_interval, default=1.0, help="seconds between sweeps")
+    run.add_argument("--simulate", type=_gpu_count, default=0, metavar="N", help=simulate_help)
+    run.add_argument("--no-celery", action="store_true", help="do not start the command worker")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.state_dir = args.state_dir or default_state_dir()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    if args.command == "enroll":
+        return _enroll(args)
+    return _run(args)
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> int:
+    print(f"hangar-agent: {message}", file=sys.stderr)
+    return code
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from agents.collect import Collector, open_source
+    from agents.enroll import BadConsoleURL, EnrollError, check_console_url, enroll
+    from agents.tasks import simulation_seed
+
+    try:
+        check_console_url(args.console)
+    except BadConsoleURL as exc:
+        return _fail(f"error: {exc}", EXIT_USAGE)
+    collector = Collector(open_source(args.simulate, seed=simulation_seed()))
+    try:
+        facts = collector.facts()
+    finally:
+        collector.close()
+    try:
+        path = enroll(args.console, args.token, args.state_dir, facts)
+    except EnrollError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot write the credential into {args.state_dir}: {exc.strerror}")
+    print(f"enrolled; credential written to {path}")
+    return 0
+
+
+def _start_worker(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    # An argument vector, never a shell: nothing here is interpreted twice.
+    argv = [sys.executable, "-m", "agents.tasks", "--state-dir", str(args.state_dir)]
+    argv += ["--simulate", str(args.simulate), "--with-parent"]
+    return subprocess.Popen(argv)
+
+
+def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is not None:
+        return
+    worker.terminate()  # Celery's warm shutdown: finish the task in hand, then exit
+    try:
+        worker.wait(WORKER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agents.collect import Collector, open_source
+    from agents.enroll import EnrollError, read_credential
+    from agents.stream import CredentialRefused, run_agent, websocket_url
+    from agents.tasks import simulation_seed
+
+    try:
+        credential = read_credential(args.state_dir)
+        websocket_url(credential["console"])
+    except (EnrollError, ValueError) as exc:
+        return _fail(str(exc))
+    collector = Collector(open_source(args.simulate, seed=simulation_seed()))
+    worker = None if args.no_celery else _start_worker(args)
+
+    async def supervise() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        watcher = asyncio.create_task(_watch_worker(args, stop)) if worker else None
+        try:
+            await run_agent(
+                credential["console"], credential["credential"], collector, args.interval, stop
+            )
+        finally:
+            if watcher:
+                watcher.cancel()
+
+    async def _watch_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
+        nonlocal worker
+        while not stop.is_set():
+            await asyncio.sleep(1)
+            if worker is not None and worker.poll() is not None:
+                log.error("command worker exited (%s); restarting it", worker.returncode)
+                await asyncio.sleep(WORKER_RESTART_DELAY_S)
+                if not stop.is_set():
+                    worker = _start_worker(args)
+
+    log.info("hangar-agent %s starting (state dir %s)", __version__, args.state_dir)
+    try:
+        asyncio.run(supervise())
+    except CredentialRefused as exc:
+        return _fail(
+            f"the console refused this node's credential ({exc}); "
+            "the node was removed or its credential revoked: enroll it again",
+            EXIT_CREDENTIAL_REFUSED,
+        )
+    finally:
+        if worker is not None:
+            _stop_worker(worker)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

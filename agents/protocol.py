@@ -1,0 +1,371 @@
+"""The agent <-> console wire protocol: message types, builders and validators.
+
+docs/protocol.md is the prose version of this module; change both together.
+
+The console imports the validators to check what agents send, on the ingest hot
+path (1000 nodes x 8 GPUs at 1 Hz), so they are hand-written checks on exact
+types rather than a schema library: no reflection, one pass, one new dict.
+They are strict on purpose: an unknown key, a wrong type or an impossible
+value is refused with a message that names the field, so a buggy or hostile
+agent is noticed instead of polluting the console's time series. Additive
+changes to the message shapes therefore bump PROTOCOL_VERSION.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# Message types.
+WELCOME = "welcome"  # console -> agent, once after accept
+ERROR = "error"  # console -> agent, a message was refused; the connection stays
+HELLO = "hello"  # agent -> console, after connecting and when facts change
+TELEMETRY = "telemetry"  # agent -> console, one sample per sweep
+BATCH = "batch"  # agent -> console, samples buffered during an outage
+
+# Websocket close code the console uses for an unknown or revoked credential.
+CLOSE_CREDENTIAL_REFUSED = 4401
+
+# Bounds. A host with more GPUs than this is not a host we know how to build.
+MAX_GPUS = 64
+# Keeps one batch message well under the 1 MiB frame limit that websocket
+# servers default to (8 GPUs x 120 samples is about 500 KB of JSON).
+MAX_BATCH_SAMPLES = 120
+MAX_FAULTS = 64
+MAX_TEXT = 512
+
+THROTTLE_REASONS = frozenset(
+    {
+        "gpu_idle",
+        "applications_clocks_setting",
+        "sw_power_cap",
+        "hw_slowdown",
+        "sync_boost",
+        "sw_thermal_slowdown",
+        "hw_thermal_slowdown",
+        "hw_power_brake_slowdown",
+        "display_clock_setting",
+        "board_limit",
+        "reliability",
+        "other",
+    }
+)
+
+# Sample timestamps outside this window are clock bugs, not data: 2001 .. 2096.
+_TS_MIN = 1.0e9
+_TS_MAX = 4.0e9
+_BYTES_MAX = 2**50  # 1 PiB: far above any GPU or host memory, disk included
+_WATTS_MAX = 10_000.0
+_MHZ_MAX = 10_000
+_COUNTER_MAX = 2**63 - 1
+
+
+class ProtocolError(ValueError):
+    """A message does not follow the protocol; str() is a message for a person."""
+
+
+# --- builders ----------------------------------------------------------------
+
+
+def hello(facts: dict[str, Any], agent_version: str) -> dict[str, Any]:
+    return {
+        "type": HELLO,
+        "protocol": PROTOCOL_VERSION,
+        "agent_version": agent_version,
+        "facts": facts,
+    }
+
+
+def telemetry(sample: dict[str, Any]) -> dict[str, Any]:
+    return {"type": TELEMETRY, "sample": sample}
+
+
+def batch(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(samples) > MAX_BATCH_SAMPLES:
+        raise ProtocolError(f"a batch holds at most {MAX_BATCH_SAMPLES} samples")
+    return {"type": BATCH, "samples": samples}
+
+
+def welcome(node_id: int) -> dict[str, Any]:
+    return {"type": WELCOME, "protocol": PROTOCOL_VERSION, "node_id": node_id}
+
+
+# --- field checks ------------------------------------------------------------
+# `where` is the path shown to the reader, e.g. "sample.gpus[3].temperature".
+
+
+def _require_dict(value: Any, where: str) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise ProtocolError(f"{where} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(d: dict[str, Any], required: frozenset[str], allowed: frozenset[str], where: str):
+    keys = d.keys()
+    if required <= keys and keys <= allowed:
+        return
+    missing = sorted(required - keys)
+    if missing:
+        raise ProtocolError(f"{where} is missing {', '.join(missing)}")
+    unknown = sorted(str(k) for k in keys - allowed)
+    raise ProtocolError(f"{where} has unknown field(s) {', '.join(unknown)}")
+
+
+def _number(value: Any, where: str, lo: float, hi: float, nullable: bool = True) -> Any:
+    kind = type(value)
+    if kind is int or kind is float:
+        # NaN fails both comparisons, so it lands here too.
+        if not (lo <= value <= hi):
+            raise ProtocolError(f"{where} = {value!r} is outside {lo:g}..{hi:g}")
+        return value
+    if value is None and nullable:
+        return None
+    expected = "a number or null" if nullable else "a number"
+    raise ProtocolError(f"{where} must be {expected}, got {kind.__name__}")
+
+
+def _integer(value: Any, where: str, lo: int, hi: int, nullable: bool = True) -> int | None:
+    if type(value) is int:
+        if not (lo <= value <= hi):
+            raise ProtocolError(f"{where} = {value!r} is outside {lo}..{hi}")
+        return value
+    if value is None and nullable:
+        return None
+    expected = "an integer or null" if nullable else "an integer"
+    raise ProtocolError(f"{where} must be {expected}, got {type(value).__name__}")
+
+
+def _text(value: Any, where: str, nullable: bool = False, max_len: int = MAX_TEXT) -> str | None:
+    if type(value) is str:
+        if not value or len(value) > max_len:
+            raise ProtocolError(f"{where} must be 1..{max_len} characters")
+        return value
+    if value is None and nullable:
+        return None
+    expected = "a string or null" if nullable else "a string"
+    raise ProtocolError(f"{where} must be {expected}, got {type(value).__name__}")
+
+
+def _boolean(value: Any, where: str, nullable: bool = False) -> bool | None:
+    if type(value) is bool or (value is None and nullable):
+        return value
+    raise ProtocolError(f"{where} must be true or false, got {type(value).__name__}")
+
+
+def _list(value: Any, where: str, max_len: int) -> list[Any]:
+    if type(value) is not list:
+        raise ProtocolError(f"{where} must be a list, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise ProtocolError(f"{where} has {len(value)} entries; at most {max_len} are allowed")
+    return value
+
+
+def _used_within_total(used: Any, total: Any, where: str) -> None:
+    if used is not None and total is not None and used > total:
+        raise ProtocolError(f"{where}: used ({used}) exceeds total ({total})")
+
+
+def _unique_indexes(gpus: list[dict[str, Any]], where: str) -> None:
+    seen = {g["index"] for g in gpus}
+    if len(seen) != len(gpus):
+        raise ProtocolError(f"{where} lists the same GPU index more than once")
+
+
+# --- facts -------------------------------------------------------------------
+
+_FACTS_KEYS = frozenset(
+    {
+        "hostname",
+        "os",
+        "kernel",
+        "driver_version",
+        "cuda_version",
+        "cpu_count",
+        "memory_total",
+        "addresses",
+        "simulated",
+        "gpus",
+    }
+)
+_GPU_FACT_REQUIRED = frozenset({"index", "uuid"})
+_GPU_FACT_KEYS = frozenset(
+    {"index", "uuid", "name", "memory_total", "pci_bus_id", "power_limit", "mig_mode"}
+)
+
+
+def validate_facts(d: Any) -> dict[str, Any]:
+    """Return a cleaned copy of a FACTS object or raise ProtocolError."""
+    d = _require_dict(d, "facts")
+    _check_keys(d, _FACTS_KEYS, _FACTS_KEYS, "facts")
+    addresses = []
+    for i, raw in enumerate(_list(d["addresses"], "facts.addresses", 256)):
+        text = _text(raw, f"facts.addresses[{i}]", max_len=64)
+        try:
+            addresses.append(str(ipaddress.ip_address(text)))
+        except ValueError:
+            raise ProtocolError(f"facts.addresses[{i}] = {text!r} is not an IP address") from None
+    gpus = [_gpu_facts(g, i) for i, g in enumerate(_list(d["gpus"], "facts.gpus", MAX_GPUS))]
+    _unique_indexes(gpus, "facts.gpus")
+    return {
+        "hostname": _text(d["hostname"], "facts.hostname", max_len=253),
+        "os": _text(d["os"], "facts.os", nullable=True),
+        "kernel": _text(d["kernel"], "facts.kernel", nullable=True),
+        "driver_version": _text(d["driver_version"], "facts.driver_version", nullable=True),
+        "cuda_version": _text(d["cuda_version"], "facts.cuda_version", nullable=True),
+        "cpu_count": _integer(d["cpu_count"], "facts.cpu_count", 1, 65_536, nullable=True),
+        "memory_total": _integer(d["memory_total"], "facts.memory_total", 1, _BYTES_MAX),
+        "addresses": addresses,
+        "simulated": _boolean(d["simulated"], "facts.simulated"),
+        "gpus": gpus,
+    }
+
+
+def _gpu_facts(g: Any, i: int) -> dict[str, Any]:
+    where = f"facts.gpus[{i}]"
+    g = _require_dict(g, where)
+    _check_keys(g, _GPU_FACT_REQUIRED, _GPU_FACT_KEYS, where)
+    get = g.get
+    return {
+        "index": _integer(g["index"], f"{where}.index", 0, MAX_GPUS - 1, nullable=False),
+        "uuid": _text(g["uuid"], f"{where}.uuid", max_len=96),
+        "name": _text(get("name"), f"{where}.name", nullable=True, max_len=96),
+        "memory_total": _integer(get("memory_total"), f"{where}.memory_total", 1, _BYTES_MAX),
+        "pci_bus_id": _text(get("pci_bus_id"), f"{where}.pci_bus_id", nullable=True, max_len=32),
+        "power_limit": _number(get("power_limit"), f"{where}.power_limit", 0, _WATTS_MAX),
+        "mig_mode": _boolean(get("mig_mode"), f"{where}.mig_mode", nullable=True),
+    }
+
+
+# --- samples -----------------------------------------------------------------
+
+_SAMPLE_REQUIRED = frozenset({"seq", "ts", "simulated", "gpus", "host", "faults"})
+_SAMPLE_KEYS = _SAMPLE_REQUIRED | {"coalesced"}
+_GPU_SAMPLE_KEYS = frozenset(
+    {
+        "index",
+        "uuid",
+        "temperature",
+        "utilization_gpu",
+        "utilization_memory",
+        "memory_used",
+        "memory_total",
+        "power_draw",
+        "power_limit",
+        "sm_clock",
+        "fan",
+        "throttle_reasons",
+        "ecc_errors",
+        "xid_errors",
+        "fault",
+    }
+)
+HOST_FIELDS = ("cpu_percent", "memory_used", "memory_total", "disk_used", "disk_total")
+_HOST_KEYS = frozenset(HOST_FIELDS)
+
+
+def validate_sample(d: Any) -> dict[str, Any]:
+    """Return a cleaned copy of a SAMPLE object or raise ProtocolError."""
+    d = _require_dict(d, "sample")
+    _check_keys(d, _SAMPLE_REQUIRED, _SAMPLE_KEYS, "sample")
+    ts = _number(d["ts"], "sample.ts", _TS_MIN, _TS_MAX, nullable=False)
+    gpus = [_gpu_sample(g, i) for i, g in enumerate(_list(d["gpus"], "sample.gpus", MAX_GPUS))]
+    _unique_indexes(gpus, "sample.gpus")
+    faults = _list(d["faults"], "sample.faults", MAX_FAULTS)
+    for i, fault in enumerate(faults):
+        _text(fault, f"sample.faults[{i}]")
+    return {
+        "seq": _integer(d["seq"], "sample.seq", 0, _COUNTER_MAX, nullable=False),
+        "ts": float(ts),
+        "simulated": _boolean(d["simulated"], "sample.simulated"),
+        "gpus": gpus,
+        "host": _host(d["host"]),
+        "faults": list(faults),
+        "coalesced": _integer(d.get("coalesced", 0), "sample.coalesced", 0, _COUNTER_MAX),
+    }
+
+
+def _gpu_sample(g: Any, i: int) -> dict[str, Any]:
+    where = f"sample.gpus[{i}]"
+    g = _require_dict(g, where)
+    _check_keys(g, _GPU_SAMPLE_KEYS, _GPU_SAMPLE_KEYS, where)
+    fault = _text(g["fault"], f"{where}.fault", nullable=True)
+    # Without a uuid the console cannot tell which card this is; that is only
+    # acceptable when the agent says why (the card stopped answering).
+    uuid = _text(g["uuid"], f"{where}.uuid", nullable=fault is not None, max_len=96)
+    memory_used = _integer(g["memory_used"], f"{where}.memory_used", 0, _BYTES_MAX)
+    memory_total = _integer(g["memory_total"], f"{where}.memory_total", 1, _BYTES_MAX)
+    _used_within_total(memory_used, memory_total, f"{where} memory")
+    reasons = _list(g["throttle_reasons"], f"{where}.throttle_reasons", len(THROTTLE_REASONS))
+    for reason in reasons:
+        if reason not in THROTTLE_REASONS:
+            raise ProtocolError(f"{where}.throttle_reasons has unknown reason {reason!r}")
+    return {
+        "index": _integer(g["index"], f"{where}.index", 0, MAX_GPUS - 1, nullable=False),
+        "uuid": uuid,
+        "temperature": _number(g["temperature"], f"{where}.temperature", -40, 150),
+        "utilization_gpu": _number(g["utilization_gpu"], f"{where}.utilization_gpu", 0, 100),
+        "utilization_memory": _number(
+            g["utilization_memory"], f"{where}.utilization_memory", 0, 100
+        ),
+        "memory_used": memory_used,
+        "memory_total": memory_total,
+        "power_draw": _number(g["power_draw"], f"{where}.power_draw", 0, _WATTS_MAX),
+        "power_limit": _number(g["power_limit"], f"{where}.power_limit", 0, _WATTS_MAX),
+        "sm_clock": _integer(g["sm_clock"], f"{where}.sm_clock", 0, _MHZ_MAX),
+        "fan": _number(g["fan"], f"{where}.fan", 0, 100),
+        "throttle_reasons": list(reasons),
+        "ecc_errors": _integer(g["ecc_errors"], f"{where}.ecc_errors", 0, _COUNTER_MAX),
+        "xid_errors": _integer(g["xid_errors"], f"{where}.xid_errors", 0, _COUNTER_MAX),
+        "fault": fault,
+    }
+
+
+def _host(h: Any) -> dict[str, Any]:
+    h = _require_dict(h, "sample.host")
+    _check_keys(h, _HOST_KEYS, _HOST_KEYS, "sample.host")
+    memory_used = _integer(h["memory_used"], "sample.host.memory_used", 0, _BYTES_MAX)
+    memory_total = _integer(h["memory_total"], "sample.host.memory_total", 1, _BYTES_MAX)
+    disk_used = _integer(h["disk_used"], "sample.host.disk_used", 0, _BYTES_MAX)
+    disk_total = _integer(h["disk_total"], "sample.host.disk_total", 1, _BYTES_MAX)
+    _used_within_total(memory_used, memory_total, "sample.host memory")
+    _used_within_total(disk_used, disk_total, "sample.host disk")
+    return {
+        "cpu_percent": _number(h["cpu_percent"], "sample.host.cpu_percent", 0, 100),
+        "memory_used": memory_used,
+        "memory_total": memory_total,
+        "disk_used": disk_used,
+        "disk_total": disk_total,
+    }
+
+
+# --- whole messages ----------------------------------------------------------
+
+
+def validate_message(d: Any) -> dict[str, Any]:
+    """Validate one agent -> console message (hello, telemetry or batch)."""
+    d = _require_dict(d, "message")
+    kind = d.get("type")
+    if kind == TELEMETRY:
+        _check_keys(d, frozenset({"type", "sample"}), frozenset({"type", "sample"}), "telemetry")
+        return {"type": TELEMETRY, "sample": validate_sample(d["sample"])}
+    if kind == BATCH:
+        _check_keys(d, frozenset({"type", "samples"}), frozenset({"type", "samples"}), "batch")
+        samples = _list(d["samples"], "batch.samples", MAX_BATCH_SAMPLES)
+        return {"type": BATCH, "samples": [validate_sample(s) for s in samples]}
+    if kind == HELLO:
+        keys = frozenset({"type", "protocol", "agent_version", "facts"})
+        _check_keys(d, keys, keys, "hello")
+        if d["protocol"] != PROTOCOL_VERSION or type(d["protocol"]) is not int:
+            raise ProtocolError(
+                f"agent speaks protocol {d['protocol']!r}; this console speaks "
+                f"{PROTOCOL_VERSION}: upgrade the agent or the console so they match"
+            )
+        return {
+            "type": HELLO,
+            "protocol": PROTOCOL_VERSION,
+            "agent_version": _text(d["agent_version"], "hello.agent_version", max_len=64),
+            "facts": validate_facts(d["facts"]),
+        }
+    raise ProtocolError(f"unknown message type {kind!r}; expected hello, telemetry or batch")

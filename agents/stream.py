@@ -1,0 +1,301 @@
+"""The always-on websocket stream to the console.
+
+Two halves that never wait on each other: a sampler thread sweeps every
+`interval` seconds into a `SampleBuffer`, whatever the network does; the
+asyncio sender drains that buffer while a connection is up and reconnects
+with jittered exponential backoff while it is not. After an outage the
+buffered sweeps go out as `batch` messages, oldest first, right after `hello`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from agents import __version__, protocol
+from agents.buffer import SampleBuffer
+from agents.collect import Collector
+
+log = logging.getLogger("hangar.agent")
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 10.0
+FACTS_REFRESH_S = 300.0
+
+
+class CredentialRefused(Exception):
+    """The console does not accept this node's credential (close code 4401)."""
+
+
+def websocket_url(console: str) -> str:
+    """http(s)://console[/prefix] -> ws(s)://console[/prefix]/ws/agent/"""
+    parts = urlsplit(console)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"console URL {console!r} must start with http:// or https://")
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws/agent/", "", ""))
+
+
+def backoff_delay(
+    attempt: int,
+    rng: random.Random,
+    base: float = BACKOFF_BASE_S,
+    cap: float = BACKOFF_CAP_S,
+) -> float:
+    """Seconds to wait before reconnect attempt `attempt` (0-based).
+
+    "Equal jitter": a random point in the upper half of the exponential
+    ceiling, so a fleet that lost the console together does not reconnect
+    together, and no agent ever retries in a tight loop.
+    """
+    ceiling = min(cap, base * 2 ** min(attempt, 32))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+class FactsBox:
+    """Latest FACTS with a version number the sender compares against."""
+
+    def __init__(self, facts: dict[str, Any]) -> None:
+        self._lock = threading.Lock()
+        self._facts = facts
+        self.version = 1
+
+    def get(self) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            return self.version, self._facts
+
+    def update(self, facts: dict[str, Any]) -> bool:
+        with self._lock:
+            if facts == self._facts:
+                return False
+            self._facts = facts
+            self.version += 1
+            return True
+
+
+class Sampler(threading.Thread):
+    """Sweeps on a fixed schedule; never touches the network."""
+
+    def __init__(
+        self,
+        collector: Collector,
+        buffer: SampleBuffer,
+        facts: FactsBox,
+        interval: float,
+        on_sample: Callable[[], None],
+        facts_refresh_s: float = FACTS_REFRESH_S,
+    ) -> None:
+        super().__init__(name="hangar-sampler", daemon=True)
+        self.collector = collector
+        self.buffer = buffer
+        self.facts = facts
+        self.interval = interval
+        self.on_sample = on_sample
+        self.facts_refresh_s = facts_refresh_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        next_sweep = time.monotonic()
+        next_facts = next_sweep + self.facts_refresh_s
+        while not self.stopping.is_set():
+            try:
+                self.buffer.push(self.collector.sweep())
+                self.on_sample()
+                if time.monotonic() >= next_facts:
+                    next_facts += self.facts_refresh_s
+                    if self.facts.update(self.collector.facts()):
+                        self.on_sample()
+            except Exception:
+                # One bad sweep must not end telemetry for the node; the seq
+                # gap it leaves is visible on the console.
+                log.exception("sweep failed")
+            # A fixed schedule rather than sleep(interval): sweeps do not
+            # drift, and after a stall the sampler skips rather than bursts.
+            next_sweep += self.interval
+            now = time.monotonic()
+            if next_sweep < now:
+                next_sweep = now
+            self.stopping.wait(next_sweep - now)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+class Stream:
+    """Keeps one connection to the console up and drains the buffer into it.
+
+    Create it inside the running event loop that will run it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        credential: str,
+        buffer: SampleBuffer,
+        facts: FactsBox,
+        *,
+        backoff_base: float = BACKOFF_BASE_S,
+        backoff_cap: float = BACKOFF_CAP_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.url = url
+        self.credential = credential
+        self.buffer = buffer
+        self.facts = facts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.rng = rng or random.Random()
+        self.wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()  # the sampler thread wakes us through it
+        self.connections = 0  # successful connections so far, for logs and tests
+
+    def notify(self) -> None:
+        """Called from the sampler thread after each push."""
+        with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+            self._loop.call_soon_threadsafe(self.wake.set)
+
+    async def run(self) -> None:
+        """Run until cancelled; raises CredentialRefused if the console says so."""
+        attempt = 0
+        while True:
+            try:
+                async with connect(
+                    self.url,
+                    additional_headers={"Authorization": f"Bearer {self.credential}"},
+                    user_agent_header=f"hangar-agent/{__version__}",
+                    open_timeout=10,
+                    close_timeout=5,
+                ) as ws:
+                    self.connections += 1
+                    log.info("connected to %s", self.url)
+                    welcomed = await self._session(ws)
+                    if welcomed:
+                        attempt = 0
+            except InvalidStatus as exc:
+                if exc.response.status_code in (401, 403):
+                    raise CredentialRefused(f"HTTP {exc.response.status_code}") from exc
+                log.warning("console refused the connection: %s", exc)
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code == protocol.CLOSE_CREDENTIAL_REFUSED:
+                    raise CredentialRefused(exc.rcvd.reason or "close code 4401") from exc
+                log.warning("connection to the console lost: %s", exc)
+            except InvalidURI:
+                raise
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                log.warning("cannot reach the console at %s: %s", self.url, exc)
+            except Exception:
+                # A bug here must not end telemetry for the node: log, back off, retry.
+                log.exception("unexpected error in the stream")
+            delay = backoff_delay(attempt, self.rng, self.backoff_base, self.backoff_cap)
+            attempt += 1
+            log.info("reconnecting in %.1f s (%d samples buffered)", delay, len(self.buffer))
+            await asyncio.sleep(delay)
+
+    async def _session(self, ws: ClientConnection) -> bool:
+        """Talk over one connection until it ends; True if the console welcomed us."""
+        welcomed = asyncio.Event()
+        reader = asyncio.create_task(self._read(ws, welcomed))
+        sender = asyncio.create_task(self._send(ws))
+        try:
+            done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise ConnectionClosed and friends
+        finally:
+            for task in (reader, sender):
+                task.cancel()
+            await asyncio.gather(reader, sender, return_exceptions=True)
+        return welcomed.is_set()
+
+    async def _read(self, ws: ClientConnection, welcomed: asyncio.Event) -> None:
+        while True:
+            raw = await ws.recv()  # raises ConnectionClosed, carrying the close code
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                log.warning("console sent something that is not JSON; ignored")
+                continue
+            if not isinstance(message, dict):
+                continue
+            if message.get("type") == protocol.WELCOME:
+                if message.get("protocol") != protocol.PROTOCOL_VERSION:
+                    log.warning("console speaks protocol %r", message.get("protocol"))
+                welcomed.set()
+            elif message.get("type") == protocol.ERROR:
+                # The console refused one message and kept the connection: a
+                # bug on one side or the other, worth a line in the journal.
+                log.warning("console refused a message: %s", message.get("detail"))
+
+    async def _send(self, ws: ClientConnection) -> None:
+        facts_version, facts = self.facts.get()
+        await ws.send(json.dumps(protocol.hello(facts, __version__)))
+        while True:
+            version, facts = self.facts.get()
+            if version != facts_version:
+                facts_version = version
+                await ws.send(json.dumps(protocol.hello(facts, __version__)))
+            self.wake.clear()
+            samples = self.buffer.take(protocol.MAX_BATCH_SAMPLES)
+            if not samples:
+                await self.wake.wait()
+                continue
+            if len(samples) == 1:
+                message = protocol.telemetry(samples[0])
+            else:
+                message = protocol.batch(samples)
+            try:
+                await ws.send(json.dumps(message))
+            except BaseException:
+                # Not sent: keep them for the next connection (cancellation
+                # included, so a shutdown mid-send loses nothing in memory).
+                self.buffer.requeue(samples)
+                raise
+
+
+async def run_agent(
+    console: str,
+    credential: str,
+    collector: Collector,
+    interval: float,
+    stop: asyncio.Event,
+    *,
+    buffer: SampleBuffer | None = None,
+    backoff_base: float = BACKOFF_BASE_S,
+    backoff_cap: float = BACKOFF_CAP_S,
+) -> None:
+    """Sample and stream until `stop` is set; raises CredentialRefused."""
+    buffer = SampleBuffer() if buffer is None else buffer
+    facts = FactsBox(await asyncio.to_thread(collector.facts))
+    stream = Stream(
+        websocket_url(console),
+        credential,
+        buffer,
+        facts,
+        backoff_base=backoff_base,
+        backoff_cap=backoff_cap,
+    )
+    stream_task = asyncio.create_task(stream.run())
+    sampler = Sampler(collector, buffer, facts, interval, stream.notify)
+    sampler.start()
+    stop_task = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({stream_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if stream_task.done():
+            stream_task.result()  # CredentialRefused ends the agent
+    finally:
+        stop_task.cancel()
+        stream_task.cancel()
+        await asyncio.gather(stream_task, return_exceptions=True)
+        sampler.stop()
+        await asyncio.to_thread(sampler.join, 5)
+        collector.close()
