@@ -4,7 +4,9 @@ from rest_framework.routers import SimpleRouter
 
 from apps.accounts.api import views as accounts
 from apps.audit.api import views as audit
+from apps.deployments.api import views as deployments
 from apps.inventory.api import views as inventory
+from apps.registry.api import views as registry
 
 router = SimpleRouter()
 router.register("users", accounts.UserViewSet, basename="user")
@@ -15,6 +17,10 @@ router.register("clusters", inventory.ClusterViewSet, basename="cluster")
 router.register("nodes", inventory.NodeViewSet, basename="node")
 router.register("gpus", inventory.GPUViewSet, basename="gpu")
 router.register("enrollment-tokens", inventory.EnrollmentTokenViewSet, basename="enrollmenttoken")
+router.register("models", registry.ModelViewSet, basename="model")
+router.register("model-versions", registry.ModelVersionViewSet, basename="modelversion")
+router.register("deployments", deployments.DeploymentViewSet, basename="deployment")
+router.register("workers", deployments.WorkerViewSet, basename="worker")
 
 API_ENDPOINTS = [(basename, prefix) for prefix, _viewset, basename in router.registry]
 API_ENDPOINTS.append(("me", "me"))

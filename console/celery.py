@@ -19,4 +19,6 @@ except ConfigError as exc:
 
 app = Celery("hangar")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["apps.inventory", "apps.telemetry", "apps.audit"])
+app.autodiscover_tasks(
+    ["apps.inventory", "apps.telemetry", "apps.audit", "apps.registry", "apps.deployments"]
+)

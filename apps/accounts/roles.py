@@ -29,6 +29,7 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
         _READ
         | {
             "deployments.operate",
+            "deployments.manage",
             "alerts.acknowledge",
             "alerts.manage",
             "models.manage",
@@ -49,3 +50,17 @@ ALL_ACTIONS = frozenset().union(*ROLE_ACTIONS.values())
 GLOBAL_ONLY_ACTIONS = frozenset(
     {"audit.view", "audit.export", "accounts.view", "accounts.manage", "settings.manage"}
 )
+
+
+def roles_table_markdown() -> str:
+    """The table above as Markdown, for docs/identity.md (a test keeps the two equal)."""
+    roles = list(Role)
+    lines = [
+        "| action | " + " | ".join(f"`{r.value}`" for r in roles) + " |",
+        "|---|" + "---|" * len(roles),
+    ]
+    for action in sorted(ALL_ACTIONS):
+        marks = " | ".join("yes" if action in ROLE_ACTIONS[r] else "" for r in roles)
+        scope = " (global only)" if action in GLOBAL_ONLY_ACTIONS else ""
+        lines.append(f"| `{action}`{scope} | {marks} |")
+    return "\n".join(lines)

@@ -10,9 +10,15 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.conf import settings
 
-from agents.protocol import MAX_BATCH_SAMPLES, PROTOCOL_VERSION, ProtocolError
+from agents.protocol import (
+    MAX_BATCH_SAMPLES,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    validate_worker_status,
+)
 from apps.accounts.policy import can, visible_cluster_ids
 from apps.audit import recorder
+from apps.deployments.services import apply_worker_status
 from apps.inventory.models import Node
 from apps.inventory.services import node_for_credential
 from apps.telemetry import live
@@ -104,6 +110,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
                     message.get("facts"), str(message.get("agent_version", ""))
                 )
                 await self.touch()
+            elif kind == "worker":
+                await self.take_worker_status(validate_worker_status(message.get("worker")))
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
         except (ProtocolError, ValueError, TypeError, KeyError) as exc:
@@ -139,6 +147,19 @@ class AgentConsumer(AsyncWebsocketConsumer):
     def _settle(self, state: str, reason: str, now: float) -> None:
         self.ingest.settle_state(state, reason)
         self.ingest.persist(now)
+
+    async def take_worker_status(self, status: dict) -> None:
+        worker = await database_sync_to_async(apply_worker_status)(self.ingest.node, status)
+        if worker is not None:
+            await self.channel_layer.group_send(
+                self.cluster_group,
+                {
+                    "type": "worker.status",
+                    "cluster": self.ingest.node.cluster_id,
+                    "node": self.ingest.node.pk,
+                    "worker": status,
+                },
+            )
 
     async def touch(self) -> None:
         await async_redis().hset(live.LAST_SEEN, self.ingest.node.pk, time.time())
@@ -244,6 +265,11 @@ class TelemetryConsumer(AsyncJsonWebsocketConsumer):
                 "state": event["state"],
                 "reason": event["reason"],
             },
+        )
+
+    async def worker_status(self, event):
+        await self._forward(
+            event, {"type": "worker", "node": event["node"], "worker": event["worker"]}
         )
 
     async def _forward(self, event, message):

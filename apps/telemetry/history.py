@@ -10,10 +10,11 @@ from django.utils.dateparse import parse_datetime
 from rest_framework.exceptions import ValidationError
 
 from apps.telemetry.models import NodeMetricMinute
-from apps.telemetry.series import GPU_METRICS, HOST_METRICS
+from apps.telemetry.series import GPU_METRICS, HOST_METRICS, WORKER_METRICS
 
 SERIES = re.compile(
-    rf"^(gpu\.\d{{1,2}}\.({'|'.join(GPU_METRICS)})|host\.({'|'.join(HOST_METRICS)}))$"
+    rf"^(worker\.\d{{1,12}}\.({'|'.join(WORKER_METRICS)})|"
+    rf"gpu\.\d{{1,2}}\.({'|'.join(GPU_METRICS)})|host\.({'|'.join(HOST_METRICS)}))$"
 )
 MAX_RANGE = timedelta(days=31)
 
@@ -33,8 +34,8 @@ def metric_history(node, params) -> dict:
     if not SERIES.match(metric):
         raise ValidationError(
             {
-                "metric": "Use gpu.<index>.<metric> or host.<metric>; metrics: "
-                + ", ".join(GPU_METRICS + HOST_METRICS)
+                "metric": "Use gpu.<index>.<metric>, host.<metric> or worker.<id>.<metric>; "
+                "metrics: " + ", ".join(GPU_METRICS + HOST_METRICS + WORKER_METRICS)
             }
         )
     now = timezone.now()

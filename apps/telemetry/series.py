@@ -12,6 +12,7 @@ GPU_METRICS = (
     "fan",
 )
 HOST_METRICS = ("cpu_percent", "memory_used", "disk_used")
+WORKER_METRICS = ("p50_ms", "p95_ms", "p99_ms", "rps", "error_rate")
 
 
 def flatten(sample: dict) -> dict[str, float]:
@@ -21,6 +22,12 @@ def flatten(sample: dict) -> dict[str, float]:
         prefix = f"gpu.{gpu['index']}."
         for metric in GPU_METRICS:
             value = gpu.get(metric)
+            if value is not None:
+                values[prefix + metric] = float(value)
+    for worker in sample.get("workers") or ():
+        prefix = f"worker.{worker['worker_id']}."
+        for metric in WORKER_METRICS:
+            value = worker.get(metric)
             if value is not None:
                 values[prefix + metric] = float(value)
     host = sample.get("host") or {}

@@ -1,0 +1,391 @@
+"""Deployment operations: create, start, stop, scale, restart, roll out, reconcile.
+
+Views, Celery tasks and the agent socket call these. Every command to a node
+carries a fresh operation id (the agent treats a repeated id as done), and the
+reconcile job re-sends whatever the reported state says is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.audit import recorder
+from apps.deployments.models import (
+    IN_PROGRESS,
+    Deployment,
+    DesiredState,
+    RolloutState,
+    Worker,
+    WorkerState,
+)
+from apps.deployments.placement import place
+from apps.inventory.commands import send_to_node
+from apps.inventory.models import NodeState
+from apps.registry.models import VersionState
+
+log = logging.getLogger(__name__)
+REDISPATCH_AFTER = timedelta(seconds=20)
+SETTLED = {WorkerState.READY, WorkerState.STOPPED, WorkerState.FAILED, WorkerState.CRASHLOOP}
+
+
+class DeploymentError(ValueError):
+    """An operation that cannot be done in the deployment's current state."""
+
+
+# --- commands to agents ------------------------------------------------------------
+
+
+def worker_spec(worker: Worker) -> dict:
+    deployment = worker.deployment
+    version = worker.model_version
+    return {
+        "worker_id": worker.pk,
+        "deployment_id": deployment.pk,
+        "engine": deployment.engine,
+        "engine_args": list(deployment.engine_args),
+        "model": {
+            "version_id": version.pk,
+            "path": version.path,
+            "files": [
+                {"path": f["path"], "sha256": f["sha256"], "size": f["size"]} for f in version.files
+            ],
+        },
+        "gpus": list(worker.gpus),
+        "port": worker.port,
+        "health_path": deployment.health_path or None,
+        "command": deployment.command,
+    }
+
+
+def dispatch(worker: Worker, verb: str) -> str:
+    """Send start/stop/restart for a worker to its node; returns the operation id."""
+    operation_id = str(uuid.uuid4())
+    kwargs = {"operation_id": operation_id}
+    if verb == "start_worker":
+        kwargs["spec"] = worker_spec(worker)
+    else:
+        kwargs["worker_id"] = worker.pk
+    Worker.objects.filter(pk=worker.pk).update(
+        last_operation_id=operation_id, dispatched_at=timezone.now()
+    )
+    worker.last_operation_id = operation_id
+    # After the transaction: a worker row the agent cannot see yet must not be reported on.
+    transaction.on_commit(lambda: send_to_node(worker.node, verb, kwargs))
+    return operation_id
+
+
+def _note(action: str, deployment: Deployment, operations: list[str], **changes) -> None:
+    recorder.describe(
+        action=action, target=deployment, changes={"operation_ids": operations, **changes}
+    )
+
+
+# --- operations --------------------------------------------------------------------
+
+
+@transaction.atomic
+def create_deployment(user, **fields) -> Deployment:
+    version = fields["model_version"]
+    if version.state != VersionState.READY:
+        raise DeploymentError(f"Version {version} is {version.state}; only ready versions deploy.")
+    deployment = Deployment.objects.create(created_by=user, **fields)
+    operations = _add_workers(deployment, list(range(deployment.replicas)))
+    _note("deployments.create", deployment, operations)
+    return deployment
+
+
+def _add_workers(deployment: Deployment, slots: list[int]) -> list[str]:
+    placed = place(deployment, slots)
+    operations = []
+    for slot in slots:
+        node, gpus = placed[slot]
+        worker = Worker.objects.create(
+            deployment=deployment,
+            node=node,
+            model_version=deployment.model_version,
+            slot=slot,
+            gpus=gpus,
+            port=deployment.port + slot,
+            desired_state=deployment.desired_state,
+        )
+        if deployment.desired_state == DesiredState.RUNNING:
+            operations.append(dispatch(worker, "start_worker"))
+    return operations
+
+
+def live_workers(deployment: Deployment):
+    return deployment.workers.filter(desired_state=DesiredState.RUNNING)
+
+
+@transaction.atomic
+def stop_deployment(deployment: Deployment) -> list[str]:
+    deployment.desired_state = DesiredState.STOPPED
+    deployment.save(update_fields=["desired_state", "updated_at"])
+    operations = []
+    for worker in live_workers(deployment).select_related("node"):
+        operations.append(_stop_worker(worker))
+    _note("deployments.stop", deployment, operations)
+    return operations
+
+
+def _stop_worker(worker: Worker) -> str:
+    Worker.objects.filter(pk=worker.pk).update(
+        desired_state=DesiredState.STOPPED, state=WorkerState.STOPPING
+    )
+    worker.desired_state = DesiredState.STOPPED
+    return dispatch(worker, "stop_worker")
+
+
+@transaction.atomic
+def start_deployment(deployment: Deployment) -> list[str]:
+    deployment.desired_state = DesiredState.RUNNING
+    deployment.save(update_fields=["desired_state", "updated_at"])
+    operations = []
+    current = {
+        w.slot: w
+        for w in deployment.workers.filter(
+            model_version=deployment.model_version, slot__lt=deployment.replicas
+        )
+    }
+    for worker in current.values():
+        Worker.objects.filter(pk=worker.pk).update(
+            desired_state=DesiredState.RUNNING, state=WorkerState.PENDING
+        )
+        operations.append(dispatch(worker, "start_worker"))
+    missing = [s for s in range(deployment.replicas) if s not in current]
+    if missing:
+        operations += _add_workers(deployment, missing)
+    _note("deployments.start", deployment, operations)
+    return operations
+
+
+@transaction.atomic
+def scale_deployment(deployment: Deployment, replicas: int) -> list[str]:
+    if not 0 < replicas <= 64:
+        raise DeploymentError("replicas must be between 1 and 64.")
+    if deployment.rollout_state == RolloutState.ROLLING:
+        raise DeploymentError("Wait for the rollout to finish before scaling.")
+    old = deployment.replicas
+    deployment.replicas = replicas
+    deployment.save(update_fields=["replicas", "updated_at"])
+    operations = []
+    if deployment.desired_state == DesiredState.RUNNING:
+        if replicas > old:
+            operations = _add_workers(deployment, list(range(old, replicas)))
+        for worker in live_workers(deployment).filter(slot__gte=replicas).select_related("node"):
+            operations.append(_stop_worker(worker))
+    _note("deployments.scale", deployment, operations, replicas=[old, replicas])
+    return operations
+
+
+@transaction.atomic
+def restart_worker(worker: Worker) -> str:
+    if worker.desired_state != DesiredState.RUNNING:
+        raise DeploymentError("The worker is stopped; start its deployment instead.")
+    operation = dispatch(worker, "restart_worker")
+    recorder.describe(
+        action="deployments.restart-worker", target=worker, changes={"operation_ids": [operation]}
+    )
+    return operation
+
+
+@transaction.atomic
+def roll_out(deployment: Deployment, version, action: str = "deployments.rollout") -> list[str]:
+    """Replace workers one at a time with `version`; each must be ready before the next."""
+    if version.state != VersionState.READY:
+        raise DeploymentError(f"Version {version} is {version.state}; only ready versions deploy.")
+    if version.model_id != deployment.model_version.model_id:
+        raise DeploymentError("Roll out a version of the same model.")
+    if version.pk == deployment.model_version_id:
+        raise DeploymentError(f"The deployment already runs {version}.")
+    deployment.previous_version = deployment.model_version
+    deployment.model_version = version
+    deployment.rollout_state = RolloutState.ROLLING
+    deployment.rollout_error = ""
+    deployment.save()
+    operations = advance_rollout(deployment)
+    _note(action, deployment, operations, version=[str(deployment.previous_version), str(version)])
+    return operations
+
+
+def roll_back(deployment: Deployment) -> list[str]:
+    if deployment.previous_version is None:
+        raise DeploymentError("There is no previous version to roll back to.")
+    return roll_out(deployment, deployment.previous_version, action="deployments.rollback")
+
+
+def advance_rollout(deployment: Deployment) -> list[str]:
+    """One step of a rolling update, called on every worker report and by reconcile."""
+    if deployment.rollout_state != RolloutState.ROLLING:
+        return []
+    target = deployment.model_version_id
+    running = list(live_workers(deployment).select_related("node", "model_version"))
+    new = [w for w in running if w.model_version_id == target]
+    old = [w for w in running if w.model_version_id != target]
+    broken = [w for w in new if w.state in (WorkerState.FAILED, WorkerState.CRASHLOOP)]
+    if broken:
+        worker = broken[0]
+        reason = (
+            f"new worker {worker.slot} on {worker.node} is {worker.state}: "
+            f"{worker.error or worker.cause or 'see its log'}"
+        )
+        Deployment.objects.filter(pk=deployment.pk).update(
+            rollout_state=RolloutState.FAILED, rollout_error=reason[:500]
+        )
+        deployment.rollout_state = RolloutState.FAILED
+        recorder.record("deployments.rollout-failed", target=deployment, changes={"reason": reason})
+        # Keep serving: the remaining old workers stay; the broken slot gets its old
+        # version back.
+        return [_stop_worker(w) for w in broken] + _restore_slots(deployment, broken)
+    if any(w.state != WorkerState.READY for w in new):
+        return []  # wait for the new worker to be ready
+    if not old:
+        Deployment.objects.filter(pk=deployment.pk).update(rollout_state=RolloutState.IDLE)
+        deployment.rollout_state = RolloutState.IDLE
+        recorder.record(
+            "deployments.rollout-done",
+            target=deployment,
+            changes={"version": str(deployment.model_version)},
+        )
+        return []
+    victim = min(old, key=lambda w: w.slot)
+    operations = [_stop_worker(victim)]
+    replacement = Worker.objects.create(
+        deployment=deployment,
+        node=victim.node,
+        model_version_id=target,
+        slot=victim.slot,
+        gpus=victim.gpus,
+        port=victim.port,
+        desired_state=DesiredState.RUNNING,
+    )
+    operations.append(dispatch(replacement, "start_worker"))
+    return operations
+
+
+def _restore_slots(deployment: Deployment, broken: list[Worker]) -> list[str]:
+    operations = []
+    previous = deployment.previous_version_id
+    for worker in broken:
+        if previous is None:
+            continue
+        restored = Worker.objects.create(
+            deployment=deployment,
+            node=worker.node,
+            model_version_id=previous,
+            slot=worker.slot,
+            gpus=worker.gpus,
+            port=worker.port,
+            desired_state=DesiredState.RUNNING,
+        )
+        operations.append(dispatch(restored, "start_worker"))
+    return operations
+
+
+# --- reports from agents -------------------------------------------------------------
+
+# Text and JSON columns store "nothing" as empty rather than null.
+EMPTY = {"cause": "", "evidence": "", "error": "", "progress": {}, "last_log": []}
+STATUS_FIELDS = (
+    "state",
+    "pid",
+    "restarts",
+    "run",
+    "exit_code",
+    "exit_signal",
+    "cause",
+    "evidence",
+    "error",
+    "progress",
+    "last_log",
+)
+
+
+def apply_worker_status(node, status: dict) -> Worker | None:
+    """Store what a node's agent says about one of its workers.
+
+    A status for a worker of another node is ignored: an agent speaks for its own
+    node only. A worker the console no longer wants is told to stop.
+    """
+    worker = (
+        Worker.objects.select_related("deployment", "node").filter(pk=status["worker_id"]).first()
+    )
+    if worker is None or worker.node_id != node.pk:
+        if worker is None and status.get("state") not in (WorkerState.STOPPED, WorkerState.FAILED):
+            send_to_node(
+                node,
+                "stop_worker",
+                {"operation_id": str(uuid.uuid4()), "worker_id": status["worker_id"]},
+            )
+        return None
+    old_state = worker.state
+    for name in STATUS_FIELDS:
+        if name in status:
+            value = status[name]
+            setattr(worker, name, EMPTY.get(name) if value is None else value)
+    worker.reported_at = timezone.now()
+    worker.save()
+    if worker.state != old_state and worker.state in (WorkerState.FAILED, WorkerState.CRASHLOOP):
+        recorder.record(
+            f"deployments.worker-{worker.state}",
+            target=worker,
+            actor_type=recorder.Actor.NODE,
+            actor_id=str(node.pk),
+            actor_name=str(node),
+            changes={
+                "state": [old_state, worker.state],
+                "cause": worker.cause,
+                "evidence": worker.evidence,
+                "error": worker.error,
+            },
+        )
+    if worker.deployment.rollout_state == RolloutState.ROLLING:
+        advance_rollout(worker.deployment)
+    return worker
+
+
+# --- reconcile -----------------------------------------------------------------------
+
+
+def reconcile() -> dict:
+    """Compare desired with reported state and re-send what is missing."""
+    now = timezone.now()
+    resent = {"start": 0, "stop": 0, "removed": 0}
+    stale = now - REDISPATCH_AFTER
+    workers = Worker.objects.select_related("deployment", "node", "model_version")
+    for worker in workers:
+        node_up = worker.node.state in (NodeState.ONLINE, NodeState.DEGRADED)
+        waited = worker.dispatched_at is None or worker.dispatched_at < stale
+        reported_since = (
+            worker.reported_at
+            and worker.dispatched_at
+            and worker.reported_at >= worker.dispatched_at
+        )
+        if worker.desired_state == DesiredState.RUNNING:
+            missing = worker.state == WorkerState.STOPPED or (
+                worker.state in IN_PROGRESS and not reported_since
+            )
+            if node_up and waited and missing:
+                with transaction.atomic():
+                    dispatch(worker, "start_worker")
+                resent["start"] += 1
+        elif worker.state == WorkerState.STOPPED or worker.state == WorkerState.FAILED:
+            superseded = worker.deployment.workers.filter(
+                slot=worker.slot, desired_state=DesiredState.RUNNING
+            ).exists()
+            if superseded or worker.slot >= worker.deployment.replicas:
+                worker.delete()
+                resent["removed"] += 1
+        elif node_up and waited:
+            with transaction.atomic():
+                dispatch(worker, "stop_worker")
+            resent["stop"] += 1
+    for deployment in Deployment.objects.filter(rollout_state=RolloutState.ROLLING):
+        with transaction.atomic():
+            advance_rollout(deployment)
+    return resent

@@ -1,0 +1,90 @@
+"""Registering model versions and computing their checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.audit import recorder
+from apps.registry.models import ModelVersion, VersionState
+from apps.registry.paths import PathRefused, check_model_path, list_files
+
+CHUNK = 4 * 1024 * 1024
+PROGRESS_EVERY_SECONDS = 0.5
+
+
+class VersionInUse(Exception):
+    """A deployment still uses the version."""
+
+
+def sha256_file(path, on_progress=None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            if on_progress:
+                on_progress(len(chunk))
+    return digest.hexdigest()
+
+
+def hash_version(version_id: int) -> ModelVersion:
+    """Checksum every file of a draft version, then make it ready (and immutable)."""
+    version = ModelVersion.objects.get(pk=version_id)
+    if version.state != VersionState.DRAFT:
+        return version
+    try:
+        directory = check_model_path(version.path)
+        files = list_files(directory)
+    except (PathRefused, OSError) as exc:
+        ModelVersion.objects.filter(pk=version.pk).update(error=str(exc)[:500])
+        raise
+    total = sum(f.stat().st_size for f in files)
+    done = 0
+    last_report = 0.0
+
+    def progress(count: int) -> None:
+        nonlocal done, last_report
+        done += count
+        if time.monotonic() - last_report >= PROGRESS_EVERY_SECONDS:
+            last_report = time.monotonic()
+            ModelVersion.objects.filter(pk=version.pk).update(
+                progress={"done_bytes": done, "total_bytes": total}
+            )
+
+    entries = [
+        {
+            "path": str(f.relative_to(directory)),
+            "size": f.stat().st_size,
+            "sha256": sha256_file(f, progress),
+        }
+        for f in files
+    ]
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        version.files = entries
+        version.size_bytes = total
+        version.progress = {"done_bytes": total, "total_bytes": total}
+        version.state = VersionState.READY
+        version.ready_at = timezone.now()
+        version.error = ""
+        version.save()
+    recorder.record(
+        "registry.version-ready",
+        target=version,
+        changes={"files": len(entries), "size_bytes": total},
+    )
+    return version
+
+
+def retire_version(version: ModelVersion) -> None:
+    from apps.deployments.models import Deployment
+
+    users = Deployment.objects.filter(model_version=version).exclude(desired_state="deleted")
+    if users.exists():
+        names = ", ".join(users.values_list("name", flat=True)[:5])
+        raise VersionInUse(f"Deployments still use this version: {names}.")
+    version.state = VersionState.RETIRED
+    version.save(update_fields=["state"])

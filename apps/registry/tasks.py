@@ -1,0 +1,8 @@
+from celery import shared_task
+
+from apps.registry.services import hash_version
+
+
+@shared_task(name="registry.hash_version")
+def hash_version_task(version_id: int) -> str:
+    return hash_version(version_id).state
