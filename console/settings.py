@@ -37,6 +37,8 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.inventory",
     "apps.telemetry",
+    "apps.registry",
+    "apps.deployments",
 ]
 
 MIDDLEWARE = [
@@ -88,8 +90,8 @@ CACHES = {
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 2000, "expiry": 30},
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
     }
 }
 
@@ -174,6 +176,7 @@ CELERY_TASK_DEFAULT_QUEUE = "console"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "mark-offline-nodes": {"task": "inventory.mark_offline_nodes", "schedule": 5.0},
+    "reconcile-deployments": {"task": "deployments.reconcile", "schedule": 5.0},
     "prune-telemetry": {"task": "telemetry.prune_history", "schedule": timedelta(hours=1)},
     "archive-audit": {"task": "audit.archive_old_events", "schedule": timedelta(hours=6)},
 }
@@ -187,6 +190,8 @@ AGENT_BROKER_URL = config.raw("AGENT_BROKER_URL", REDIS_URL)
 LOGIN_FAILURE_LIMIT = config.integer("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_LOCK_MINUTES = config.integer("LOGIN_LOCK_MINUTES", 15, minimum=1)
 API_TOKEN_MAX_DAYS = config.integer("API_TOKEN_MAX_DAYS", 365, minimum=1)
+# Directories (local or shared storage: NFS, CephFS, Lustre) model files may live under.
+MODEL_ROOTS = config.listing("MODEL_ROOTS", ["/srv/models"])
 
 LOGGING = {
     "version": 1,
