@@ -1,0 +1,197 @@
+"""Deployment operations through the API, with commands landing on real node queues."""
+
+import pytest
+
+from apps.audit.models import AuditEvent
+from apps.deployments.models import Deployment, RolloutState, Worker, WorkerState
+from apps.deployments.services import apply_worker_status, reconcile
+from apps.telemetry import live
+from tests.deployments.conftest import make_node, queued_commands, ready_version
+
+
+def deploy(api, cluster, version, node, replicas=2, **extra):
+    body = {
+        "name": "chat",
+        "cluster": cluster.pk,
+        "model_version": version.pk,
+        "engine": "reference",
+        "engine_args": [],
+        "replicas": replicas,
+        "port": 8100,
+        "placement": {
+            "mode": "pinned",
+            "targets": [{"node": node.pk, "gpus": [i]} for i in range(node.gpus.count())],
+        },
+    }
+    body.update(extra)
+    return api.post("/api/v1/deployments/", body, format="json")
+
+
+def report(worker, state, **fields):
+    return apply_worker_status(worker.node, {"worker_id": worker.pk, "state": state, **fields})
+
+
+def test_create_places_replicas_and_queues_a_start_per_worker(
+    admin_api, cluster, version, gpu_node, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = deploy(admin_api, cluster, version, gpu_node)
+    assert response.status_code == 201, response.json()
+    workers = list(Worker.objects.order_by("slot"))
+    assert [(w.slot, w.gpus, w.port, w.state) for w in workers] == [
+        (0, [0], 8100, "pending"),
+        (1, [1], 8101, "pending"),
+    ]
+    commands = queued_commands(gpu_node)
+    assert [verb for verb, _ in commands] == ["start_worker", "start_worker"]
+    spec = commands[0][1]["spec"]
+    assert spec["worker_id"] == workers[0].pk and spec["gpus"] == [0]
+    assert spec["model"]["path"] == version.path and spec["model"]["files"][0]["sha256"] == "a" * 64
+    operation_ids = {c[1]["operation_id"] for c in commands}
+    event = AuditEvent.objects.get(action="deployments.create")
+    assert set(event.changes["operation_ids"]) == operation_ids
+
+
+def test_bad_engine_args_and_taken_gpus_are_refused_with_a_reason(
+    admin_api, cluster, version, gpu_node
+):
+    refused = deploy(
+        admin_api, cluster, version, gpu_node, engine="vllm", engine_args=["--trust-remote-code"]
+    )
+    assert refused.status_code == 400
+    assert "--trust-remote-code" in refused.json()["fields"]["engine_args"][0]
+    shell = deploy(
+        admin_api,
+        cluster,
+        version,
+        gpu_node,
+        engine="vllm",
+        engine_args=["--max-model-len", "4096; rm -rf /"],
+    )
+    assert shell.status_code == 400
+    assert deploy(admin_api, cluster, version, gpu_node).status_code == 201
+    taken = deploy(admin_api, cluster, version, gpu_node, name="second")
+    assert taken.status_code == 400 and "used by another deployment" in taken.json()["detail"]
+    assert Deployment.objects.count() == 1
+
+
+def test_auto_placement_uses_gpus_with_enough_free_memory(admin_api, cluster, version):
+    import json
+
+    node = make_node(cluster, "gpu-b", gpus=3)
+    busy = {"index": 0, "memory_used": 75 * 1024**3, "memory_total": 80 * 1024**3}
+    idle = {"memory_used": 1024**3, "memory_total": 80 * 1024**3}
+    live.client().set(
+        live.latest_key(node.pk),
+        json.dumps({"gpus": [busy, {"index": 1, **idle}, {"index": 2, **idle}]}),
+    )
+    response = deploy(
+        admin_api,
+        cluster,
+        version,
+        node,
+        replicas=2,
+        placement={"mode": "auto", "gpus_per_replica": 1, "min_free_gib": 40},
+    )
+    assert response.status_code == 201, response.json()
+    assert sorted(w.gpus[0] for w in Worker.objects.all()) == [1, 2]
+    third = deploy(
+        admin_api,
+        cluster,
+        version,
+        node,
+        replicas=1,
+        name="more",
+        placement={"mode": "auto", "gpus_per_replica": 1, "min_free_gib": 40},
+    )
+    assert third.status_code == 400 and "40 GiB free" in third.json()["detail"]
+
+
+def test_rolling_update_replaces_one_worker_at_a_time_and_finishes(
+    admin_api, cluster, version, gpu_node, django_capture_on_commit_callbacks
+):
+    deployment_id = deploy(admin_api, cluster, version, gpu_node).json()["id"]
+    for worker in Worker.objects.all():
+        report(worker, "ready", pid=100 + worker.slot)
+    v2 = ready_version(label="v2")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_api.post(
+            f"/api/v1/deployments/{deployment_id}/rollout/", {"model_version": v2.pk}, format="json"
+        )
+    assert response.json()["rollout_state"] == "rolling"
+    old0, old1 = Worker.objects.filter(model_version=version).order_by("slot")
+    assert (old0.desired_state, old1.desired_state) == ("stopped", "running")
+    new0 = Worker.objects.get(model_version=v2)
+    assert new0.slot == 0 and new0.gpus == [0]
+    report(new0, "starting")
+    assert Worker.objects.filter(model_version=v2).count() == 1  # waits for ready
+    report(new0, "ready", pid=200)
+    new1 = Worker.objects.get(model_version=v2, slot=1)
+    assert Worker.objects.get(pk=old1.pk).desired_state == "stopped"
+    report(new1, "ready", pid=201)
+    deployment = Deployment.objects.get(pk=deployment_id)
+    assert deployment.rollout_state == RolloutState.IDLE
+    assert deployment.previous_version == version
+    assert AuditEvent.objects.filter(action="deployments.rollout-done").count() == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        back = admin_api.post(f"/api/v1/deployments/{deployment_id}/rollback/")
+    assert back.status_code == 200 and back.json()["model_version"] == version.pk
+
+
+def test_a_failed_new_worker_stops_the_rollout_and_old_workers_keep_serving(
+    admin_api, cluster, version, gpu_node
+):
+    deployment_id = deploy(admin_api, cluster, version, gpu_node).json()["id"]
+    for worker in Worker.objects.all():
+        report(worker, "ready")
+    v2 = ready_version(label="v2-broken")
+    admin_api.post(
+        f"/api/v1/deployments/{deployment_id}/rollout/", {"model_version": v2.pk}, format="json"
+    )
+    new0 = Worker.objects.get(model_version=v2)
+    report(new0, "failed", error="model.safetensors: SHA-256 mismatch")
+    deployment = Deployment.objects.get(pk=deployment_id)
+    assert deployment.rollout_state == RolloutState.FAILED
+    assert "SHA-256 mismatch" in deployment.rollout_error
+    running = Worker.objects.filter(desired_state="running").order_by("slot")
+    assert [(w.slot, w.model_version_id) for w in running] == [(0, version.pk), (1, version.pk)]
+    assert Worker.objects.get(model_version=version, slot=1).state == WorkerState.READY
+
+
+def test_reconcile_resends_a_start_that_got_no_answer(admin_api, cluster, version, gpu_node):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    deploy(admin_api, cluster, version, gpu_node, replicas=1)
+    worker = Worker.objects.get()
+    first = worker.last_operation_id
+    Worker.objects.update(dispatched_at=timezone.now() - timedelta(minutes=1))
+    assert reconcile()["start"] == 1
+    worker.refresh_from_db()
+    assert worker.last_operation_id != first
+    report(worker, "ready")
+    Worker.objects.update(dispatched_at=timezone.now() - timedelta(minutes=1))
+    assert reconcile()["start"] == 0
+
+
+def test_an_agent_cannot_report_for_another_nodes_worker(admin_api, cluster, version, gpu_node):
+    deploy(admin_api, cluster, version, gpu_node, replicas=1)
+    other = make_node(cluster, "intruder")
+    worker = Worker.objects.get()
+    assert apply_worker_status(other, {"worker_id": worker.pk, "state": "failed"}) is None
+    assert Worker.objects.get().state == WorkerState.PENDING
+
+
+@pytest.mark.parametrize("role, expected", [("viewer", 403), ("operator", 200), ("admin", 200)])
+def test_operators_scale_and_stop_but_viewers_cannot(
+    client_for, make_user, admin_api, cluster, version, gpu_node, role, expected
+):
+    deployment_id = deploy(admin_api, cluster, version, gpu_node, replicas=1).json()["id"]
+    api = client_for(make_user(f"u-{role}", (role, cluster)))
+    response = api.post(
+        f"/api/v1/deployments/{deployment_id}/scale/", {"replicas": 2}, format="json"
+    )
+    assert response.status_code == expected
+    assert Deployment.objects.get().replicas == (2 if expected == 200 else 1)
+    assert api.post(f"/api/v1/deployments/{deployment_id}/stop/").status_code == expected
