@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -95,5 +96,37 @@ def daphne(transactional_db, tmp_path):
         process=proc,
     )
     proc.url = url
+    yield proc
+    processes.stop(proc)
+
+
+@pytest.fixture
+def console_worker(transactional_db, tmp_path):
+    """A real Celery worker for the console's queue, against the test database."""
+    proc = processes.start(
+        [
+            str(processes.BIN / "celery"),
+            "-A",
+            "console.celery",
+            "worker",
+            "-Q",
+            "console",
+            "--pool",
+            "solo",
+            "-n",
+            f"console-test-{processes.free_port()}@%h",
+            "-l",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        processes.console_env(),
+        tmp_path / "console-worker.log",
+    )
+    processes.wait_for(
+        lambda: b"ready" in Path(proc.log_path).read_bytes(),
+        what="the console Celery worker",
+        process=proc,
+    )
     yield proc
     processes.stop(proc)

@@ -30,7 +30,6 @@ from apps.registry.models import VersionState
 
 log = logging.getLogger(__name__)
 REDISPATCH_AFTER = timedelta(seconds=20)
-SETTLED = {WorkerState.READY, WorkerState.STOPPED, WorkerState.FAILED, WorkerState.CRASHLOOP}
 
 
 class DeploymentError(ValueError):
@@ -240,8 +239,15 @@ def advance_rollout(deployment: Deployment) -> list[str]:
         deployment.rollout_state = RolloutState.FAILED
         recorder.record("deployments.rollout-failed", target=deployment, changes={"reason": reason})
         # Keep serving: the remaining old workers stay; the broken slot gets its old
-        # version back.
-        return [_stop_worker(w) for w in broken] + _restore_slots(deployment, broken)
+        # version back. A failed worker has no process left; it stays on record as
+        # failed (with its error) and only a crash-looping one needs stopping.
+        operations = []
+        for worker in broken:
+            if worker.state == WorkerState.CRASHLOOP:
+                operations.append(_stop_worker(worker))
+            else:
+                Worker.objects.filter(pk=worker.pk).update(desired_state=DesiredState.STOPPED)
+        return operations + _restore_slots(deployment, broken)
     if any(w.state != WorkerState.READY for w in new):
         return []  # wait for the new worker to be ready
     if not old:
@@ -374,14 +380,15 @@ def reconcile() -> dict:
                 with transaction.atomic():
                     dispatch(worker, "start_worker")
                 resent["start"] += 1
-        elif worker.state == WorkerState.STOPPED or worker.state == WorkerState.FAILED:
+        elif worker.state == WorkerState.STOPPED:
             superseded = worker.deployment.workers.filter(
                 slot=worker.slot, desired_state=DesiredState.RUNNING
             ).exists()
             if superseded or worker.slot >= worker.deployment.replicas:
                 worker.delete()
                 resent["removed"] += 1
-        elif node_up and waited:
+        elif worker.state != WorkerState.FAILED and node_up and waited:
+            # (a failed worker has no process to stop; it stays on record)
             with transaction.atomic():
                 dispatch(worker, "stop_worker")
             resent["stop"] += 1
