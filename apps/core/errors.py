@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.http import JsonResponse
 from django.shortcuts import render
+from django.utils.translation import gettext as _
 from rest_framework.views import exception_handler
 
 
@@ -18,7 +19,7 @@ def api_exception_handler(exc, context):
     else:
         # Field errors: keep them, and add a sentence a person can read.
         response.data = {
-            "detail": "The request has invalid fields.",
+            "detail": _("The request has invalid fields."),
             "code": "invalid",
             "fields": data,
         }
@@ -31,7 +32,7 @@ def _wants_json(request) -> bool:
 
 def not_found(request, exception=None):
     if _wants_json(request):
-        return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+        return JsonResponse({"detail": _("Not found."), "code": "not_found"}, status=404)
     return render(request, "errors/404.html", status=404)
 
 
@@ -39,7 +40,7 @@ def server_error(request):
     if _wants_json(request):
         return JsonResponse(
             {
-                "detail": "Internal server error; the event is in the server log.",
+                "detail": _("Internal server error; the event is in the server log."),
                 "code": "server_error",
             },
             status=500,
@@ -50,7 +51,7 @@ def server_error(request):
 def permission_denied(request, exception=None):
     if _wants_json(request):
         return JsonResponse(
-            {"detail": "You do not have permission to do this.", "code": "permission_denied"},
+            {"detail": _("You do not have permission to do this."), "code": "permission_denied"},
             status=403,
         )
     return render(request, "errors/403.html", status=403)
@@ -58,5 +59,5 @@ def permission_denied(request, exception=None):
 
 def bad_request(request, exception=None):
     if _wants_json(request):
-        return JsonResponse({"detail": "Bad request.", "code": "bad_request"}, status=400)
+        return JsonResponse({"detail": _("Bad request."), "code": "bad_request"}, status=400)
     return render(request, "errors/400.html", status=400)

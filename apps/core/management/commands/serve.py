@@ -10,6 +10,7 @@ so a killed agent would take the console down with it.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -81,7 +82,10 @@ class Command(BaseCommand):
             state_dir = Path(settings.DATA_DIR) / "agent"
             enroll_local_agent(state_dir, url.rstrip("/"))
             flags, note = local_gpu_flags()
-            env["HANGAR_AGENT_FLAGS"] = " ".join(flags)
+            for root in settings.MODEL_ROOTS:  # the local agent serves the console's roots
+                flags += ["--model-root", root]
+            # supervisord splits its command line like a shell (shlex): quote each item.
+            env["HANGAR_AGENT_FLAGS"] = " ".join(shlex.quote(flag) for flag in flags)
             self.stdout.write(note)
             env["HANGAR_AGENT_AUTOSTART"] = "true"
 
