@@ -66,6 +66,12 @@ def _gpu_count(text: str) -> int:
     return value
 
 
+def _model_root(text: str) -> str:
+    if not os.path.isabs(text):
+        raise argparse.ArgumentTypeError(f"{text!r} must be an absolute path")
+    return os.path.normpath(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hangar-agent", description="Hangar node agent.")
     parser.add_argument("--version", action="version", version=f"hangar-agent {__version__}")
@@ -88,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--interval", type=_interval, default=1.0, help="seconds between sweeps")
     run.add_argument("--simulate", type=_gpu_count, default=0, metavar="N", help=simulate_help)
     run.add_argument("--no-celery", action="store_true", help="do not start the command worker")
+    run.add_argument(
+        "--model-root",
+        action="append",
+        type=_model_root,
+        metavar="DIR",
+        help="a directory model files may come from (repeatable; default /srv/models)",
+    )
+    run.add_argument(
+        "--worker-host",
+        default="127.0.0.1",
+        help="address inference workers listen on (default 127.0.0.1)",
+    )
     return parser
 
 
@@ -160,7 +178,32 @@ def _run(args: argparse.Namespace) -> int:
         websocket_url(credential["console"])
     except (EnrollError, ValueError) as exc:
         return _fail(str(exc))
-    collector = Collector(open_source(args.simulate, seed=simulation_seed()))
+    from agents.workers.control import ControlServer
+    from agents.workers.feed import StatusFeed
+    from agents.workers.supervisor import Supervisor, SupervisorConfig
+
+    # Inference workers are supervised here, in the main process: they must
+    # have one supervisor, and this process outlives Celery worker restarts.
+    feed = StatusFeed()
+    config = SupervisorConfig(
+        model_roots=args.model_root or ["/srv/models"],
+        host=args.worker_host,
+        simulate=bool(args.simulate),
+    )
+    try:
+        supervisor = Supervisor(args.state_dir, config, on_status=feed.post).start()
+    except OSError as exc:
+        return _fail(f"cannot start the worker supervisor in {args.state_dir}: {exc}")
+    try:
+        control = ControlServer(args.state_dir, supervisor.handle).start()
+    except (OSError, ValueError) as exc:
+        # Telemetry matters more than commands: run on, and say why commands fail.
+        log.error("worker commands are unavailable: %s", exc)
+        control = None
+    feed.snapshot = supervisor.statuses
+    collector = Collector(
+        open_source(args.simulate, seed=simulation_seed()), workers_metrics=supervisor.metrics
+    )
     worker = None if args.no_celery else _start_worker(args)
 
     async def supervise() -> None:
@@ -171,7 +214,12 @@ def _run(args: argparse.Namespace) -> int:
         watcher = asyncio.create_task(_watch_worker(args, stop)) if worker else None
         try:
             await run_agent(
-                credential["console"], credential["credential"], collector, args.interval, stop
+                credential["console"],
+                credential["credential"],
+                collector,
+                args.interval,
+                stop,
+                workers=feed,
             )
         finally:
             if watcher:
@@ -199,6 +247,9 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if worker is not None:
             _stop_worker(worker)
+        if control is not None:
+            control.close()
+        supervisor.close()  # the workers keep running; the next agent re-adopts them
     log.info("stopped")
     return 0
 

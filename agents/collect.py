@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from agents import host, protocol
+
+log = logging.getLogger("hangar.agent")
 
 
 class GpuSource(Protocol):
@@ -30,8 +34,14 @@ def open_source(simulate: int = 0, seed: int | None = None) -> GpuSource:
 
 
 class Collector:
-    def __init__(self, source: GpuSource) -> None:
+    def __init__(
+        self,
+        source: GpuSource,
+        workers_metrics: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
         self.source = source
+        # The supervisor's latency per ready worker (WORKER_METRICS), if any.
+        self.workers_metrics = workers_metrics
         self.host = host.HostSampler()
         self.seq = 0
 
@@ -56,6 +66,8 @@ class Collector:
             "host": host_sample,
             "faults": faults,
         }
+        if self.workers_metrics is not None:
+            sample["workers"] = self._workers()
         # Checking our own output costs ~tens of microseconds and means a
         # driver returning nonsense shows up as a fault on this node rather
         # than as the console refusing every message from it.
@@ -65,6 +77,16 @@ class Collector:
             sample["gpus"] = []
             sample["faults"] = [f"agent: discarded an invalid reading: {exc}"[:500]]
         return sample
+
+    def _workers(self) -> list[dict[str, Any]]:
+        try:
+            workers = self.workers_metrics()
+            for i, metrics in enumerate(workers):
+                protocol.validate_worker_metrics(metrics, f"sample.workers[{i}]")
+            return workers
+        except Exception:  # latency is worth less than the GPU readings beside it
+            log.exception("worker metrics discarded")
+            return []
 
     def close(self) -> None:
         self.source.close()

@@ -24,6 +24,7 @@ ERROR = "error"  # console -> agent, a message was refused; the connection stays
 HELLO = "hello"  # agent -> console, after connecting and when facts change
 TELEMETRY = "telemetry"  # agent -> console, one sample per sweep
 BATCH = "batch"  # agent -> console, samples buffered during an outage
+WORKER = "worker"  # agent -> console, a worker's status changed (or after hello)
 
 # Websocket close code the console uses for an unknown or revoked credential.
 CLOSE_CREDENTIAL_REFUSED = 4401
@@ -86,6 +87,10 @@ def batch(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if len(samples) > MAX_BATCH_SAMPLES:
         raise ProtocolError(f"a batch holds at most {MAX_BATCH_SAMPLES} samples")
     return {"type": BATCH, "samples": samples}
+
+
+def worker(status: dict[str, Any]) -> dict[str, Any]:
+    return {"type": WORKER, "worker": status}
 
 
 def welcome(node_id: int) -> dict[str, Any]:
@@ -241,7 +246,7 @@ def _gpu_facts(g: Any, i: int) -> dict[str, Any]:
 # --- samples -----------------------------------------------------------------
 
 _SAMPLE_REQUIRED = frozenset({"seq", "ts", "simulated", "gpus", "host", "faults"})
-_SAMPLE_KEYS = _SAMPLE_REQUIRED | {"coalesced"}
+_SAMPLE_KEYS = _SAMPLE_REQUIRED | {"coalesced", "workers"}
 _GPU_SAMPLE_KEYS = frozenset(
     {
         "index",
@@ -275,6 +280,7 @@ def validate_sample(d: Any) -> dict[str, Any]:
     faults = _list(d["faults"], "sample.faults", MAX_FAULTS)
     for i, fault in enumerate(faults):
         _text(fault, f"sample.faults[{i}]")
+    workers = _list(d.get("workers", []), "sample.workers", MAX_WORKERS)
     return {
         "seq": _integer(d["seq"], "sample.seq", 0, _COUNTER_MAX, nullable=False),
         "ts": float(ts),
@@ -283,6 +289,9 @@ def validate_sample(d: Any) -> dict[str, Any]:
         "host": _host(d["host"]),
         "faults": list(faults),
         "coalesced": _integer(d.get("coalesced", 0), "sample.coalesced", 0, _COUNTER_MAX),
+        "workers": [
+            validate_worker_metrics(w, f"sample.workers[{i}]") for i, w in enumerate(workers)
+        ],
     }
 
 
@@ -340,11 +349,229 @@ def _host(h: Any) -> dict[str, Any]:
     }
 
 
+# --- workers (section 4 of docs/protocol.md) ---------------------------------
+
+MAX_WORKERS = 256  # per node
+MAX_LOG_LINES = 20  # WORKER_STATUS.last_log
+MAX_LOG_LINE = 1000
+MAX_ENGINE_ARGS = 64
+MAX_MODEL_FILES = 10_000
+_PORT_MIN, _PORT_MAX = 1024, 65535
+_ID_MAX = 2**53  # what a JavaScript number holds exactly
+_MS_MAX = 3_600_000.0
+
+WORKER_STATES = frozenset(
+    {
+        "pending",
+        "fetching",
+        "verifying",
+        "starting",
+        "ready",
+        "unhealthy",
+        "crashloop",
+        "stopping",
+        "stopped",
+        "failed",
+    }
+)
+# Why a run ended (WORKER_STATUS.cause); `gpu-held` is a start refused because a
+# process outside Hangar still holds the worker's GPUs.
+EXIT_CAUSES = frozenset(
+    {
+        "gpu-oom",
+        "host-oom",
+        "cuda-error",
+        "xid",
+        "signal",
+        "startup-error",
+        "exited",
+        "unknown",
+        "gpu-held",
+    }
+)
+ENGINES = frozenset({"vllm", "sglang", "llama.cpp", "generic", "reference"})
+METRICS_SOURCES = frozenset({"prometheus", "probe"})
+
+_WORKER_STATUS_KEYS = frozenset(
+    {
+        "worker_id",
+        "deployment_id",
+        "state",
+        "pid",
+        "port",
+        "gpus",
+        "restarts",
+        "run",
+        "exit_code",
+        "exit_signal",
+        "cause",
+        "evidence",
+        "error",
+        "progress",
+        "last_log",
+        "operation_id",
+        "ts",
+    }
+)
+_PROGRESS_KEYS = frozenset({"done_bytes", "total_bytes", "file"})
+_WORKER_METRICS_KEYS = frozenset(
+    {"worker_id", "p50_ms", "p95_ms", "p99_ms", "rps", "error_rate", "source"}
+)
+_SPEC_REQUIRED = frozenset(
+    {"worker_id", "deployment_id", "engine", "engine_args", "model", "gpus", "port"}
+)
+_SPEC_KEYS = _SPEC_REQUIRED | {"health_path", "command"}
+_MODEL_KEYS = frozenset({"version_id", "path", "files"})
+_MODEL_FILE_KEYS = frozenset({"path", "sha256", "size"})
+
+
+def _gpu_list(value: Any, where: str) -> list[int]:
+    gpus = [
+        _integer(g, f"{where}[{i}]", 0, MAX_GPUS - 1, nullable=False)
+        for i, g in enumerate(_list(value, where, MAX_GPUS))
+    ]
+    if len(set(gpus)) != len(gpus):
+        raise ProtocolError(f"{where} lists the same GPU more than once")
+    return gpus
+
+
+def _choice(value: Any, where: str, allowed: frozenset[str], nullable: bool = False) -> Any:
+    if value is None and nullable:
+        return None
+    if type(value) is not str or value not in allowed:
+        raise ProtocolError(f"{where} = {value!r} is not one of {', '.join(sorted(allowed))}")
+    return value
+
+
+def _log_line(value: Any, where: str) -> str:
+    # Unlike _text, an empty line is a line: logs have them.
+    if type(value) is not str or len(value) > MAX_LOG_LINE:
+        raise ProtocolError(f"{where} must be a string of at most {MAX_LOG_LINE} characters")
+    return value
+
+
+def validate_worker_status(d: Any, where: str = "worker") -> dict[str, Any]:
+    """Return a cleaned copy of a WORKER_STATUS object or raise ProtocolError."""
+    d = _require_dict(d, where)
+    _check_keys(d, _WORKER_STATUS_KEYS, _WORKER_STATUS_KEYS, where)
+    progress = d["progress"]
+    if progress is not None:
+        progress = _require_dict(progress, f"{where}.progress")
+        _check_keys(progress, _PROGRESS_KEYS, _PROGRESS_KEYS, f"{where}.progress")
+        done = _integer(progress["done_bytes"], f"{where}.progress.done_bytes", 0, _BYTES_MAX)
+        total = _integer(progress["total_bytes"], f"{where}.progress.total_bytes", 0, _BYTES_MAX)
+        _used_within_total(done, total, f"{where}.progress")
+        progress = {
+            "done_bytes": done,
+            "total_bytes": total,
+            "file": _text(progress["file"], f"{where}.progress.file", nullable=True, max_len=1024),
+        }
+    last_log = _list(d["last_log"], f"{where}.last_log", MAX_LOG_LINES)
+    return {
+        "worker_id": _integer(d["worker_id"], f"{where}.worker_id", 1, _ID_MAX, nullable=False),
+        "deployment_id": _integer(d["deployment_id"], f"{where}.deployment_id", 1, _ID_MAX),
+        "state": _choice(d["state"], f"{where}.state", WORKER_STATES),
+        "pid": _integer(d["pid"], f"{where}.pid", 1, 2**31 - 1),
+        "port": _integer(d["port"], f"{where}.port", _PORT_MIN, _PORT_MAX),
+        "gpus": _gpu_list(d["gpus"], f"{where}.gpus"),
+        "restarts": _integer(d["restarts"], f"{where}.restarts", 0, _COUNTER_MAX, nullable=False),
+        "run": _integer(d["run"], f"{where}.run", 0, _COUNTER_MAX, nullable=False),
+        "exit_code": _integer(d["exit_code"], f"{where}.exit_code", 0, 255),
+        "exit_signal": _integer(d["exit_signal"], f"{where}.exit_signal", 1, 64),
+        "cause": _choice(d["cause"], f"{where}.cause", EXIT_CAUSES, nullable=True),
+        "evidence": _text(d["evidence"], f"{where}.evidence", nullable=True, max_len=MAX_LOG_LINE),
+        "error": _text(d["error"], f"{where}.error", nullable=True, max_len=2048),
+        "progress": progress,
+        "last_log": [_log_line(line, f"{where}.last_log[{i}]") for i, line in enumerate(last_log)],
+        "operation_id": _text(
+            d["operation_id"], f"{where}.operation_id", nullable=True, max_len=64
+        ),
+        "ts": float(_number(d["ts"], f"{where}.ts", _TS_MIN, _TS_MAX, nullable=False)),
+    }
+
+
+def validate_worker_metrics(d: Any, where: str = "worker_metrics") -> dict[str, Any]:
+    """Return a cleaned copy of a WORKER_METRICS object or raise ProtocolError."""
+    d = _require_dict(d, where)
+    _check_keys(d, _WORKER_METRICS_KEYS, _WORKER_METRICS_KEYS, where)
+    return {
+        "worker_id": _integer(d["worker_id"], f"{where}.worker_id", 1, _ID_MAX, nullable=False),
+        "p50_ms": _number(d["p50_ms"], f"{where}.p50_ms", 0, _MS_MAX),
+        "p95_ms": _number(d["p95_ms"], f"{where}.p95_ms", 0, _MS_MAX),
+        "p99_ms": _number(d["p99_ms"], f"{where}.p99_ms", 0, _MS_MAX),
+        "rps": _number(d["rps"], f"{where}.rps", 0, 1e9),
+        "error_rate": _number(d["error_rate"], f"{where}.error_rate", 0, 1),
+        "source": _choice(d["source"], f"{where}.source", METRICS_SOURCES),
+    }
+
+
+def validate_worker_spec(d: Any) -> dict[str, Any]:
+    """Return a cleaned copy of a WORKER_SPEC or raise ProtocolError.
+
+    Shapes only: the engine arguments are checked against the engine's allowed
+    flags by `agents.workers.engines.validate_engine_args`, and the model path
+    against the node's model roots by the agent.
+    """
+    d = _require_dict(d, "spec")
+    _check_keys(d, _SPEC_REQUIRED, _SPEC_KEYS, "spec")
+    engine = _choice(d["engine"], "spec.engine", ENGINES)
+    engine_args = _list(d["engine_args"], "spec.engine_args", MAX_ENGINE_ARGS)
+    for i, arg in enumerate(engine_args):
+        _text(arg, f"spec.engine_args[{i}]")
+    model = _require_dict(d["model"], "spec.model")
+    _check_keys(model, _MODEL_KEYS, _MODEL_KEYS, "spec.model")
+    files = []
+    for i, f in enumerate(_list(model["files"], "spec.model.files", MAX_MODEL_FILES)):
+        where = f"spec.model.files[{i}]"
+        f = _require_dict(f, where)
+        _check_keys(f, _MODEL_FILE_KEYS - {"size"}, _MODEL_FILE_KEYS, where)
+        digest = _text(f["sha256"], f"{where}.sha256", max_len=64)
+        if len(digest) != 64 or digest.strip("0123456789abcdef"):
+            raise ProtocolError(f"{where}.sha256 must be 64 lowercase hexadecimal digits")
+        files.append(
+            {
+                "path": _text(f["path"], f"{where}.path", max_len=1024),
+                "sha256": digest,
+                "size": _integer(f.get("size"), f"{where}.size", 0, _BYTES_MAX),
+            }
+        )
+    command = d.get("command")
+    if command is not None:
+        command = [
+            _text(arg, f"spec.command[{i}]", max_len=4096)
+            for i, arg in enumerate(_list(command, "spec.command", 256))
+        ]
+    health_path = _text(d.get("health_path"), "spec.health_path", nullable=True, max_len=256)
+    if health_path is not None and not health_path.startswith("/"):
+        raise ProtocolError("spec.health_path must start with /")
+    if engine == "generic" and (not command or health_path is None):
+        raise ProtocolError(
+            "a generic worker needs spec.command (an argv list) and spec.health_path"
+        )
+    if engine != "generic" and command is not None:
+        raise ProtocolError(f"spec.command is only for the generic engine, not {engine}")
+    return {
+        "worker_id": _integer(d["worker_id"], "spec.worker_id", 1, _ID_MAX, nullable=False),
+        "deployment_id": _integer(d["deployment_id"], "spec.deployment_id", 1, _ID_MAX),
+        "engine": engine,
+        "engine_args": list(engine_args),
+        "model": {
+            "version_id": _integer(model["version_id"], "spec.model.version_id", 1, _ID_MAX),
+            "path": _text(model["path"], "spec.model.path", max_len=4096),
+            "files": files,
+        },
+        "gpus": _gpu_list(d["gpus"], "spec.gpus"),
+        "port": _integer(d["port"], "spec.port", _PORT_MIN, _PORT_MAX, nullable=False),
+        "health_path": health_path,
+        "command": command,
+    }
+
+
 # --- whole messages ----------------------------------------------------------
 
 
 def validate_message(d: Any) -> dict[str, Any]:
-    """Validate one agent -> console message (hello, telemetry or batch)."""
+    """Validate one agent -> console message (hello, telemetry, batch or worker)."""
     d = _require_dict(d, "message")
     kind = d.get("type")
     if kind == TELEMETRY:
@@ -368,4 +595,9 @@ def validate_message(d: Any) -> dict[str, Any]:
             "agent_version": _text(d["agent_version"], "hello.agent_version", max_len=64),
             "facts": validate_facts(d["facts"]),
         }
-    raise ProtocolError(f"unknown message type {kind!r}; expected hello, telemetry or batch")
+    if kind == WORKER:
+        _check_keys(d, frozenset({"type", "worker"}), frozenset({"type", "worker"}), "worker")
+        return {"type": WORKER, "worker": validate_worker_status(d["worker"])}
+    raise ProtocolError(
+        f"unknown message type {kind!r}; expected hello, telemetry, batch or worker"
+    )

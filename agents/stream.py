@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from agents import __version__, protocol
 from agents.buffer import SampleBuffer
 from agents.collect import Collector
+from agents.workers.feed import StatusFeed
 
 log = logging.getLogger("hangar.agent")
 
@@ -148,6 +149,7 @@ class Stream:
         backoff_base: float = BACKOFF_BASE_S,
         backoff_cap: float = BACKOFF_CAP_S,
         rng: random.Random | None = None,
+        workers: StatusFeed | None = None,
     ) -> None:
         self.url = url
         self.credential = credential
@@ -159,9 +161,12 @@ class Stream:
         self.wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()  # the sampler thread wakes us through it
         self.connections = 0  # successful connections so far, for logs and tests
+        self.workers = workers
+        if workers is not None:
+            workers.set_notify(self.notify)
 
     def notify(self) -> None:
-        """Called from the sampler thread after each push."""
+        """Called from the sampler thread after each push (and on worker changes)."""
         with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
             self._loop.call_soon_threadsafe(self.wake.set)
 
@@ -236,15 +241,29 @@ class Stream:
                 # bug on one side or the other, worth a line in the journal.
                 log.warning("console refused a message: %s", message.get("detail"))
 
+    async def _send_all_workers(self, ws: ClientConnection) -> None:
+        """After hello: every worker's status, superseding changes queued meanwhile."""
+        if self.workers is None:
+            return
+        self.workers.clear()
+        for status in await asyncio.to_thread(self.workers.snapshot):
+            await ws.send(json.dumps(protocol.worker(status)))
+
     async def _send(self, ws: ClientConnection) -> None:
         facts_version, facts = self.facts.get()
         await ws.send(json.dumps(protocol.hello(facts, __version__)))
+        await self._send_all_workers(ws)
         while True:
             version, facts = self.facts.get()
             if version != facts_version:
                 facts_version = version
                 await ws.send(json.dumps(protocol.hello(facts, __version__)))
+                await self._send_all_workers(ws)
             self.wake.clear()
+            if self.workers is not None:
+                # Not requeued if a send fails: the next hello sends every worker anew.
+                for status in self.workers.take():
+                    await ws.send(json.dumps(protocol.worker(status)))
             samples = self.buffer.take(protocol.MAX_BATCH_SAMPLES)
             if not samples:
                 await self.wake.wait()
@@ -272,8 +291,13 @@ async def run_agent(
     buffer: SampleBuffer | None = None,
     backoff_base: float = BACKOFF_BASE_S,
     backoff_cap: float = BACKOFF_CAP_S,
+    workers: StatusFeed | None = None,
 ) -> None:
-    """Sample and stream until `stop` is set; raises CredentialRefused."""
+    """Sample and stream until `stop` is set; raises CredentialRefused.
+
+    `workers`: the supervisor's status feed, whose changes go out as `worker`
+    messages (and all of them after each hello).
+    """
     buffer = SampleBuffer() if buffer is None else buffer
     facts = FactsBox(await asyncio.to_thread(collector.facts))
     stream = Stream(
@@ -283,6 +307,7 @@ async def run_agent(
         facts,
         backoff_base=backoff_base,
         backoff_cap=backoff_cap,
+        workers=workers,
     )
     stream_task = asyncio.create_task(stream.run())
     sampler = Sampler(collector, buffer, facts, interval, stream.notify)

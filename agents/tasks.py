@@ -29,9 +29,16 @@ from kombu import Queue
 from agents import __version__
 from agents.collect import Collector, open_source
 from agents.enroll import EnrollError, read_credential
+from agents.workers import control
 
 PING = "hangar.agent.ping"
 COLLECT_FACTS = "hangar.agent.collect_facts"
+START_WORKER = "hangar.agent.start_worker"
+STOP_WORKER = "hangar.agent.stop_worker"
+RESTART_WORKER = "hangar.agent.restart_worker"
+TAIL_LOGS = "hangar.agent.tail_logs"
+LIST_WORKERS = "hangar.agent.list_workers"
+LIST_RUNS = "hangar.agent.list_runs"
 
 
 def simulation_seed() -> int:
@@ -39,7 +46,9 @@ def simulation_seed() -> int:
     return zlib.crc32(socket.gethostname().encode())
 
 
-def make_app(credential: dict[str, Any], simulate: int = 0) -> Celery:
+def make_app(
+    credential: dict[str, Any], simulate: int = 0, state_dir: Path | None = None
+) -> Celery:
     app = Celery("hangar-agent", broker=credential["broker_url"], backend=credential["broker_url"])
     queue = credential["queue"]
     app.conf.update(
@@ -70,6 +79,40 @@ def make_app(credential: dict[str, Any], simulate: int = 0) -> Celery:
             return collector.facts()
         finally:
             collector.close()
+
+    # Worker commands are supervised in the agent's main process: forward them
+    # over its control socket (docs/agent.md, "Workers").
+    def forward(verb: str, operation_id: str, **args: Any) -> dict[str, Any]:
+        if state_dir is None:
+            detail = "this command worker was started without a state directory"
+            return {"operation_id": operation_id, "ok": False, "detail": detail, "worker": None}
+        return control.call(state_dir, {"verb": verb, "operation_id": operation_id, **args})
+
+    @app.task(name=START_WORKER)
+    def start_worker(operation_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return forward("start_worker", operation_id, spec=spec)
+
+    @app.task(name=STOP_WORKER)
+    def stop_worker(operation_id: str, worker_id: int) -> dict[str, Any]:
+        return forward("stop_worker", operation_id, worker_id=worker_id)
+
+    @app.task(name=RESTART_WORKER)
+    def restart_worker(operation_id: str, worker_id: int) -> dict[str, Any]:
+        return forward("restart_worker", operation_id, worker_id=worker_id)
+
+    @app.task(name=TAIL_LOGS)
+    def tail_logs(
+        operation_id: str, worker_id: int, lines: int = 200, run: int | None = None
+    ) -> dict[str, Any]:
+        return forward("tail_logs", operation_id, worker_id=worker_id, lines=lines, run=run)
+
+    @app.task(name=LIST_WORKERS)
+    def list_workers(operation_id: str) -> dict[str, Any]:
+        return forward("list_workers", operation_id)
+
+    @app.task(name=LIST_RUNS)
+    def list_runs(operation_id: str, worker_id: int) -> dict[str, Any]:
+        return forward("list_runs", operation_id, worker_id=worker_id)
 
     return app
 
@@ -111,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except EnrollError as exc:
         print(f"hangar-agent worker: {exc}", file=sys.stderr)
         return 1
-    app = make_app(credential, args.simulate)
+    app = make_app(credential, args.simulate, args.state_dir)
     app.worker_main(worker_argv(credential["queue"], credential["node_id"]))
     return 0
 

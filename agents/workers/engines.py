@@ -1,0 +1,322 @@
+"""Engine adapters: a WORKER_SPEC -> an argument vector, a health path, metrics.
+
+The allowed flags per engine are data (`ENGINES[name].flags`) so the console
+validates a deployment's engine arguments with the same table the agent
+applies before it starts anything (`from agents.workers.engines import
+ENGINES, validate_engine_args`). A flag that is not in the table is refused;
+some are refused with a reason (`refused`), because they run code shipped
+with a model (`--trust-remote-code`) or because the agent owns them (host,
+port, model path).
+
+Flag kinds: ("int", lo, hi), ("float", lo, hi), ("text",) for a short
+identifier-like value, ("switch",) for a flag without value, and
+("choice", a, b, ...) for one of a few words.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Kind = tuple[Any, ...]
+
+SWITCH: Kind = ("switch",)
+TEXT: Kind = ("text",)
+
+
+def _int(lo: int = 1, hi: int = 2**31 - 1) -> Kind:
+    return ("int", lo, hi)
+
+
+def _float(lo: float, hi: float) -> Kind:
+    return ("float", lo, hi)
+
+
+def _choice(*values: str) -> Kind:
+    return ("choice", *values)
+
+
+# A text value is a name, a dtype, a number list: never a path, never spaces.
+_TEXT_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+,/=-]{0,199}$")
+
+_DTYPES = _choice("auto", "half", "float16", "bfloat16", "float", "float32")
+_OWNED_BY_AGENT = "the agent sets it from the worker spec"
+_REMOTE_CODE = "it runs Python code shipped with the model; Hangar never allows it"
+_PATHS = "it names a file on the node; put files in the model version instead"
+
+
+@dataclass(frozen=True)
+class PrometheusNames:
+    """Where an engine's /metrics keeps what WORKER_METRICS reports."""
+
+    latency_histogram: str
+    requests_counter: str | None = None  # None: the histogram's _count
+    errors_counter: str | None = None
+    # label=value pairs of requests_counter that count as errors, when the
+    # engine has no error counter of its own (vLLM: finished_reason="abort").
+    error_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    flags: Mapping[str, Kind]
+    refused: Mapping[str, str]
+    health_path: str | None  # None: the spec declares it (generic)
+    metrics: PrometheusNames | None  # None: latency by probing the health path
+
+
+ENGINES: dict[str, Engine] = {
+    "vllm": Engine(
+        name="vllm",
+        flags={
+            "--max-model-len": _int(),
+            "--tensor-parallel-size": _int(1, 64),
+            "--pipeline-parallel-size": _int(1, 64),
+            "--data-parallel-size": _int(1, 64),
+            "--gpu-memory-utilization": _float(0.05, 1.0),
+            "--dtype": _DTYPES,
+            "--quantization": TEXT,
+            "--kv-cache-dtype": _choice("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
+            "--max-num-seqs": _int(),
+            "--max-num-batched-tokens": _int(),
+            "--served-model-name": TEXT,
+            "--block-size": _int(1, 1024),
+            "--swap-space": _int(0, 1024),
+            "--seed": _int(0),
+            "--max-logprobs": _int(0),
+            "--enforce-eager": SWITCH,
+            "--enable-prefix-caching": SWITCH,
+            "--no-enable-prefix-caching": SWITCH,
+            "--enable-chunked-prefill": SWITCH,
+            "--disable-log-requests": SWITCH,
+            "--disable-log-stats": SWITCH,
+            "--tokenizer-mode": _choice("auto", "slow", "mistral"),
+            "--generation-config": _choice("auto", "vllm"),
+        },
+        refused={
+            "--trust-remote-code": _REMOTE_CODE,
+            "--host": _OWNED_BY_AGENT,
+            "--port": _OWNED_BY_AGENT,
+            "--model": _OWNED_BY_AGENT,
+            "--download-dir": _PATHS,
+            "--chat-template": _PATHS,
+            "--tokenizer": _PATHS,
+            "--api-key": "API keys are not part of a deployment",
+        },
+        health_path="/health",
+        metrics=PrometheusNames(
+            latency_histogram="vllm:e2e_request_latency_seconds",
+            requests_counter="vllm:request_success_total",
+            error_labels={"finished_reason": "abort"},
+        ),
+    ),
+    "sglang": Engine(
+        name="sglang",
+        flags={
+            "--tp-size": _int(1, 64),
+            "--dp-size": _int(1, 64),
+            "--mem-fraction-static": _float(0.05, 1.0),
+            "--context-length": _int(),
+            "--dtype": _DTYPES,
+            "--quantization": TEXT,
+            "--kv-cache-dtype": _choice("auto", "fp8_e4m3", "fp8_e5m2"),
+            "--max-running-requests": _int(),
+            "--max-total-tokens": _int(),
+            "--chunked-prefill-size": _int(-1),
+            "--served-model-name": TEXT,
+            "--attention-backend": TEXT,
+            "--random-seed": _int(0),
+            "--disable-radix-cache": SWITCH,
+            "--disable-cuda-graph": SWITCH,
+            "--enable-metrics": SWITCH,
+        },
+        refused={
+            "--trust-remote-code": _REMOTE_CODE,
+            "--host": _OWNED_BY_AGENT,
+            "--port": _OWNED_BY_AGENT,
+            "--model-path": _OWNED_BY_AGENT,
+            "--tokenizer-path": _PATHS,
+            "--chat-template": _PATHS,
+            "--api-key": "API keys are not part of a deployment",
+        },
+        health_path="/health",
+        metrics=None,
+    ),
+    "llama.cpp": Engine(
+        name="llama.cpp",
+        flags={
+            "--ctx-size": _int(),
+            "--n-gpu-layers": _int(0, 100_000),
+            "--threads": _int(1, 1024),
+            "--parallel": _int(1, 1024),
+            "--batch-size": _int(),
+            "--ubatch-size": _int(),
+            "--cache-type-k": _choice("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"),
+            "--cache-type-v": _choice("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"),
+            "--flash-attn": _choice("on", "off", "auto"),
+            "--split-mode": _choice("none", "layer", "row"),
+            "--tensor-split": TEXT,
+            "--main-gpu": _int(0, 63),
+            "--alias": TEXT,
+            "--pooling": _choice("none", "mean", "cls", "last", "rank"),
+            "--seed": _int(-1),
+            "--cont-batching": SWITCH,
+            "--no-mmap": SWITCH,
+            "--mlock": SWITCH,
+            "--embedding": SWITCH,
+            "--metrics": SWITCH,
+        },
+        refused={
+            "--host": _OWNED_BY_AGENT,
+            "--port": _OWNED_BY_AGENT,
+            "--model": _OWNED_BY_AGENT,
+            "-m": _OWNED_BY_AGENT,
+            "--lora": _PATHS,
+            "--chat-template-file": _PATHS,
+            "--api-key": "API keys are not part of a deployment",
+        },
+        health_path="/health",
+        metrics=None,
+    ),
+    # Everything goes in spec.command (an argv list, run without a shell);
+    # engine_args must be empty because no table can check an unknown program.
+    "generic": Engine(name="generic", flags={}, refused={}, health_path=None, metrics=None),
+    "reference": Engine(
+        name="reference",
+        flags={
+            "--backend": _choice("auto", "stand-in"),
+            "--startup-delay": _float(0.0, 3600.0),
+        },
+        refused={
+            "--model": _OWNED_BY_AGENT,
+            "--port": _OWNED_BY_AGENT,
+            "--host": _OWNED_BY_AGENT,
+        },
+        health_path="/health",
+        metrics=PrometheusNames(
+            latency_histogram="hangar_reference_request_latency_seconds",
+            requests_counter="hangar_reference_requests_total",
+            errors_counter="hangar_reference_request_errors_total",
+        ),
+    ),
+}
+
+
+class EngineArgsError(ValueError):
+    """engine_args break the engine's table; str() is for the person who wrote them."""
+
+
+def validate_engine_args(engine: str, args: list[str]) -> list[str]:
+    """Check `args` against the engine's table; return them normalized.
+
+    Normalized means `--flag=value` becomes `--flag value`, so what runs is
+    exactly what the table allowed, one argv item each.
+    """
+    table = ENGINES.get(engine)
+    if table is None:
+        raise EngineArgsError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if engine == "generic" and args:
+        raise EngineArgsError("the generic engine takes no engine_args: put them in its command")
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not isinstance(arg, str) or not arg.startswith("-"):
+            raise EngineArgsError(f"engine argument {arg!r} is not a flag (flags start with -)")
+        flag, has_inline, inline = arg.partition("=")
+        if flag in table.refused:
+            raise EngineArgsError(f"{flag} is not allowed for {engine}: {table.refused[flag]}")
+        kind = table.flags.get(flag)
+        if kind is None:
+            allowed = ", ".join(sorted(table.flags)) or "none"
+            raise EngineArgsError(f"{flag} is not an allowed {engine} flag (allowed: {allowed})")
+        if kind[0] == "switch":
+            if has_inline:
+                raise EngineArgsError(f"{flag} takes no value")
+            out.append(flag)
+            i += 1
+            continue
+        if has_inline:
+            value = inline
+            i += 1
+        elif i + 1 < len(args):
+            value = args[i + 1]
+            i += 2
+        else:
+            raise EngineArgsError(f"{flag} needs a value")
+        out += [flag, _check_value(flag, kind, value)]
+    return out
+
+
+def _check_value(flag: str, kind: Kind, value: Any) -> str:
+    if not isinstance(value, str):
+        raise EngineArgsError(f"{flag} needs a string value, got {type(value).__name__}")
+    if kind[0] in ("int", "float"):
+        convert = int if kind[0] == "int" else float
+        try:
+            number = convert(value)
+        except ValueError:
+            raise EngineArgsError(f"{flag} needs a number, got {value!r}") from None
+        lo, hi = kind[1], kind[2]
+        if not lo <= number <= hi:
+            raise EngineArgsError(f"{flag} = {value} is outside {lo}..{hi}")
+        return value
+    if kind[0] == "choice":
+        if value not in kind[1:]:
+            raise EngineArgsError(f"{flag} must be one of {', '.join(kind[1:])}, got {value!r}")
+        return value
+    if not _TEXT_VALUE.match(value) or ".." in value:
+        raise EngineArgsError(
+            f"{flag} = {value!r} is not allowed: use letters, digits and ._:@+,/=- "
+            "(at most 200), starting with a letter or digit"
+        )
+    return value
+
+
+def _gguf_file(spec: dict[str, Any]) -> str:
+    names = sorted(f["path"] for f in spec["model"]["files"] if f["path"].endswith(".gguf"))
+    if not names:
+        raise EngineArgsError("llama.cpp needs a .gguf file in the model version")
+    # A split model loads from its first part (...-00001-of-0000N.gguf).
+    return names[0]
+
+
+def build_argv(spec: dict[str, Any], host: str = "127.0.0.1") -> list[str]:
+    """The argument vector that starts the worker; never passed to a shell."""
+    engine = spec["engine"]
+    args = validate_engine_args(engine, spec["engine_args"])
+    model = spec["model"]["path"]
+    port = str(spec["port"])
+    if engine == "vllm":
+        return ["vllm", "serve", model, "--host", host, "--port", port, *args]
+    if engine == "sglang":
+        return [
+            sys.executable, "-m", "sglang.launch_server", "--model-path", model,
+            "--host", host, "--port", port, *args,
+        ]  # fmt: skip
+    if engine == "llama.cpp":
+        gguf = f"{model.rstrip('/')}/{_gguf_file(spec)}"
+        return ["llama-server", "-m", gguf, "--host", host, "--port", port, *args]
+    if engine == "reference":
+        return [
+            sys.executable, "-m", "agents.reference_engine", "--model", model,
+            "--host", host, "--port", port, *args,
+        ]  # fmt: skip
+    # generic: the spec's argv with {port}, {host} and {model_path} filled in.
+    values = {"{port}": port, "{host}": host, "{model_path}": model}
+    argv = []
+    for item in spec["command"] or []:
+        for placeholder, value in values.items():
+            item = item.replace(placeholder, value)
+        argv.append(item)
+    if not argv:
+        raise EngineArgsError("a generic worker needs a command")
+    return argv
+
+
+def health_path(spec: dict[str, Any]) -> str:
+    return spec.get("health_path") or ENGINES[spec["engine"]].health_path or "/health"

@@ -1,0 +1,151 @@
+"""Model files: under an allowed root, and exactly the bytes the console registered.
+
+Paths are checked twice: lexically (absolute, no `..`) and after resolving
+symlinks (`os.path.realpath`, compared with `os.path.commonpath`), so a link
+inside the root that points out of it is refused rather than followed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+CHUNK = 4 * 2**20  # large reads: hashing runs near disk speed, progress stays fine-grained
+
+Progress = Callable[[int, int, str], None]  # (done_bytes, total_bytes, file)
+
+
+class VerificationError(Exception):
+    """The model cannot be used; str() names the file and says what to do."""
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def check_model_dir(path: str, roots: Sequence[str]) -> str:
+    """The model directory, resolved, if it lies under one of `roots`."""
+    if not os.path.isabs(path):
+        raise VerificationError(f"model path {path!r} must be absolute")
+    if ".." in path.split("/"):
+        raise VerificationError(f"model path {path!r} must not contain '..'")
+    real_roots = [os.path.realpath(r) for r in roots]
+    lexical = os.path.normpath(path)
+    # Lexically under a root as written or as resolved (the root may be a link).
+    if not any(_inside(lexical, r) for r in {*map(os.path.normpath, roots), *real_roots}):
+        raise VerificationError(
+            f"model path {path} is outside the allowed model roots ({', '.join(roots)}); "
+            "start the agent with --model-root for that directory"
+        )
+    real = os.path.realpath(path)
+    if not any(_inside(real, r) for r in real_roots):
+        raise VerificationError(
+            f"model path {path} resolves to {real}, outside the allowed model roots: "
+            "a symlink leaves the root"
+        )
+    if not os.path.isdir(real):
+        raise VerificationError(f"model directory {path} does not exist on this node")
+    return real
+
+
+def check_model_file(model_dir: str, relative: str, roots: Sequence[str]) -> str:
+    """The resolved path of one of the model's files, refused if it escapes."""
+    if os.path.isabs(relative) or ".." in relative.split("/"):
+        raise VerificationError(f"model file {relative!r} must be a relative path without '..'")
+    joined = os.path.join(model_dir, relative)
+    real = os.path.realpath(joined)
+    if not any(_inside(real, os.path.realpath(r)) for r in roots):
+        raise VerificationError(
+            f"model file {relative} resolves to {real}, outside the allowed model roots: "
+            "a symlink leaves the root"
+        )
+    return real
+
+
+def sha256_file(path: str, on_chunk: Callable[[int], None] | None = None) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buffer)
+            if not n:
+                break
+            digest.update(view[:n])
+            if on_chunk is not None:
+                on_chunk(n)
+    return digest.hexdigest()
+
+
+def spec_model_key(model: dict[str, Any]) -> str:
+    """Identifies what was verified: the directory and each file's expected digest."""
+    canonical = json.dumps(
+        {"path": model["path"], "files": sorted((f["path"], f["sha256"]) for f in model["files"])},
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def file_stamps(model_dir: str, files: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
+    """(size, mtime_ns, inode) per file: a cached verification holds while these do."""
+    stamps = {}
+    for f in files:
+        st = os.stat(os.path.join(model_dir, f["path"]))
+        stamps[f["path"]] = [st.st_size, st.st_mtime_ns, st.st_ino]
+    return stamps
+
+
+def verify_model(
+    model: dict[str, Any],
+    roots: Sequence[str],
+    progress: Progress | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> str:
+    """Check the path and every file's SHA-256; return the resolved model directory.
+
+    Raises VerificationError naming the first file that is missing, of the
+    wrong size or of the wrong digest.
+    """
+    model_dir = check_model_dir(model["path"], roots)
+    files = model["files"]
+    paths = []
+    total = 0
+    for f in files:
+        real = check_model_file(model_dir, f["path"], roots)
+        try:
+            size = os.stat(real).st_size
+        except FileNotFoundError:
+            raise VerificationError(
+                f"model file {f['path']} is missing from {model['path']}"
+            ) from None
+        if f.get("size") is not None and size != f["size"]:
+            raise VerificationError(
+                f"model file {f['path']} is {size} bytes, the model version says {f['size']}: "
+                "the copy on this node is incomplete or different"
+            )
+        paths.append(real)
+        total += size
+    done = 0
+
+    def on_chunk(n: int) -> None:
+        nonlocal done
+        done += n
+        if cancelled():
+            raise VerificationError("verification cancelled: the worker was stopped")
+        if progress is not None:
+            progress(done, total, current)
+
+    for f, real in zip(files, paths, strict=True):
+        current = f["path"]
+        if progress is not None:
+            progress(done, total, current)
+        digest = sha256_file(real, on_chunk)
+        if digest != f["sha256"]:
+            raise VerificationError(
+                f"model file {f['path']} has SHA-256 {digest}, the model version says "
+                f"{f['sha256']}: the file on this node is corrupted or different; copy it again"
+            )
+    return model_dir

@@ -1,0 +1,380 @@
+"""The worker supervisor with real worker processes (tests/agents/fake_engine.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents.workers import procs
+from agents.workers.gpu_release import GpuProcess
+from agents.workers.supervisor import Supervisor
+from tests.agents.worker_helpers import (
+    Recorder,
+    fake_spec,
+    fast_config,
+    kill_group,
+    make_model,
+    op,
+    start,
+    stop,
+    wait_state,
+    wait_until,
+)
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A supervisor on a fresh state dir, a model under its model root."""
+    state_dir = tmp_path / "state"
+    root = tmp_path / "models"
+    model = make_model(root)
+    made: list[Supervisor] = []
+    recorder = Recorder()
+
+    def supervisor(**overrides) -> Supervisor:
+        sup = Supervisor(state_dir, fast_config(root, **overrides), on_status=recorder).start()
+        made.append(sup)
+        return sup
+
+    class Node:
+        pass
+
+    n = Node()
+    n.state_dir, n.root, n.model, n.recorder, n.supervisor = (
+        state_dir,
+        root,
+        model,
+        recorder,
+        supervisor,
+    )
+    yield n
+    pids = []
+    for sup in made:
+        for runner in list(sup.runners.values()):
+            pids.append(runner.pid)
+            runner.desired = "stopped"
+        sup.close()
+    for pid in pids:
+        kill_group(pid)
+    assert recorder.errors == []  # every status the supervisor emitted follows the protocol
+
+
+def run_log(node, run: int, worker_id: int = 1) -> str:
+    return (node.state_dir / "workers" / str(worker_id) / "runs" / f"{run}.log").read_text()
+
+
+def runs_index(sup: Supervisor, worker_id: int = 1) -> list[dict]:
+    return sup.runners[worker_id].logs.index()
+
+
+def test_a_worker_starts_verified_and_reaches_ready_with_its_gpus(node):
+    sup = node.supervisor()
+    answer = start(sup, fake_spec(node.model))
+    assert answer["ok"] and answer["worker"]["state"] == "pending"
+    status = wait_state(sup, "ready")
+    assert status["run"] == 1 and status["pid"] and status["restarts"] == 0
+    assert procs.is_running(status["pid"], None)
+    assert "CUDA_VISIBLE_DEVICES=0,1" in run_log(node, 1)
+    states = node.recorder.states()
+    assert states.index("verifying") < states.index("starting") < states.index("ready")
+    assert any("CUDA_VISIBLE_DEVICES=0,1" in line for line in status["last_log"])
+
+
+def test_sigkill_is_classified_signal_and_the_worker_restarts_with_a_new_pid(node):
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model))
+    first = wait_state(sup, "ready")
+    os.kill(first["pid"], signal.SIGKILL)
+    second = wait_state(sup, "ready", run=2)
+    assert second["pid"] != first["pid"]
+    assert second["cause"] == "signal" and second["exit_signal"] == 9
+    assert second["restarts"] == 1
+    ended = runs_index(sup)[0]
+    assert ended["run"] == 1 and ended["exit_signal"] == 9 and ended["cause"] == "signal"
+    assert "SIGKILL" in ended["evidence"]
+
+
+def test_each_run_keeps_its_own_log_after_a_restart(node):
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model))
+    first = wait_state(sup, "ready")
+    os.kill(first["pid"], signal.SIGKILL)
+    second = wait_state(sup, "ready", run=2)
+    assert f"fake engine pid {first['pid']}" in run_log(node, 1)
+    assert f"fake engine pid {second['pid']}" in run_log(node, 2)
+    assert f"fake engine pid {first['pid']}" not in run_log(node, 2)
+    answer = sup.handle({"verb": "tail_logs", "operation_id": op(), "worker_id": 1, "run": 1})
+    assert answer["ok"] and answer["run"] == 1
+    assert f"fake engine pid {first['pid']}" in "\n".join(answer["lines"])
+
+
+def test_a_cuda_out_of_memory_log_is_classified_gpu_oom_with_its_line(node):
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model, "--oom-after", "0.5"))
+    status = wait_until(
+        lambda: sup.runners[1].snapshot()["cause"] and sup.runners[1].snapshot(), what="an exit"
+    )
+    assert status["cause"] == "gpu-oom" and status["exit_code"] == 1
+    assert status["evidence"].startswith("torch.OutOfMemoryError: CUDA out of memory")
+    assert runs_index(sup)[0]["cause"] == "gpu-oom"
+
+
+def test_a_leftover_child_is_killed_before_the_restart(node, tmp_path):
+    child_file = tmp_path / "child.pid"
+    sup = node.supervisor()
+    spec = fake_spec(node.model, "--crash-after", "1", "--child-ignoring-term", str(child_file))
+    start(sup, spec)
+    wait_until(child_file.exists, what="the child to start")
+    child = int(child_file.read_text())
+    child_start = procs.start_ticks(child)
+    wait_state(sup, "starting", run=2)
+    # The child ignores SIGTERM: only the SIGKILL after the grace period ends it.
+    assert not procs.is_running(child, child_start)
+    assert runs_index(sup)[0]["cause"] == "exited"
+
+
+def test_fast_repeated_crashes_make_a_crashloop_that_keeps_retrying(node):
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model, "--crash-after", "0.2", "--exit-code", "3"))
+    status = wait_state(sup, "crashloop")
+    assert status["cause"] == "exited" and status["exit_code"] == 3
+    assert status["restarts"] >= 5
+    wait_until(lambda: sup.runners[1].run >= status["run"] + 1, what="another retry")
+    causes = [r["cause"] for r in runs_index(sup) if r["ended"]]
+    assert causes and set(causes) == {"exited"}
+
+
+def test_restart_resets_the_crashloop_and_starts_a_new_run(node):
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model, "--crash-after", "0.2"))
+    wait_state(sup, "crashloop")
+    answer = sup.handle({"verb": "restart_worker", "operation_id": op(), "worker_id": 1})
+    assert answer["ok"] and answer["detail"] == "restarted"
+    assert answer["worker"]["state"] == "pending"  # the crash-loop count starts again
+
+
+def test_a_corrupted_model_file_fails_at_verifying_and_never_starts(node):
+    weights = Path(node.model["path"]) / "weights.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model))
+    status = wait_state(sup, "failed")
+    assert "weights.bin" in status["error"] and "SHA-256" in status["error"]
+    assert status["run"] == 0 and status["pid"] is None
+    assert "starting" not in node.recorder.states()
+    assert "verifying" in node.recorder.states()
+    assert not list((node.state_dir / "workers" / "1" / "runs").glob("*.log"))
+
+
+def test_a_missing_model_file_fails_naming_the_file(node):
+    (Path(node.model["path"]) / "config.json").unlink()
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model))
+    status = wait_state(sup, "failed")
+    assert "config.json" in status["error"] and "missing" in status["error"]
+
+
+def test_a_model_path_with_dotdot_is_refused(node):
+    model = dict(node.model, path=str(node.root / "tiny" / ".." / "tiny" / "v1"))
+    sup = node.supervisor()
+    start(sup, fake_spec(model))
+    status = wait_state(sup, "failed")
+    assert "'..'" in status["error"] and status["run"] == 0
+
+
+def test_a_symlink_leaving_the_model_root_is_refused(node, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (node.root / "escape").symlink_to(outside)
+    model = dict(node.model, path=str(node.root / "escape"), files=[])
+    sup = node.supervisor()
+    start(sup, fake_spec(model))
+    status = wait_state(sup, "failed")
+    assert "symlink" in status["error"] and status["run"] == 0
+
+
+def test_a_model_file_symlinked_out_of_the_root_is_refused(node, tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"not a model")
+    (Path(node.model["path"]) / "config.json").unlink()
+    (Path(node.model["path"]) / "config.json").symlink_to(secret)
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model))
+    status = wait_state(sup, "failed")
+    assert "config.json" in status["error"] and "symlink" in status["error"]
+
+
+def test_a_restart_does_not_hash_the_model_again(node):
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model))
+    first = wait_state(sup, "ready")
+    verifying_before = node.recorder.states().count("verifying")
+    os.kill(first["pid"], signal.SIGKILL)
+    wait_state(sup, "ready", run=2)
+    assert node.recorder.states().count("verifying") == verifying_before
+
+
+def test_a_repeated_operation_id_is_answered_from_the_record_without_acting(node):
+    sup = node.supervisor()
+    operation = op()
+    first = start(sup, fake_spec(node.model), operation)
+    again = start(sup, fake_spec(node.model, "--metrics"), operation)  # different spec, same id
+    assert again == first
+    wait_state(sup, "ready")
+    stop_id = op()
+    stopped = stop(sup, 1, stop_id)
+    assert stopped["ok"] and stopped["worker"]["state"] == "stopped"
+    sup.close()
+    # Remembered on disk: a new supervisor (a restarted agent) answers the same.
+    sup2 = node.supervisor()
+    assert stop(sup2, 1, stop_id) == stopped
+    assert start(sup2, fake_spec(node.model), operation) == first
+    assert sup2.runners[1].snapshot()["state"] == "stopped"
+
+
+def test_starting_the_same_spec_twice_is_a_no_op_and_a_different_spec_is_refused(node):
+    sup = node.supervisor()
+    spec = fake_spec(node.model)
+    start(sup, spec)
+    ready = wait_state(sup, "ready")
+    same = start(sup, spec)
+    assert same["ok"] and same["detail"] == "already running"
+    different = start(sup, dict(spec, gpus=[3]))
+    assert not different["ok"] and "different spec" in different["detail"]
+    assert sup.runners[1].snapshot()["pid"] == ready["pid"]
+
+
+def test_stop_ends_the_whole_process_group_and_records_the_run(node, tmp_path):
+    child_file = tmp_path / "child.pid"
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model, "--child-ignoring-term", str(child_file)))
+    ready = wait_state(sup, "ready")
+    child = int(wait_until(lambda: child_file.exists() and child_file.read_text()))
+    answer = stop(sup)
+    assert answer["ok"] and answer["worker"]["state"] == "stopped"
+    assert not procs.is_running(ready["pid"], None)
+    assert not procs.is_running(child, None)
+    assert runs_index(sup)[-1]["cause"] == "stopped"
+    assert stop(sup)["ok"]  # stopping a stopped worker is fine
+    assert stop(sup, worker_id=99)["ok"]  # and an unknown one
+
+
+def test_an_engine_that_cannot_start_is_a_startup_error(node):
+    sup = node.supervisor()
+    spec = fake_spec(node.model)
+    spec["command"] = ["/nonexistent/engine-binary", "--port", "{port}"]
+    start(sup, spec)
+    status = wait_until(
+        lambda: sup.runners[1].snapshot()["cause"] and sup.runners[1].snapshot(), what="an exit"
+    )
+    assert status["cause"] == "startup-error"
+    assert "No such file or directory" in status["evidence"]
+
+
+def test_a_worker_goes_unhealthy_and_comes_back(node, tmp_path):
+    sick = tmp_path / "sick"
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model, "--unhealthy-if", str(sick)))
+    wait_state(sup, "ready")
+    sick.touch()
+    wait_state(sup, "unhealthy")
+    sick.unlink()
+    wait_state(sup, "ready")
+
+
+def test_probe_latency_is_reported_for_ready_workers(node):
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model))
+    wait_state(sup, "ready")
+    metrics = wait_until(lambda: [m for m in sup.metrics() if m["p50_ms"] is not None])
+    assert metrics[0]["worker_id"] == 1 and metrics[0]["source"] == "probe"
+    assert metrics[0]["error_rate"] == 0.0 and metrics[0]["rps"] is None
+
+
+def test_a_gpu_held_by_a_foreign_process_fails_the_restart_naming_it(node):
+    holder = GpuProcess(gpu=1, pid=4242, used_memory=20 * 2**30, name="rogue-trainer")
+    sup = node.supervisor(gpu_processes=lambda gpus: [holder])
+    start(sup, fake_spec(node.model))
+    first = wait_state(sup, "ready")
+    os.kill(first["pid"], signal.SIGKILL)
+    status = wait_state(sup, "failed")
+    assert status["cause"] == "gpu-held"
+    assert "pid 4242 (rogue-trainer)" in status["evidence"] and "GPU 1" in status["evidence"]
+    assert sup.runners[1].run == 1  # never restarted into the held GPU
+
+
+def test_a_run_log_past_its_cap_is_rotated_within_the_run(node):
+    sup = node.supervisor(log_cap_bytes=20_000)
+    start(sup, fake_spec(node.model, "--spam", "2000"))
+    wait_state(sup, "ready")
+    runs = node.state_dir / "workers" / "1" / "runs"
+    wait_until(lambda: (runs / "1.log.1").exists(), what="a rotated log")
+    tail = sup.handle({"verb": "tail_logs", "operation_id": op(), "worker_id": 1, "lines": 5})
+    assert len(tail["lines"]) == 5
+
+
+def test_a_restarted_supervisor_adopts_the_running_worker_and_keeps_supervising(node):
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model))
+    first = wait_state(sup, "ready")
+    sup.close()  # the agent goes away; the worker does not
+    assert procs.is_running(first["pid"], None)
+    sup2 = node.supervisor()
+    adopted = wait_state(sup2, "ready")
+    assert adopted["pid"] == first["pid"] and adopted["run"] == 1
+    assert sup2.runners[1].proc is None  # adopted, not started
+    os.kill(first["pid"], signal.SIGKILL)  # still supervised: noticed and restarted
+    restarted = wait_state(sup2, "ready", run=2)
+    assert restarted["pid"] != first["pid"]
+
+
+def test_a_worker_that_died_while_no_agent_watched_is_restarted(node):
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model))
+    first = wait_state(sup, "ready")
+    sup.close()
+    os.kill(first["pid"], signal.SIGKILL)
+    wait_until(lambda: not procs.is_running(first["pid"], None))
+    sup2 = node.supervisor()
+    status = wait_state(sup2, "ready", run=2)
+    assert status["pid"] != first["pid"]
+    assert runs_index(sup2)[0]["ended"] is not None
+
+
+def test_a_stopped_worker_stays_stopped_across_an_agent_restart(node):
+    sup = node.supervisor()
+    start(sup, fake_spec(node.model))
+    wait_state(sup, "ready")
+    stop(sup)
+    sup.close()
+    sup2 = node.supervisor()
+    assert sup2.runners[1].snapshot()["state"] == "stopped"
+    assert sup2.runners[1].thread is None
+
+
+def test_bad_specs_are_refused_with_a_reason(node):
+    sup = node.supervisor()
+    spec = fake_spec(node.model, engine="vllm", command=None, engine_args=["--trust-remote-code"])
+    answer = start(sup, spec)
+    assert not answer["ok"] and "--trust-remote-code" in answer["detail"]
+    answer = start(sup, dict(fake_spec(node.model), port="8000"))
+    assert not answer["ok"] and "spec.port" in answer["detail"]
+    assert sup.runners == {}
+
+
+def test_commands_without_an_operation_id_or_with_an_unknown_verb_are_refused(node):
+    sup = node.supervisor()
+    assert not sup.handle({"verb": "list_workers"})["ok"]
+    assert not sup.handle({"verb": "format_disk", "operation_id": op()})["ok"]
+    listed = sup.handle({"verb": "list_workers", "operation_id": op()})
+    assert listed["ok"] and listed["workers"] == []
+
+
+if sys.platform != "linux":  # /proc is what the supervisor watches
+    pytestmark = pytest.mark.skip("Linux only")
