@@ -3,68 +3,15 @@ simulated GPUs, and the reference engine serving HTTP."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import time
 import urllib.request
 
-import pytest
-
 from apps.deployments.models import Deployment, Worker
-from apps.inventory.models import Node, NodeState
 from apps.registry.models import Model, ModelVersion
-from tests.inventory.test_enrollment import agent_enroll
 from tests.support import processes
-
-
-@pytest.fixture
-def model_root(tmp_path, settings, monkeypatch):
-    root = tmp_path / "models"
-    for label in ("v1", "v2", "v3"):
-        directory = root / "minilm" / label
-        directory.mkdir(parents=True)
-        (directory / "model.safetensors").write_bytes(os.urandom(2 * 1024 * 1024))
-        (directory / "config.json").write_text(json.dumps({"label": label}))
-    settings.MODEL_ROOTS = [str(root)]
-    monkeypatch.setenv("HANGAR_MODEL_ROOTS", str(root))
-    return root
-
-
-@pytest.fixture
-def agent(model_root, daphne, admin_api, cluster, tmp_path):
-    secret = admin_api.post(
-        "/api/v1/enrollment-tokens/", {"cluster": cluster.pk}, format="json"
-    ).json()["secret"]
-    assert agent_enroll(daphne.url, secret, tmp_path / "agent").returncode == 0
-    node_id = json.loads((tmp_path / "agent" / "credential.json").read_text())["node_id"]
-    argv = [
-        str(processes.BIN / "hangar-agent"),
-        "run",
-        "--state-dir",
-        str(tmp_path / "agent"),
-        "--simulate",
-        "2",
-        "--model-root",
-        str(model_root),
-    ]
-
-    def start():
-        proc = processes.start(argv, processes.console_env(), tmp_path / "agent.log")
-        processes.wait_for(
-            lambda: Node.objects.get(pk=node_id).state == NodeState.ONLINE,
-            what="the agent online",
-            process=proc,
-        )
-        return proc
-
-    handle = {"proc": start(), "node_id": node_id, "start": start}
-    yield handle
-    processes.stop(handle["proc"])
-    for worker in Worker.objects.exclude(pid=None):  # workers outlive the agent by design
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(worker.pid, signal.SIGKILL)
 
 
 def register(api, model, label, root) -> ModelVersion:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
@@ -105,7 +106,13 @@ class WorkerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, HangarView
 
     queryset = Worker.objects.select_related("node", "model_version", "deployment")
     serializer_class = WorkerSerializer
-    policy = {**VIEW, "restart": OPERATE, "logs": "deployments.view"}
+    policy = {
+        **VIEW,
+        "restart": OPERATE,
+        "logs": "deployments.view",
+        "runs": "deployments.view",
+        "run_log": "deployments.view",
+    }
 
     def get_queryset(self):
         queryset = super().get_queryset()
@@ -122,6 +129,31 @@ class WorkerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, HangarView
         operation = _run(services.restart_worker, worker)
         return Response({**WorkerSerializer(worker).data, "operation_id": operation})
 
+    def _ask(self, worker, verb: str, **kwargs):
+        """A read-only question to the worker's agent: (answer, None) or (None, response)."""
+        try:
+            answer = commands.ask_node(
+                worker.node,
+                verb,
+                timeout=10,
+                kwargs={
+                    "operation_id": f"{verb}-{worker.pk}-{self.request.request_id}"[:64],
+                    "worker_id": worker.pk,
+                    **kwargs,
+                },
+            )
+        except commands.NodeUnreachable as exc:
+            return None, Response(
+                {"detail": str(exc), "code": "node_unreachable"},
+                status=status.HTTP_504_GATEWAY_TIMEOUT,
+            )
+        if not answer.get("ok", True):
+            return None, Response(
+                {"detail": answer.get("detail") or "The agent refused.", "code": "agent_refused"},
+                status=status.HTTP_404_NOT_FOUND,
+            )
+        return answer, None
+
     @extend_schema(
         parameters=[OpenApiParameter("lines", int), OpenApiParameter("run", int)],
         responses={200: None},
@@ -131,26 +163,37 @@ class WorkerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, HangarView
         """The last lines of the worker's current (or a given) run, from its node."""
         worker = self.get_object()
         try:
-            lines = min(int(request.query_params.get("lines", 200)), 5000)
+            lines = min(max(int(request.query_params.get("lines", 200)), 1), 5000)
             run = request.query_params.get("run")
             run = int(run) if run else None
         except ValueError:
             raise serializers.ValidationError({"lines": "lines and run are numbers."}) from None
+        answer, error = self._ask(worker, "tail_logs", lines=lines, run=run)
+        return error or Response(
+            {"worker": worker.pk, "run": answer["run"], "lines": answer["lines"]}
+        )
+
+    @extend_schema(responses={200: None})
+    @action(detail=True, methods=["get"])
+    def runs(self, request, pk=None):
+        """The worker's last runs on its node: start, end, exit code or signal, cause."""
+        worker = self.get_object()
+        answer, error = self._ask(worker, "list_runs")
+        return error or Response(
+            {"worker": worker.pk, "state": worker.state, "runs": answer["runs"]}
+        )
+
+    @extend_schema(parameters=[OpenApiParameter("lines", int)], responses={200: None})
+    @action(detail=True, methods=["get"], url_path=r"runs/(?P<run>[0-9]+)/log")
+    def run_log(self, request, pk=None, run=None):
+        """One run's log (its last `lines` lines, default 1000) as plain text."""
+        worker = self.get_object()
         try:
-            answer = commands.ask_node(
-                worker.node,
-                "tail_logs",
-                timeout=10,
-                kwargs={
-                    "operation_id": f"logs-{worker.pk}-{request.request_id}",
-                    "worker_id": worker.pk,
-                    "lines": lines,
-                    "run": run,
-                },
-            )
-        except commands.NodeUnreachable as exc:
-            return Response(
-                {"detail": str(exc), "code": "node_unreachable"},
-                status=status.HTTP_504_GATEWAY_TIMEOUT,
-            )
-        return Response(answer)
+            lines = min(max(int(request.query_params.get("lines", 1000)), 1), 5000)
+        except ValueError:
+            raise serializers.ValidationError({"lines": "lines is a number."}) from None
+        answer, error = self._ask(worker, "tail_logs", lines=lines, run=int(run))
+        if error:
+            return error
+        text = "".join(line if line.endswith("\n") else line + "\n" for line in answer["lines"])
+        return HttpResponse(text, content_type="text/plain; charset=utf-8")
