@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint format check bench-telemetry clean
+.PHONY: run test lint format check bench-telemetry bench-deployments clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ test: lint check
 
 bench-telemetry: $(STAMP)
 	$(BIN)/python -m tests.bench.telemetry
+
+bench-deployments: $(STAMP)
+	$(BIN)/python -m tests.bench.deployments
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

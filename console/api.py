@@ -3,6 +3,7 @@
 from rest_framework.routers import SimpleRouter
 
 from apps.accounts.api import views as accounts
+from apps.alerts.api import views as alerts
 from apps.audit.api import views as audit
 from apps.deployments.api import views as deployments
 from apps.inventory.api import views as inventory
@@ -21,6 +22,11 @@ router.register("models", registry.ModelViewSet, basename="model")
 router.register("model-versions", registry.ModelVersionViewSet, basename="modelversion")
 router.register("deployments", deployments.DeploymentViewSet, basename="deployment")
 router.register("workers", deployments.WorkerViewSet, basename="worker")
+router.register("alert-rules", alerts.AlertRuleViewSet, basename="alertrule")
+router.register("alerts", alerts.AlertViewSet, basename="alert")
+router.register("silences", alerts.SilenceViewSet, basename="silence")
+router.register("receivers", alerts.ReceiverViewSet, basename="receiver")
+router.register("alert-deliveries", alerts.DeliveryViewSet, basename="alertdelivery")
 
 API_ENDPOINTS = [(basename, prefix) for prefix, _viewset, basename in router.registry]
 API_ENDPOINTS.append(("me", "me"))

@@ -20,5 +20,12 @@ except ConfigError as exc:
 app = Celery("hangar")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(
-    ["apps.inventory", "apps.telemetry", "apps.audit", "apps.registry", "apps.deployments"]
+    [
+        "apps.inventory",
+        "apps.telemetry",
+        "apps.audit",
+        "apps.registry",
+        "apps.deployments",
+        "apps.alerts",
+    ]
 )

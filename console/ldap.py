@@ -35,7 +35,9 @@ def ldap_settings() -> dict:
     timeout = config.integer("LDAP_TIMEOUT", 3, minimum=1)
     group_type = (config.raw("LDAP_GROUP_TYPE", "groupOfNames") or "").lower()
     if group_type not in GROUP_TYPES:
-        raise ConfigError(f"{PREFIX}LDAP_GROUP_TYPE must be one of groupOfNames, activeDirectory")
+        raise ConfigError(
+            f"{PREFIX}LDAP_GROUP_TYPE must be one of groupOfNames, activeDirectory, posixGroup"
+        )
 
     settings: dict = {
         "AUTH_LDAP_SERVER_URI": uri,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from redis.connection import parse_url as parse_redis_url
+
 from console import config
 from console.ldap import ldap_settings
 
@@ -39,6 +41,7 @@ INSTALLED_APPS = [
     "apps.telemetry",
     "apps.registry",
     "apps.deployments",
+    "apps.alerts",
 ]
 
 MIDDLEWARE = [
@@ -91,7 +94,12 @@ CACHES = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # Pub/sub channels are server-wide, not per database: the prefix keeps
+        # consoles on other Redis databases of the same server out of our groups.
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": f"asgi.db{parse_redis_url(REDIS_URL).get('db', 0)}",
+        },
     }
 }
 
@@ -179,6 +187,7 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-deployments": {"task": "deployments.reconcile", "schedule": 5.0},
     "prune-telemetry": {"task": "telemetry.prune_history", "schedule": timedelta(hours=1)},
     "archive-audit": {"task": "audit.archive_old_events", "schedule": timedelta(hours=6)},
+    "sweep-alerts": {"task": "alerts.sweep", "schedule": 5.0},
 }
 
 # Domain settings (docs/configuration.md).
@@ -190,6 +199,17 @@ AGENT_BROKER_URL = config.raw("AGENT_BROKER_URL", REDIS_URL)
 LOGIN_FAILURE_LIMIT = config.integer("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_LOCK_MINUTES = config.integer("LOGIN_LOCK_MINUTES", 15, minimum=1)
 API_TOKEN_MAX_DAYS = config.integer("API_TOKEN_MAX_DAYS", 365, minimum=1)
+# Links in alert notifications point here (docs/alerts.md): the address people use.
+HANGAR_PUBLIC_URL = config.raw(
+    "PUBLIC_URL", f"http://{f'[{BIND_HOST}]' if ':' in BIND_HOST else BIND_HOST}:{BIND_PORT}"
+)
+# Alert e-mail goes through Django's mail settings.
+EMAIL_HOST = config.raw("EMAIL_HOST", "localhost")
+EMAIL_PORT = config.integer("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = config.raw("EMAIL_USER", "")
+EMAIL_HOST_PASSWORD = config.raw("EMAIL_PASSWORD", "")
+EMAIL_USE_TLS = config.boolean("EMAIL_TLS", False)
+DEFAULT_FROM_EMAIL = config.raw("EMAIL_FROM", "hangar@localhost")
 # Directories (local or shared storage: NFS, CephFS, Lustre) model files may live under.
 MODEL_ROOTS = config.listing("MODEL_ROOTS", ["/srv/models"])
 

@@ -33,4 +33,6 @@ urlpatterns = [
     path("", include("apps.accounts.urls")),
     path("", include("apps.inventory.urls")),
     path("", include("apps.audit.urls")),
+    path("", include("apps.alerts.urls")),
+    path("", include("apps.registry.urls")),
 ]

@@ -33,6 +33,7 @@ from apps.accounts.policy import AUTHENTICATED, PUBLIC
 from apps.accounts.roles import GLOBAL_ONLY_ACTIONS, ROLE_ACTIONS
 from apps.audit import recorder
 from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState
+from tests.deployments.world import MODEL_DIR, model_directory
 
 STRONG_PASSWORD = "a long passphrase nobody guesses"
 LOGIN_REDIRECT = "login"  # expected_status for an anonymous visitor of a page
@@ -66,15 +67,14 @@ def _enroll_body(world: World) -> dict:
 
 
 def _agents_answer_fast(monkeypatch) -> None:
-    """No agent runs in these tests: let a command to one time out at once (504)."""
+    """No agent runs here, and the matrix tests who may ask, not the round trip
+    (tests/inventory does that with real agents): answer "unreachable" at once."""
     from apps.inventory import commands
 
-    ask = commands.ask_node
-    monkeypatch.setattr(
-        commands,
-        "ask_node",
-        lambda node, verb, timeout=0, kwargs=None: ask(node, verb, timeout=0.05, kwargs=kwargs),
-    )
+    def unreachable(node, verb, *args, **kwargs):
+        raise commands.NodeUnreachable(f"{node} did not answer {verb}")
+
+    monkeypatch.setattr(commands, "ask_node", unreachable)
 
 
 INVENTORY_VIEW = "inventory.view"
@@ -157,6 +157,127 @@ ENDPOINTS: list[Endpoint] = [
     E("GET", "/", INVENTORY_VIEW, 200, page=True),
     E("GET", "/nodes/", INVENTORY_VIEW, 200, page=True),
     E("GET", "/nodes/{node}/", INVENTORY_VIEW, 200, kind="object", scoped=True, page=True),
+    E("POST", "/nodes/{node}/drain/", "inventory.change", 302, kind="object", scoped=True,
+      view=INVENTORY_VIEW, page=True),
+    E("POST", "/nodes/{node}/undrain/", "inventory.change", 302, kind="object", scoped=True,
+      view=INVENTORY_VIEW, page=True),
+    E("POST", "/nodes/{node}/retire/", "inventory.enroll", 302, kind="object", scoped=True,
+      view=INVENTORY_VIEW, page=True),
+    E("POST", "/nodes/{node}/revoke-credential/", "inventory.enroll", 302, kind="object",
+      scoped=True, view=INVENTORY_VIEW, page=True),
+    E("GET", "/enroll/", "inventory.enroll", 200, page=True),
+    E("POST", "/enroll/", "inventory.enroll", 200, kind="create", scoped=True, page=True,
+      body={"cluster": "{cluster}", "hours": 1}),
+    # -- pages: accounts and audit ---------------------------------------------------
+    E("POST", "/i18n/setlang/", PUBLIC, 302, page=True, audit_action="accounts.set-language",
+      body={"language": "zh-hans", "next": "/"}),
+    E("GET", "/tokens/", AUTHENTICATED, 200, page=True),
+    E("POST", "/tokens/", AUTHENTICATED, 200, page=True, body={"name": "ci", "days": 1},
+      audit_action="accounts.token.create"),
+    E("POST", "/tokens/{token}/revoke/", AUTHENTICATED, 302, kind="object", page=True,
+      audit_action="accounts.token.revoke"),
+    E("GET", "/users/", "accounts.view", 200, page=True),
+    E("POST", "/users/new/", "accounts.manage", 302, kind="create", page=True,
+      body={"username": "newcomer", "password": STRONG_PASSWORD}),
+    E("POST", "/users/{user}/deactivate/", "accounts.manage", 302, kind="object",
+      view="accounts.view", page=True),
+    E("POST", "/users/bindings/", "accounts.manage", 302, kind="create", page=True,
+      body={"role": "auditor", "user": "{user}"}),
+    E("POST", "/users/bindings/{binding}/delete/", "accounts.manage", 302, kind="object",
+      view="accounts.view", page=True),
+    E("GET", "/audit/", "audit.view", 200, page=True),
+    E("GET", "/audit/chain/", "audit.view", 200, page=True),
+    E("GET", "/alerts/", "alerts.view", 200, page=True),
+    E("GET", "/alerts/count/", "alerts.view", 200, page=True),
+    E("GET", "/models/", "models.view", 200, page=True),
+    E("POST", "/models/new/", "models.manage", 302, kind="create", page=True,
+      body={"name": "page-model"}),
+    # -- registry and deployments (objects from tests/deployments/world.py) ----------
+    E("GET", "/api/v1/models/", "models.view", 200),
+    E("POST", "/api/v1/models/", "models.manage", 201, kind="create",
+      body={"name": "new-model", "task": "chat"}),
+    E("GET", "/api/v1/models/{model}/", "models.view", 200, kind="object"),
+    E("PUT", "/api/v1/models/{model}/", "models.manage", 200, kind="object",
+      view="models.view", body={"name": "renamed-model", "task": "completion"}),
+    E("PATCH", "/api/v1/models/{model}/", "models.manage", 200, kind="object",
+      view="models.view", body={"family": "Qwen"}),
+    E("GET", "/api/v1/model-versions/", "models.view", 200),
+    E("POST", "/api/v1/model-versions/", "models.manage", 201, kind="create",
+      setup=model_directory, body=lambda world: {
+          "model": world.extra["model"]["in"], "label": "v9", "format": "gguf",
+          "path": MODEL_DIR["path"]}),
+    E("GET", "/api/v1/model-versions/{version}/", "models.view", 200, kind="object"),
+    E("DELETE", "/api/v1/model-versions/{draft}/", "models.manage", 204, kind="object",
+      view="models.view"),
+    E("POST", "/api/v1/model-versions/{spare_version}/retire/", "models.manage", 200,
+      kind="object", view="models.view"),
+    E("GET", "/api/v1/deployments/", "deployments.view", 200),
+    E("POST", "/api/v1/deployments/", "deployments.manage", 201, kind="create", scoped=True,
+      audit_action="deployments.create", body={
+          "name": "matrix-new", "cluster": "{cluster}", "model_version": "{version}",
+          "engine": "vllm", "engine_args": ["--max-model-len", "4096"], "replicas": 1,
+          "port": 9200, "placement": {"mode": "pinned",
+                                      "targets": [{"node": "{node}", "gpus": [1]}]}}),
+    E("GET", "/api/v1/deployments/{deployment}/", "deployments.view", 200, kind="object",
+      scoped=True),
+    E("POST", "/api/v1/deployments/{deployment}/start/", "deployments.operate", 200,
+      kind="object", scoped=True, view="deployments.view", audit_action="deployments.start"),
+    E("POST", "/api/v1/deployments/{deployment}/stop/", "deployments.operate", 200,
+      kind="object", scoped=True, view="deployments.view", audit_action="deployments.stop"),
+    E("POST", "/api/v1/deployments/{deployment}/scale/", "deployments.operate", 200,
+      kind="object", scoped=True, view="deployments.view", body={"replicas": 1},
+      audit_action="deployments.scale"),
+    E("POST", "/api/v1/deployments/{deployment}/rollout/", "deployments.operate", 200,
+      kind="object", scoped=True, view="deployments.view", body={"model_version": "{version2}"},
+      audit_action="deployments.rollout"),
+    E("POST", "/api/v1/deployments/{deployment}/rollback/", "deployments.operate", 200,
+      kind="object", scoped=True, view="deployments.view", audit_action="deployments.rollback"),
+    E("GET", "/api/v1/workers/", "deployments.view", 200),
+    E("GET", "/api/v1/workers/{worker}/", "deployments.view", 200, kind="object", scoped=True),
+    E("POST", "/api/v1/workers/{worker}/restart/", "deployments.operate", 200, kind="object",
+      scoped=True, view="deployments.view", audit_action="deployments.restart-worker"),
+    E("GET", "/api/v1/workers/{worker}/logs/", "deployments.view", 504, kind="object",
+      scoped=True, setup=_agents_answer_fast),
+    E("GET", "/api/v1/workers/{worker}/runs/", "deployments.view", 504, kind="object",
+      scoped=True, setup=_agents_answer_fast),
+    E("GET", "/api/v1/workers/{worker}/runs/1/log/", "deployments.view", 504, kind="object",
+      scoped=True, setup=_agents_answer_fast),
+    # -- alerts (objects from tests/alerts/world.py) ---------------------------------
+    E("GET", "/api/v1/alert-rules/", "alerts.view", 200),
+    E("POST", "/api/v1/alert-rules/", "alerts.manage", 201, kind="create", scoped=True,
+      body={"name": "new rule", "metric": "gpu.*.temperature", "scope": "cluster",
+            "cluster": "{cluster}", "comparison": ">", "threshold": 90}),
+    E("GET", "/api/v1/alert-rules/{rule}/", "alerts.view", 200, kind="object", scoped=True),
+    E("PUT", "/api/v1/alert-rules/{rule}/", "alerts.manage", 200, kind="object", scoped=True,
+      view="alerts.view", body={"name": "renamed", "metric": "gpu.*.temperature",
+                                "scope": "cluster", "cluster": "{cluster}", "comparison": ">",
+                                "threshold": 90}),
+    E("PATCH", "/api/v1/alert-rules/{rule}/", "alerts.manage", 200, kind="object",
+      scoped=True, view="alerts.view", body={"threshold": 95}),
+    E("DELETE", "/api/v1/alert-rules/{rule}/", "alerts.manage", 204, kind="object",
+      scoped=True, view="alerts.view"),
+    E("GET", "/api/v1/alerts/", "alerts.view", 200),
+    E("GET", "/api/v1/alerts/{alert}/", "alerts.view", 200, kind="object", scoped=True),
+    E("POST", "/api/v1/alerts/{alert}/acknowledge/", "alerts.acknowledge", 200,
+      kind="object", scoped=True, view="alerts.view", body={"note": "on it"}),
+    E("GET", "/api/v1/silences/", "alerts.view", 200),
+    E("POST", "/api/v1/silences/", "alerts.acknowledge", 201, kind="create", scoped=True,
+      body={"cluster": "{cluster}", "ends_at": "2099-01-01T00:00:00Z", "reason": "works"},
+      audit_action="alerts.silence"),
+    E("GET", "/api/v1/silences/{silence}/", "alerts.view", 200, kind="object", scoped=True),
+    E("POST", "/api/v1/silences/{silence}/expire/", "alerts.acknowledge", 200, kind="object",
+      scoped=True, view="alerts.view", audit_action="alerts.silence.expire"),
+    E("GET", "/api/v1/receivers/", "alerts.manage", 200),
+    E("POST", "/api/v1/receivers/", "alerts.manage", 201, kind="create",
+      body={"name": "pager", "kind": "webhook", "url": "https://pager.example.org/h"}),
+    E("GET", "/api/v1/receivers/{receiver}/", "alerts.manage", 200, kind="object"),
+    E("PUT", "/api/v1/receivers/{receiver}/", "alerts.manage", 200, kind="object",
+      body={"name": "renamed", "kind": "email", "emails": ["ops@example.org"]}),
+    E("PATCH", "/api/v1/receivers/{receiver}/", "alerts.manage", 200, kind="object",
+      body={"enabled": False}),
+    E("DELETE", "/api/v1/receivers/{receiver}/", "alerts.manage", 204, kind="object"),
+    E("GET", "/api/v1/alert-deliveries/", "alerts.manage", 200),
+    E("GET", "/api/v1/alert-deliveries/{delivery}/", "alerts.manage", 200, kind="object"),
     # -- core and login --------------------------------------------------------------
     E("GET", "/healthz", PUBLIC, 200),
     E("GET", "/api/schema/", PUBLIC, 200),
@@ -241,10 +362,13 @@ class World:
     binding: RoleBinding | None = None
     event_seq: int = 0
     token: ApiToken | None = None
+    # More placeholders from apps' own builders: name -> place ("in"/"out") -> pk.
+    extra: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def values(self, where: str | None) -> dict[str, object]:
         place = where or "in"
         return {
+            **{name: pks[place] for name, pks in self.extra.items()},
             "cluster": self.clusters[place].pk,
             "spare": self.spares[place].pk,
             "node": self.nodes[place].pk,
@@ -271,6 +395,8 @@ class World:
                 return values[value[1:-1]]
             if isinstance(value, dict):
                 return {k: fill(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [fill(v) for v in value]
             return value
 
         return fill(row.body)
@@ -300,6 +426,12 @@ def build_world(caller) -> World:
         secret_hash="0" * 64,
         expires_at=timezone.now() + timedelta(days=1),
     )
+    from tests.alerts.world import alerting_world
+
+    world.extra.update(alerting_world(world))
+    from tests.deployments.world import deployments_world
+
+    world.extra.update(deployments_world(world))
     return world
 
 
@@ -315,6 +447,39 @@ def make_subject(subject: str, world: World, make_user):
         else:
             roles += [(role, world.clusters[scope]), (role, world.spares[scope])]
     return make_user(f"as-{subject}", *roles)
+
+
+def perform(row: Endpoint, subject: str, where: str | None, make_user, monkeypatch):
+    """Build a world, log `subject` in, make the row's request.
+
+    Returns (world, response, the audit events the request wrote).
+    """
+    import json
+    from urllib.parse import urlencode
+
+    from rest_framework.test import APIClient
+
+    from apps.audit.models import AuditEvent
+
+    if row.setup is not None:
+        row.setup(monkeypatch)
+    world = build_world(None)
+    user = make_subject(subject, world, make_user)
+    client = APIClient()
+    if user is not None:
+        world.token.user = user
+        world.token.save(update_fields=["user"])
+        # A real session, as a browser has, so pages and the API see the same login.
+        client.force_login(user)
+    body = world.body(row, where)
+    encoded = {}
+    if body is not None and row.page:
+        encoded = {"data": urlencode(body), "content_type": "application/x-www-form-urlencoded"}
+    elif body is not None:
+        encoded = {"data": json.dumps(body), "content_type": "application/json"}
+    last_seq = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
+    response = client.generic(row.method, world.path(row, where), **encoded)
+    return world, response, list(AuditEvent.objects.filter(seq__gt=last_seq).order_by("seq"))
 
 
 # -- the routes the console serves --------------------------------------------------------
@@ -337,7 +502,7 @@ class Route:
         """The methods the route answers (HEAD and OPTIONS aside)."""
         actions = getattr(self.callback, "actions", None)
         if actions:
-            return [m.upper() for m in actions]
+            return [m.upper() for m in actions if m.upper() in HTTP_METHODS]
         if self.drf_class is not None:
             return [m for m in HTTP_METHODS if hasattr(self.drf_class, m.lower())]
         declared = getattr(self.callback, "policy_methods", None)
@@ -365,6 +530,8 @@ def all_routes() -> list[Route]:
 
 
 PLACEHOLDERS = ("cluster", "spare", "node", "gpu", "etoken", "user", "binding", "event", "token")
+PLACEHOLDERS += ("rule", "alert", "silence", "receiver", "delivery")  # tests/alerts/world.py
+PLACEHOLDERS += ("model", "version", "version2", "spare_version", "draft", "deployment", "worker")
 
 
 def route_of(path: str) -> str:

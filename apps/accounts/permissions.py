@@ -33,12 +33,17 @@ class PolicyPermission(BasePermission):
     message = "Your roles do not allow this."
 
     def has_permission(self, request, view) -> bool:
+        if getattr(view, request.method.lower(), None) is None:
+            return True  # no handler for the method: nothing to allow, DRF answers 405
         action = declared_action(view, request)
         if action is None:
             return False
         if action not in _NOT_AN_ACTION:
             recorder.describe(action=action)
-        return can(request.user, action)
+        if can(request.user, action):
+            return True
+        _describe_url_target(view)
+        return False
 
     def has_object_permission(self, request, view, obj) -> bool:
         action = declared_action(view, request)
@@ -46,6 +51,16 @@ class PolicyPermission(BasePermission):
             return False
         recorder.describe(target=obj)
         return can(request.user, action, obj)
+
+
+def _describe_url_target(view) -> None:
+    """Name the object a refused request was aimed at, from the URL alone (the
+    object is not loaded: a refusal must not depend on, or reveal, its existence)."""
+    lookup = getattr(view, "lookup_url_kwarg", None) or getattr(view, "lookup_field", None)
+    value = getattr(view, "kwargs", {}).get(lookup) if lookup else None
+    queryset = getattr(view, "queryset", None)
+    if value is not None and queryset is not None:
+        recorder.describe(target=(queryset.model._meta.label_lower, value, ""))
 
 
 def public_view(view, methods: tuple[str, ...] = ("GET", "HEAD")):

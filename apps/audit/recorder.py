@@ -106,7 +106,13 @@ def record(
     source_address: str | None = None,
     request_id: str = "",
 ) -> AuditEvent:
-    """Write one event now (for work that happens outside an HTTP request)."""
+    """Write one event now: for work outside an HTTP request, or for a consequence
+    of one that is not the caller's own action (a lock after failed logins, an alert
+    that fires). Inside a request it carries that request's id, linking the two."""
+    if not request_id:
+        from apps.core.context import request_id_var
+
+        request_id = request_id_var.get() or ""
     return append_event(
         action=action,
         outcome=outcome,

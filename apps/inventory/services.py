@@ -146,9 +146,11 @@ def transition_node(node: Node, state: str, reason: str = "", by_person: bool = 
         recorder.describe(target=node, changes=changes)
     else:
         recorder.record("inventory.node-state", target=node, changes=changes)
+    from apps.alerts.services import node_state_changed
     from apps.telemetry.live import publish_node_state
 
     publish_node_state(node)
+    node_state_changed(node, old)
     return True
 
 

@@ -6,4 +6,13 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("nodes/", views.node_list, name="node-list"),
     path("nodes/<int:pk>/", views.node_detail, name="node-detail"),
+    path("nodes/<int:pk>/drain/", views.node_drain, name="node-drain"),
+    path("nodes/<int:pk>/undrain/", views.node_undrain, name="node-undrain"),
+    path("nodes/<int:pk>/retire/", views.node_retire, name="node-retire"),
+    path(
+        "nodes/<int:pk>/revoke-credential/",
+        views.node_revoke_credential,
+        name="node-revoke-credential",
+    ),
+    path("enroll/", views.enrollment, name="enrollment"),
 ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 
 import redis.asyncio as aioredis
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.conf import settings
@@ -17,6 +20,7 @@ from agents.protocol import (
     validate_worker_status,
 )
 from apps.accounts.policy import can, visible_cluster_ids
+from apps.alerts.services import evaluate_samples
 from apps.audit import recorder
 from apps.deployments.services import apply_worker_status
 from apps.inventory.models import Node
@@ -24,18 +28,22 @@ from apps.inventory.services import node_for_credential
 from apps.telemetry import live
 from apps.telemetry.ingest import NodeIngest
 
+log = logging.getLogger(__name__)
 REFUSED = 4401
 PROTOCOL_ERROR = 4400
 _redis: dict[int, aioredis.Redis] = {}
 
 
 def async_redis() -> aioredis.Redis:
-    import asyncio
-
     loop_id = id(asyncio.get_running_loop())
     if loop_id not in _redis:
         _redis[loop_id] = aioredis.Redis.from_url(settings.REDIS_URL)
     return _redis[loop_id]
+
+
+def _log_failure(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("writing telemetry to the database failed", exc_info=future.exception())
 
 
 def _bearer(scope) -> str:
@@ -52,10 +60,30 @@ def _address(scope) -> str | None:
     return client[0] if client else None
 
 
-class AgentConsumer(AsyncWebsocketConsumer):
+class DirectDispatch:
+    """Dispatch each message without channels' close_old_connections round trip.
+
+    channels >= 4.2 runs close_old_connections on the one database thread before
+    every handler: a thread round trip per telemetry message and per browser
+    delivery (2,000 a second at 1,000 nodes), queued behind whatever database
+    write that thread is doing. That made every socket in the process wait on
+    the slowest write (docs/benchmarks.md). Every database call in these
+    consumers goes through database_sync_to_async, which closes stale
+    connections around the call itself, so nothing is lost by skipping it.
+    """
+
+    async def dispatch(self, message):
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+
+class AgentConsumer(DirectDispatch, AsyncWebsocketConsumer):
     """One per connected agent. The node comes from the credential, never a message."""
 
     ingest: NodeIngest | None = None
+    persisting: asyncio.Future | None = None
 
     async def connect(self):
         credential = _bearer(self.scope)
@@ -88,6 +116,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_discard(
             live.agent_group(self.ingest.node.pk), self.channel_name
         )
+        if self.persisting is not None:
+            await asyncio.gather(self.persisting, return_exceptions=True)
         await database_sync_to_async(self.ingest.flush_rollups)(include_current=True)
 
     async def receive(self, text_data=None, bytes_data=None):
@@ -122,8 +152,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
         samples = [ingest.accept_sample(raw) for raw in raw_samples]
         newest = max(samples, key=lambda s: s["seq"])
         node_id = ingest.node.pk
+        # Encoded once: Redis keeps this text and every browser gets it pasted in.
+        newest_json = json.dumps(newest)
         pipe = async_redis().pipeline(transaction=False)
-        pipe.set(live.latest_key(node_id), json.dumps(newest), ex=3600)
+        pipe.set(live.latest_key(node_id), newest_json, ex=3600)
         pipe.hset(live.LAST_SEEN, node_id, time.time())
         if ingest.lost:
             pipe.hincrby(live.LOST, node_id, ingest.lost)
@@ -135,14 +167,32 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 "type": "telemetry.sample",
                 "cluster": ingest.node.cluster_id,
                 "node": node_id,
-                "sample": newest,
+                "sample_json": newest_json,
                 "sent": time.time(),
             },
         )
+        await evaluate_samples(ingest.node, samples)
         state, reason = NodeIngest.wanted_state(newest)
         now = time.time()
-        if state != ingest.node.state or ingest.finished or now - ingest.last_seen_written >= 15:
+        if ingest.needs_transition(state):
             await database_sync_to_async(self._settle)(state, reason, now)
+        elif ingest.needs_persist(now):
+            self.persist_in_background(now)
+
+    def persist_in_background(self, now: float) -> None:
+        """Write last_seen and finished minutes without holding up the stream.
+
+        Nothing in the next sample depends on these writes, and awaiting them made
+        each agent's socket wait its turn on the one database thread behind every
+        other node's writes (docs/benchmarks.md). One write in flight per node.
+        """
+        if self.persisting is not None and not self.persisting.done():
+            return
+        rollups = self.ingest.take_finished()
+        self.persisting = asyncio.ensure_future(
+            database_sync_to_async(self.ingest.persist)(now, rollups)
+        )
+        self.persisting.add_done_callback(_log_failure)
 
     def _settle(self, state: str, reason: str, now: float) -> None:
         self.ingest.settle_state(state, reason)
@@ -168,7 +218,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self.close(code=REFUSED)
 
 
-class TelemetryConsumer(AsyncJsonWebsocketConsumer):
+class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
     """Browsers: {"action": "subscribe", "cluster": id} or {"..., "node": id}.
 
     Authorisation happens when joining a group (a cluster), as the policy says;
@@ -246,15 +296,14 @@ class TelemetryConsumer(AsyncJsonWebsocketConsumer):
         return [{**r, "sample": latest.get(r["id"])} for r in rows]
 
     async def telemetry_sample(self, event):
-        await self._forward(
-            event,
-            {
-                "type": "sample",
-                "node": event["node"],
-                "sample": event["sample"],
-                "sent": event["sent"],
-            },
-        )
+        # The text send_json would make of {"type", "node", "sample", "sent"}, with
+        # the sample as the agent's consumer encoded it: decoding and re-encoding
+        # it for every subscriber was the largest per-browser cost of fan-out.
+        if self._wants(event):
+            await self.send(
+                text_data=f'{{"type": "sample", "node": {json.dumps(event["node"])}, '
+                f'"sample": {event["sample_json"]}, "sent": {json.dumps(event["sent"])}}}'
+            )
 
     async def node_state(self, event):
         await self._forward(
@@ -267,16 +316,22 @@ class TelemetryConsumer(AsyncJsonWebsocketConsumer):
             },
         )
 
+    async def alert_update(self, event):
+        await self._forward(event, {"type": "alert", "alert": event["alert"]})
+
     async def worker_status(self, event):
         await self._forward(
             event, {"type": "worker", "node": event["node"], "worker": event["worker"]}
         )
 
-    async def _forward(self, event, message):
+    def _wants(self, event) -> bool:
         if event["cluster"] not in self.filters:
-            return
+            return False
         allowed = self.filters[event["cluster"]]
-        if allowed is None or event["node"] in allowed:
+        return allowed is None or event["node"] in allowed
+
+    async def _forward(self, event, message):
+        if self._wants(event):
             await self.send_json(message)
 
 

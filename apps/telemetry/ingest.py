@@ -60,25 +60,44 @@ class NodeIngest:
         apply_facts(self.node, facts, agent_version)
         self.settle_state(NodeState.ONLINE, "agent connected")
 
-    def settle_state(self, state: str, reason: str) -> None:
+    def needs_transition(self, state: str) -> bool:
         """Agent reports may move a node between pending/online/degraded/offline only."""
-        if self.node.state in (NodeState.DRAINING, NodeState.RETIRED):
-            return
-        if self.node.state != state:
+        return self.node.state != state and self.node.state not in (
+            NodeState.DRAINING,
+            NodeState.RETIRED,
+        )
+
+    def settle_state(self, state: str, reason: str) -> None:
+        if self.needs_transition(state):
             transition_node(self.node, state, reason)
 
-    def persist(self, now: float | None = None) -> None:
+    def needs_persist(self, now: float) -> bool:
+        return bool(self.finished) or now - self.last_seen_written >= LAST_SEEN_WRITE_SECONDS
+
+    def persist(self, now: float | None = None, rollups: list[MinuteRollup] | None = None) -> None:
+        """Write last_seen (at most every 15 s) and finished minutes.
+
+        `rollups` are finished minutes the caller already took with take_finished()
+        (the stream does, on its own thread, so no sample races the hand-over).
+        """
         now = now or time.time()
         if now - self.last_seen_written >= LAST_SEEN_WRITE_SECONDS:
             Node.objects.filter(pk=self.node.pk).update(last_seen=timezone.now())
             self.last_seen_written = now
-        self.flush_rollups()
+        self.write_rollups(self.take_finished() if rollups is None else rollups)
+
+    def take_finished(self) -> list[MinuteRollup]:
+        done, self.finished = self.finished, []
+        return done
 
     def flush_rollups(self, include_current: bool = False) -> int:
-        done, self.finished = self.finished, []
+        done = self.take_finished()
         if include_current and self.rollup is not None and self.rollup.count:
             done.append(self.rollup)
             self.rollup = None
+        return self.write_rollups(done)
+
+    def write_rollups(self, done: list[MinuteRollup]) -> int:
         if not done:
             return 0
         rows = [

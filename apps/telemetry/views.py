@@ -8,6 +8,8 @@ from rest_framework.renderers import BaseRenderer
 
 from apps.accounts.permissions import PolicyPermission
 from apps.accounts.policy import restrict
+from apps.alerts.models import Alert
+from apps.alerts.services import firing_counts
 from apps.inventory.models import Node
 from apps.telemetry import live
 from apps.telemetry.series import GPU_METRICS, HOST_METRICS
@@ -64,6 +66,12 @@ def prometheus_metrics(request):
     """Scrape with an API token of a viewer (Prometheus `authorization` bearer)."""
     nodes = list(restrict(Node.objects.select_related("cluster"), request.user, "telemetry.view"))
     body = exposition(nodes, live.latest_samples([n.pk for n in nodes]))
+    alerts = restrict(Alert.objects.all(), request.user, "alerts.view")
+    body += "# HELP hangar_alerts_firing Firing (incl. acknowledged) alerts.\n"
+    body += "# TYPE hangar_alerts_firing gauge\n" + "".join(
+        f'hangar_alerts_firing{{severity="{severity}",rule="{_label(rule)}"}} {count}\n'
+        for severity, rule, count in firing_counts(alerts)
+    )
     return HttpResponse(body, content_type="text/plain; version=0.0.4")
 
 

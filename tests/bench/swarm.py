@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from agents import protocol
 from agents.simulate import SimulatedSource
@@ -98,24 +98,30 @@ class SimulatedAgent:
 
     async def connect(self, url: str, limit: asyncio.Semaphore) -> str | None:
         """Connect, read the welcome, send hello. Returns a problem, or None."""
+        problem = None
         async with limit:
-            try:
-                self.conn = await connect(
-                    url,
-                    additional_headers={"Authorization": f"Bearer {self.credential}"},
-                    user_agent_header="hangar-bench-agent",
-                    open_timeout=60,
-                    close_timeout=5,
-                    ping_interval=None,  # the console would answer; keep the load to telemetry
-                    max_queue=None,
-                )
-                welcome = json.loads(await asyncio.wait_for(self.conn.recv(), 60))
-                if welcome.get("type") != protocol.WELCOME:
-                    return f"node {self.node_id}: expected welcome, got {welcome}"
-                await self.conn.send(json.dumps(protocol.hello(self.facts(), "bench")))
-            except (OSError, TimeoutError, ConnectionClosed) as exc:
-                self.conn = None
-                return f"node {self.node_id}: {type(exc).__name__}: {exc}"
+            for _attempt in range(3):  # as a real agent would, retry a failed handshake
+                try:
+                    self.conn = await connect(
+                        url,
+                        additional_headers={"Authorization": f"Bearer {self.credential}"},
+                        user_agent_header="hangar-bench-agent",
+                        open_timeout=60,
+                        close_timeout=5,
+                        ping_interval=None,  # keep the load to telemetry
+                        max_queue=None,
+                    )
+                    welcome = json.loads(await asyncio.wait_for(self.conn.recv(), 60))
+                    if welcome.get("type") != protocol.WELCOME:
+                        return f"node {self.node_id}: expected welcome, got {welcome}"
+                    await self.conn.send(json.dumps(protocol.hello(self.facts(), "bench")))
+                    break
+                except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                    self.conn = None
+                    problem = f"node {self.node_id}: {type(exc).__name__}: {exc}"
+                    await asyncio.sleep(1)
+            else:
+                return problem
         self.reader = asyncio.create_task(self.read())
         return None
 
@@ -194,15 +200,22 @@ async def run_agents(args: argparse.Namespace) -> None:
 
 async def run_browser(args: argparse.Namespace) -> None:
     origin = f"http://127.0.0.1:{args.port}"
-    conn = await connect(
-        f"ws://127.0.0.1:{args.port}/ws/telemetry/",
-        origin=origin,
-        additional_headers={"Cookie": f"sessionid={args.session}"},
-        open_timeout=30,
-        ping_interval=None,
-        max_size=None,  # a snapshot of many nodes can exceed 1 MiB
-        max_queue=None,
-    )
+    for attempt in range(5):  # a busy machine can drop one handshake; a second is fine
+        try:
+            conn = await connect(
+                f"ws://127.0.0.1:{args.port}/ws/telemetry/",
+                origin=origin,
+                additional_headers={"Cookie": f"sessionid={args.session}"},
+                open_timeout=30,
+                ping_interval=None,
+                max_size=None,  # a snapshot of many nodes can exceed 1 MiB
+                max_queue=None,
+            )
+            break
+        except (OSError, InvalidHandshake, TimeoutError):
+            if attempt == 4:
+                raise
+            await asyncio.sleep(1)
     await conn.send(json.dumps({"action": "subscribe"}))
     snapshot = json.loads(await asyncio.wait_for(conn.recv(), 30))
     if snapshot.get("type") != "snapshot":

@@ -173,12 +173,15 @@ def prepare_environment(args: argparse.Namespace, workdir: Path) -> dict:
 
     django.setup()
     env = processes.console_env(HANGAR_ALLOWED_HOSTS="127.0.0.1,localhost")
-    subprocess.run(
+    migrate = subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
         cwd=ROOT,
         env=env,
-        check=True,
+        capture_output=True,
+        text=True,
     )
+    if migrate.returncode:
+        raise SystemExit(f"manage.py migrate failed on {args.database}:\n{migrate.stderr[-3000:]}")
     return env
 
 
@@ -259,16 +262,29 @@ class Step:
     daphne_cpu_peak: float = 0.0
     daphne_rss_mib: float = 0.0
     redis_cpu: float = 0.0
+    postgres_cpu: float = 0.0
+    clients_cpu: float = 0.0
     machine_cpu: float = 0.0
+    other_cpu: float = 0.0
     send_lag_p99_ms: float = 0.0
     problems: list[str] = field(default_factory=list)
 
 
-class Probe:
-    """CPU and memory of Daphne, Redis and the machine over the measured window."""
+def _cpu_seconds(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.Error:  # ended, or not ours to read
+        return 0.0
+    return times.user + times.system
 
-    def __init__(self, daphne_pid: int, redis_client):
+
+class Probe:
+    """CPU and memory over the measured window: Daphne, Redis, PostgreSQL, the
+    benchmark's own clients, and the machine (whatever else runs shows as other)."""
+
+    def __init__(self, daphne_pid: int, client_pids: list[int], redis_client):
         self.daphne = psutil.Process(daphne_pid)
+        self.clients = [psutil.Process(pid) for pid in client_pids]
         self.redis = redis_client
         self.peak_cpu = 0.0
         self.peak_rss = 0
@@ -277,17 +293,32 @@ class Probe:
         info = self.redis.info("cpu")
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
-    def _machine_busy(self) -> tuple[float, float]:
+    @staticmethod
+    def _postgres() -> dict[int, float]:
+        return {
+            p.pid: _cpu_seconds(p)
+            for p in psutil.process_iter(["name"])
+            if (p.info["name"] or "").startswith("postgres")
+        }
+
+    @staticmethod
+    def _machine() -> tuple[float, float]:
         times = psutil.cpu_times()
         idle = times.idle + getattr(times, "iowait", 0.0)
         return sum(times) - idle, sum(times)
 
+    def _snapshot(self) -> dict:
+        return {
+            "wall": time.monotonic(),
+            "daphne": _cpu_seconds(self.daphne),
+            "clients": sum(_cpu_seconds(c) for c in self.clients),
+            "redis": self._redis_cpu(),
+            "postgres": self._postgres(),
+            "machine": self._machine(),
+        }
+
     def start(self) -> None:
-        self.t0 = time.monotonic()
-        cpu = self.daphne.cpu_times()
-        self.daphne0 = cpu.user + cpu.system
-        self.redis0 = self._redis_cpu()
-        self.machine0 = self._machine_busy()
+        self.first = self._snapshot()
         self.daphne.cpu_percent(None)
 
     def tick(self) -> None:
@@ -295,15 +326,30 @@ class Probe:
         self.peak_rss = max(self.peak_rss, self.daphne.memory_info().rss)
 
     def finish(self, step: Step) -> None:
-        elapsed = time.monotonic() - self.t0
-        cpu = self.daphne.cpu_times()
-        step.daphne_cpu = 100 * (cpu.user + cpu.system - self.daphne0) / elapsed
+        first, last = self.first, self._snapshot()
+        elapsed = last["wall"] - first["wall"]
+
+        def percent(key: str) -> float:
+            return 100 * (last[key] - first[key]) / elapsed
+
+        step.daphne_cpu = percent("daphne")
         step.daphne_cpu_peak = self.peak_cpu
         step.daphne_rss_mib = max(self.peak_rss, self.daphne.memory_info().rss) / 2**20
-        step.redis_cpu = 100 * (self._redis_cpu() - self.redis0) / elapsed
-        busy, total = self._machine_busy()
-        cores = psutil.cpu_count()
-        step.machine_cpu = 100 * cores * (busy - self.machine0[0]) / (total - self.machine0[1])
+        step.clients_cpu = percent("clients")
+        step.redis_cpu = percent("redis")
+        postgres = sum(t - first["postgres"].get(pid, 0.0) for pid, t in last["postgres"].items())
+        step.postgres_cpu = 100 * postgres / elapsed
+        busy = last["machine"][0] - first["machine"][0]
+        total = last["machine"][1] - first["machine"][1]
+        step.machine_cpu = 100 * psutil.cpu_count() * busy / total
+        step.other_cpu = max(
+            0.0,
+            step.machine_cpu
+            - step.daphne_cpu
+            - step.clients_cpu
+            - step.redis_cpu
+            - step.postgres_cpu,
+        )
 
 
 def latest_seqs(redis_client, node_ids: list[int]) -> dict[int, int]:
@@ -338,6 +384,28 @@ def start_daphne(env: dict, workdir: Path, procs: Processes, label: str) -> tupl
         process=daphne,
     )
     return daphne, port
+
+
+def profile(pid: int, args: argparse.Namespace, node_count: int, workdir: Path):
+    """py-spy on Daphne for the measured window: collapsed stacks, for flame graphs."""
+    args.profile.mkdir(parents=True, exist_ok=True)
+    options = {
+        "pid": pid,
+        "duration": int(args.seconds),
+        "rate": 50,
+        "format": "raw",
+        "output": args.profile / f"daphne-{node_count}.txt",
+    }
+    return processes.start(
+        [
+            str(processes.BIN / "py-spy"),
+            "record",
+            "--nonblocking",
+            *(f"--{name}={value}" for name, value in options.items()),
+        ],
+        os.environ.copy(),
+        workdir / f"py-spy-{node_count}.log",
+    )
 
 
 def run_step(
@@ -406,11 +474,13 @@ def run_step(
         window = (start + args.warmup, start + args.warmup + args.seconds)
         for loader in loaders:
             loader.tell({"start": start, "stop": window[1]})
-        probe = Probe(daphne.pid, redis_client)
+        probe = Probe(daphne.pid, [c.process.pid for c in [browser, *loaders]], redis_client)
         node_ids = [n for n, _ in chosen]
         time.sleep(max(0.0, window[0] - time.time()))
         seqs_before = latest_seqs(redis_client, node_ids)
         probe.start()
+        if args.profile:
+            procs.daphnes.append(profile(daphne.pid, args, node_count, workdir))
         while time.time() < window[1]:
             time.sleep(min(1.0, max(0.0, window[1] - time.time())))
             probe.tick()
@@ -461,7 +531,6 @@ def run_step(
 
 COLUMNS = (
     ("nodes", "nodes"),
-    ("GPUs/node", "gpus"),
     ("sent", "sent"),
     ("received", "received"),
     ("lost", "lost"),
@@ -471,18 +540,27 @@ COLUMNS = (
     ("p99 ms", "p99"),
     ("max ms", "max"),
     ("Daphne CPU %", "daphne_cpu"),
+    ("Daphne CPU ms/sample", "daphne_ms_per_sample"),
     ("Daphne RSS MiB", "daphne_rss_mib"),
     ("Redis CPU %", "redis_cpu"),
+    ("PostgreSQL CPU %", "postgres_cpu"),
+    ("agents+browser CPU %", "clients_cpu"),
+    ("other CPU %", "other_cpu"),
     ("machine CPU %", "machine_cpu"),
 )
 
 
 def row(step: Step) -> list[str]:
     values = {**step.__dict__, **step.latency_ms}
+    # CPU per stored sample: what one Daphne can sustain, even on a busy machine.
+    values["daphne_ms_per_sample"] = 10 * step.daphne_cpu / max(step.ingested_per_s, 1e-9)
     cells = []
     for _, key in COLUMNS:
         value = values[key]
-        cells.append(f"{value:.0f}" if isinstance(value, float) else str(value))
+        if isinstance(value, float):
+            cells.append(f"{value:.2f}" if key == "daphne_ms_per_sample" else f"{value:.0f}")
+        else:
+            cells.append(str(value))
     return cells
 
 
@@ -564,8 +642,10 @@ def section(steps: list[Step], args: argparse.Namespace, command: str, took: flo
             "ingested/s: samples stored by the console per second (from the seq in each",
             "node's `hangar:latest` key); delivered/s: samples the browser received per",
             "second; latency: browser receipt - `sample.ts`; lost: sent but never",
-            "received by the browser, after a drain; CPU % is of one core (the machine",
-            "has 100 % per core).",
+            "received by the browser, after a drain. CPU % is of one core (a 2-core",
+            "machine has 200 %); Daphne is one Python process, so about 100 % is its",
+            "ceiling. Daphne CPU ms/sample = Daphne's CPU time per ingested sample.",
+            "other CPU %: processes that are not part of the benchmark (noise).",
             "",
             verdict(steps),
             *(["", "Problems seen:", "", *notes] if notes else []),
@@ -575,9 +655,10 @@ def section(steps: list[Step], args: argparse.Namespace, command: str, took: flo
 
 
 def write_docs(text: str, path: Path = DOCS) -> None:
-    """Replace our section (up to the next `## `), keep every other section."""
+    """Replace our section's results, keep its hand-written "### Findings" and
+    every other section (up to the next `## `)."""
     current = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
+    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^### Findings|^## |\Z)", re.M | re.S)
     if pattern.search(current):
         updated = pattern.sub(lambda _: text + "\n", current, count=1)
     else:
@@ -604,6 +685,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--database", default="hangar_bench", help="dropped and recreated")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/5", help="flushed")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record Daphne with py-spy into this folder (pip install py-spy)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     if args.quick:

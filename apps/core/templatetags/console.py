@@ -31,6 +31,14 @@ STATE_LABELS = {
     "node": _("node"),
     "system": _("system"),
     "anonymous": _("anonymous"),
+    "draft": _("draft"),
+    "ready": _("ready"),
+    "firing": _("firing"),
+    "acknowledged": _("acknowledged"),
+    "resolved": _("resolved"),
+    "info": _("info"),
+    "warning": _("warning"),
+    "critical": _("critical"),
 }
 
 ROLE_LABELS = {

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.utils.translation import gettext as _
 from rest_framework import serializers
 
 from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node
@@ -72,7 +73,7 @@ class NodeSerializer(serializers.ModelSerializer):
     def validate_labels(self, labels):
         if not isinstance(labels, dict) or len(labels) > 50:
             raise serializers.ValidationError(
-                "Labels are an object of at most 50 key: value pairs."
+                _("Labels are an object of at most 50 key: value pairs.")
             )
         for key, value in labels.items():
             if not (
@@ -82,7 +83,8 @@ class NodeSerializer(serializers.ModelSerializer):
                 and len(value) <= 200
             ):
                 raise serializers.ValidationError(
-                    f"Label {key!r}: keys are 1-63 characters, values strings of at most 200."
+                    _("Label %(key)r: keys are 1-63 characters, values strings of at most 200.")
+                    % {"key": key}
                 )
         return labels
 

@@ -1,0 +1,45 @@
+"""The series rules are written against: telemetry's flattened names plus derived ones.
+
+Every value a rule can watch is a flat name -> number. Worker metrics plug in
+here as more names (worker.<id>.p99_ms, ...) when samples carry them, and
+other sources (worker status, node state) hand the evaluator their own names
+(worker.<id>.crashloop, node.offline) through services.evaluate_values.
+"""
+
+from __future__ import annotations
+
+from apps.telemetry.series import flatten
+
+# Counters and derived gauges telemetry does not roll up but alerts watch.
+GPU_COUNTERS = ("ecc_errors", "xid_errors")
+WORKER_METRICS = ("p50_ms", "p95_ms", "p99_ms", "rps", "error_rate")
+
+# Names that do not come from samples (docs/alerts.md lists them all).
+NODE_OFFLINE = "node.offline"
+
+
+def alert_series(sample: dict) -> dict[str, float]:
+    """flatten(sample) plus gpu.N.memory_used_percent, gpu.N.ecc_errors, gpu.N.xid_errors,
+    host.memory_used_percent, host.disk_used_percent and worker.<id>.<metric>."""
+    values = flatten(sample)
+    for gpu in sample.get("gpus", ()):
+        prefix = f"gpu.{gpu['index']}."
+        used, total = gpu.get("memory_used"), gpu.get("memory_total")
+        if used is not None and total:
+            values[prefix + "memory_used_percent"] = 100.0 * used / total
+        for counter in GPU_COUNTERS:
+            count = gpu.get(counter)
+            if count is not None:
+                values[prefix + counter] = float(count)
+    host = sample.get("host") or {}
+    for part in ("memory", "disk"):
+        used, total = host.get(f"{part}_used"), host.get(f"{part}_total")
+        if used is not None and total:
+            values[f"host.{part}_used_percent"] = 100.0 * used / total
+    for worker in sample.get("workers") or ():
+        prefix = f"worker.{worker['worker_id']}."
+        for metric in WORKER_METRICS:
+            value = worker.get(metric)
+            if value is not None:
+                values[prefix + metric] = float(value)
+    return values

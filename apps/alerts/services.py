@@ -1,0 +1,387 @@
+"""Alert operations: evaluate the stream, write transitions, notify, acknowledge, silence.
+
+The hot path (`evaluate_samples`, called once per agent message by
+AgentConsumer.take_samples) works on in-memory state and cached rules; it
+touches the database only when a series changes state. Each transition is one
+transaction: the alert row, its audit event (actor system), the delivery rows
+of its receivers; the Celery deliveries and the browser push follow on commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.alerts.evaluation import (
+    FIRING,
+    PENDING,
+    RESOLVED,
+    Change,
+    CompiledRule,
+    NodeEvaluator,
+    RuleSet,
+    SeriesState,
+)
+from apps.alerts.models import Alert, AlertRule, Delivery, Receiver, Silence
+from apps.alerts.series import NODE_OFFLINE, alert_series
+from apps.audit import recorder
+
+log = logging.getLogger(__name__)
+# Rules are cached per process; an edit reaches the stream within this many seconds.
+RULE_CACHE_SECONDS = 5.0
+# Names evaluated outside the sample stream (they hold state only in the database).
+OFF_STREAM = (NODE_OFFLINE,)
+
+
+# --- the rule cache --------------------------------------------------------------
+
+
+class RuleCache:
+    def __init__(self, ttl: float = RULE_CACHE_SECONDS):
+        self.ttl = ttl
+        self.ruleset: RuleSet | None = None
+        self.expires = 0.0
+        self.reloading = False
+        self._version = 0
+
+    def fresh(self, now: float) -> RuleSet | None:
+        return self.ruleset if now < self.expires else None
+
+    def reload(self) -> RuleSet:
+        rules = tuple(compile_rule(r) for r in AlertRule.objects.filter(enabled=True))
+        current = self.ruleset
+        if current is None or current.rules != rules:
+            self._version += 1
+            current = RuleSet(rules, self._version)
+        self.ruleset, self.expires = current, time.monotonic() + self.ttl
+        return current
+
+    def get(self) -> RuleSet:
+        return self.fresh(time.monotonic()) or self.reload()
+
+    def clear(self) -> None:
+        self.ruleset, self.expires = None, 0.0
+
+
+def compile_rule(rule: AlertRule) -> CompiledRule:
+    return CompiledRule.build(
+        id=rule.pk,
+        name=rule.name,
+        metric=rule.metric,
+        comparison=rule.comparison,
+        threshold=rule.threshold,
+        clear_threshold=rule.clear_threshold,
+        for_seconds=rule.for_seconds,
+        severity=rule.severity,
+        cluster_id=rule.cluster_id,
+        node_id=rule.node_id,
+    )
+
+
+rules = RuleCache()
+_reloads: set[asyncio.Task] = set()
+# One evaluator per node streaming into this process (an agent has one socket).
+_evaluators: dict[int, NodeEvaluator] = {}
+
+
+# --- evaluation ------------------------------------------------------------------
+
+
+def open_states(node, ruleset: RuleSet) -> dict[tuple[int, str], SeriesState]:
+    """The node's open alerts as evaluator state: a restarted console carries on."""
+    conditions = {r.id: r.condition for r in ruleset.rules}
+    return {
+        (rule_id, series): SeriesState(
+            started.timestamp(), PENDING if state == PENDING else FIRING, conditions[rule_id]
+        )
+        for rule_id, series, state, started in Alert.objects.filter(
+            node=node, state__in=Alert.OPEN, rule__isnull=False
+        ).values_list("rule_id", "series", "state", "started_at")
+        if rule_id in conditions
+    }
+
+
+def _evaluator_for(node, ruleset: RuleSet) -> NodeEvaluator:
+    evaluator = _evaluators.get(node.pk)
+    if evaluator is None or evaluator.cluster_id != node.cluster_id:
+        evaluator = NodeEvaluator(node.pk, node.cluster_id, open_states(node, ruleset))
+        _evaluators[node.pk] = evaluator
+    return evaluator
+
+
+async def current_rules() -> RuleSet:
+    """The cached rules; when they are stale, reload in the background and use them
+    meanwhile, so no sample waits on the database (and 1,000 sockets do not all
+    reload at once)."""
+    ruleset = rules.ruleset
+    if ruleset is None:
+        return await database_sync_to_async(rules.reload)()
+    if rules.fresh(time.monotonic()) is None and not rules.reloading:
+        rules.reloading = True
+        task = asyncio.get_running_loop().create_task(_reload_rules())
+        _reloads.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(_reloads.discard)
+    return ruleset
+
+
+async def _reload_rules() -> None:
+    try:
+        await database_sync_to_async(rules.reload)()
+    finally:
+        rules.reloading = False
+
+
+async def evaluate_samples(node, samples: list[dict]) -> None:
+    """Evaluate validated samples (oldest first) of `node`; write only transitions.
+
+    A failure here is logged, never raised: alerting must not stop ingest."""
+    try:
+        await _evaluate_samples(node, samples)
+    except Exception:
+        log.exception("alert evaluation failed for node %s", node.pk)
+
+
+async def _evaluate_samples(node, samples: list[dict]) -> None:
+    ruleset = await current_rules()
+    if not ruleset.rules:
+        return
+    evaluator = _evaluators.get(node.pk)
+    if evaluator is None or evaluator.cluster_id != node.cluster_id:
+        evaluator = await database_sync_to_async(_evaluator_for)(node, ruleset)
+    changes: list[Change] = []
+    for sample in samples:
+        changes += evaluator.observe(alert_series(sample), sample["ts"], ruleset)
+    if changes:
+        await database_sync_to_async(apply_changes)(node, changes)
+
+
+def evaluate_values(node, values: dict[str, float], ts: float | None = None) -> list[Change]:
+    """Evaluate names from outside the sample stream (node.offline, worker.<id>.crashloop).
+
+    Their state lives in the database only: each call starts from the node's open
+    alerts, so any process (beat, Celery, Daphne) may call it.
+    """
+    ruleset = rules.get()
+    evaluator = NodeEvaluator(node.pk, node.cluster_id, open_states(node, ruleset))
+    changes = evaluator.observe(values, ts or time.time(), ruleset)
+    apply_changes(node, changes)
+    return changes
+
+
+def node_state_changed(node, old_state: str) -> None:
+    """inventory.transition_node's hook: evaluate node.offline rules on entering or leaving it."""
+    from apps.inventory.models import NodeState
+
+    if NodeState.OFFLINE not in (old_state, node.state):
+        return
+    if not any(r.metric == NODE_OFFLINE for r in rules.get().rules):
+        return
+    evaluate_values(node, {NODE_OFFLINE: 1.0 if node.state == NodeState.OFFLINE else 0.0})
+
+
+# --- transitions -----------------------------------------------------------------
+
+
+def _when(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def apply_changes(node, changes: Iterable[Change]) -> list[Alert]:
+    """Write each transition: alert row, audit event, deliveries; push after commit."""
+    written = []
+    for change in changes:
+        try:
+            with transaction.atomic():
+                alert = _apply(node, change)
+        except IntegrityError:
+            continue  # another process opened the same alert first; theirs stands
+        if alert is not None:
+            written.append(alert)
+    return written
+
+
+def _apply(node, change: Change) -> Alert | None:
+    rule = change.rule
+    alert = (
+        Alert.objects.select_for_update()
+        .filter(rule_id=rule.id, node=node, series=change.series, state__in=Alert.OPEN)
+        .first()
+    )
+    if change.kind == RESOLVED:
+        if alert is None:
+            return None
+        before = alert.state
+        alert.state, alert.value = Alert.State.RESOLVED, change.value
+        alert.resolved_at = _when(change.ts)
+        alert.resolved_reason = "condition cleared"
+        alert.save()
+        _transitioned(alert, before, notify=alert.notified_at is not None)
+        return alert
+    if alert is None:
+        if not AlertRule.objects.filter(pk=rule.id).exists():
+            return None  # deleted since the cache was loaded
+        alert = Alert(
+            rule_id=rule.id,
+            rule_name=rule.name,
+            series=change.series,
+            node=node,
+            cluster_id=node.cluster_id,
+            severity=rule.severity,
+            comparison=rule.comparison,
+            threshold=rule.threshold,
+            started_at=_when(change.since),
+            state=Alert.State.PENDING,
+            value=change.value,
+        )
+        before = None
+    elif change.kind == FIRING and alert.state == Alert.State.PENDING:
+        before = alert.state
+    else:
+        return None  # already in that state (e.g. two processes saw the same crossing)
+    alert.value = change.value
+    if change.kind == FIRING:
+        alert.state, alert.fired_at = Alert.State.FIRING, _when(change.ts)
+    alert.save()
+    _transitioned(alert, before, notify=change.kind == FIRING)
+    return alert
+
+
+def _transitioned(alert: Alert, before: str | None, notify: bool, person=None) -> None:
+    changes = {
+        "state": [before, alert.state],
+        "series": alert.series,
+        "value": alert.value,
+        "rule": alert.rule_name,
+    }
+    if person is None:
+        recorder.record(f"alerts.{alert.state}", target=alert, changes=changes)
+    else:
+        recorder.describe(target=alert, changes={**changes, "note": alert.note})
+    if notify:
+        notify_receivers(alert, alert.state)
+    transaction.on_commit(lambda: publish(alert))
+
+
+def acknowledge(alert: Alert, user, note: str) -> Alert:
+    """An operator takes the alert on: who, when, and their note (audited on the request)."""
+    with transaction.atomic():
+        alert = Alert.objects.select_for_update().get(pk=alert.pk)
+        if alert.state != Alert.State.FIRING:
+            raise ValueError(f"Only a firing alert can be acknowledged; this one is {alert.state}.")
+        alert.state = Alert.State.ACKNOWLEDGED
+        alert.acknowledged_at, alert.acknowledged_by, alert.note = timezone.now(), user, note
+        alert.save()
+        _transitioned(alert, Alert.State.FIRING, notify=alert.notified_at is not None, person=user)
+    return alert
+
+
+def resolve_rule_alerts(rule: AlertRule, reason: str) -> int:
+    """Close the open alerts of a rule that was disabled, changed or deleted."""
+    count = 0
+    for alert in Alert.objects.filter(rule=rule, state__in=Alert.OPEN):
+        with transaction.atomic():
+            before = alert.state
+            alert.state, alert.resolved_at = Alert.State.RESOLVED, timezone.now()
+            alert.resolved_reason = reason[:200]
+            alert.save()
+            _transitioned(alert, before, notify=alert.notified_at is not None)
+        count += 1
+    return count
+
+
+# --- silences and notifications -----------------------------------------------------
+
+
+def active_silences(now: datetime | None = None):
+    now = now or timezone.now()
+    return Silence.objects.filter(starts_at__lte=now, ends_at__gt=now)
+
+
+def silenced_by(alert: Alert, now: datetime | None = None) -> Silence | None:
+    return next((s for s in active_silences(now) if s.matches(alert)), None)
+
+
+def notify_receivers(alert: Alert, event: str) -> list[Delivery]:
+    """One delivery per enabled receiver of the rule, unless a silence holds a new firing back.
+
+    Called inside the transition's transaction; the Celery tasks start on commit.
+    """
+    if event == Alert.State.FIRING:
+        if silenced_by(alert) is not None:
+            return []
+        alert.notified_at = timezone.now()
+        alert.save(update_fields=["notified_at"])
+    receivers = Receiver.objects.filter(rules=alert.rule_id, enabled=True) if alert.rule_id else []
+    from apps.alerts.notify import payload
+
+    deliveries = [
+        Delivery.objects.create(alert=alert, receiver=r, event=event, payload=payload(alert, event))
+        for r in receivers
+    ]
+    if deliveries:
+        from apps.alerts.tasks import deliver
+
+        ids = [d.pk for d in deliveries]
+        transaction.on_commit(lambda: [deliver.delay(i) for i in ids])
+    return deliveries
+
+
+def publish(alert: Alert) -> None:
+    """The console's own receiver: the live alert list in every subscribed browser."""
+    from apps.alerts.api.serializers import AlertSerializer
+    from apps.telemetry.live import cluster_group
+
+    async_to_sync(get_channel_layer().group_send)(
+        cluster_group(alert.cluster_id),
+        {
+            "type": "alert.update",
+            "cluster": alert.cluster_id,
+            "node": alert.node_id,
+            "alert": AlertSerializer(alert).data,
+        },
+    )
+
+
+def sweep(now: datetime | None = None) -> dict[str, int]:
+    """Beat, every few seconds: notify firing alerts whose silence ended, and promote
+    pending node.offline alerts whose duration passed (no sample will arrive for them)."""
+    from apps.inventory.models import Node, NodeState
+
+    now = now or timezone.now()
+    released = 0
+    held = Alert.objects.filter(state=Alert.State.FIRING, notified_at__isnull=True)
+    for alert in held.select_related("cluster", "node"):
+        if silenced_by(alert, now) is None:
+            with transaction.atomic():
+                locked = Alert.objects.select_for_update().get(pk=alert.pk)
+                if locked.state == Alert.State.FIRING and locked.notified_at is None:
+                    notify_receivers(locked, Alert.State.FIRING)
+                    released += 1
+    promoted = 0
+    waiting = Alert.objects.filter(state=Alert.State.PENDING, series__in=OFF_STREAM)
+    for node in Node.objects.filter(pk__in=waiting.values("node_id")):
+        offline = 1.0 if node.state == NodeState.OFFLINE else 0.0
+        promoted += len(evaluate_values(node, {NODE_OFFLINE: offline}, now.timestamp()))
+    return {"released": released, "promoted": promoted}
+
+
+def firing_counts(alerts) -> list[tuple[str, str, int]]:
+    """(severity, rule name, count) of the firing and acknowledged among `alerts`, for /metrics."""
+    from django.db.models import Count
+
+    rows = (
+        alerts.filter(state__in=(Alert.State.FIRING, Alert.State.ACKNOWLEDGED))
+        .values_list("severity", "rule_name")
+        .annotate(n=Count("id"))
+        .order_by("severity", "rule_name")
+    )
+    return list(rows)
