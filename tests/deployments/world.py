@@ -16,8 +16,14 @@ FILES = [{"path": "weights.safetensors", "sha256": "b" * 64, "size": 10}]
 
 
 def _version(model, label, state=VersionState.READY) -> ModelVersion:
-    return ModelVersion.objects.create(model=model, label=label, path=f"/srv/models/m/{label}",
-                                       format="safetensors", state=state, files=FILES)
+    return ModelVersion.objects.create(
+        model=model,
+        label=label,
+        path=f"/srv/models/m/{label}",
+        format="safetensors",
+        state=state,
+        files=FILES,
+    )
 
 
 def deployments_world(world) -> dict[str, dict[str, int]]:
@@ -30,14 +36,32 @@ def deployments_world(world) -> dict[str, dict[str, int]]:
         node = world.nodes[place]
         GPU.objects.create(node=node, index=1, name="H100")  # free for a new deployment
         deployment = Deployment.objects.create(
-            name=f"matrix-{place}", cluster=cluster, model_version=v1, previous_version=v2,
-            engine="reference", replicas=1, port=9100,
-            placement={"mode": "pinned", "targets": [{"node": node.pk, "gpus": [0]}]})
-        worker = Worker.objects.create(deployment=deployment, node=node, model_version=v1,
-                                       slot=0, gpus=[0], port=9100, state=WorkerState.READY)
+            name=f"matrix-{place}",
+            cluster=cluster,
+            model_version=v1,
+            previous_version=v2,
+            engine="reference",
+            replicas=1,
+            port=9100,
+            placement={"mode": "pinned", "targets": [{"node": node.pk, "gpus": [0]}]},
+        )
+        worker = Worker.objects.create(
+            deployment=deployment,
+            node=node,
+            model_version=v1,
+            slot=0,
+            gpus=[0],
+            port=9100,
+            state=WorkerState.READY,
+        )
         placed["deployment"][place], placed["worker"][place] = deployment.pk, worker.pk
-    for name, obj in (("model", model), ("version", v1), ("version2", v2),
-                      ("spare_version", spare), ("draft", draft)):
+    for name, obj in (
+        ("model", model),
+        ("version", v1),
+        ("version2", v2),
+        ("spare_version", spare),
+        ("draft", draft),
+    ):
         placed[name] = dict.fromkeys(world.clusters, obj.pk)
     return placed
 
