@@ -132,6 +132,8 @@ class Alert(models.Model):
     note = models.TextField(blank=True, default="")
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolved_reason = models.CharField(max_length=200, blank=True, default="")
+    # Evidence from the reporter, e.g. a crash-looping worker's last exit cause and log line.
+    detail = models.CharField(max_length=500, blank=True, default="")
     # When receivers were told it fires; null while a silence holds it back.
     notified_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -52,6 +52,7 @@ def payload(alert: Alert, event: str) -> dict:
             "comparison": alert.comparison,
             "threshold": alert.threshold,
             "summary": alert.summary,
+            "detail": alert.detail,
             "node": {"id": alert.node_id, "name": str(alert.node)},
             "cluster": {"id": alert.cluster_id, "name": str(alert.cluster)},
             "started_at": _iso(alert.started_at),

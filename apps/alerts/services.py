@@ -164,7 +164,9 @@ async def _evaluate_samples(node, samples: list[dict]) -> None:
         await database_sync_to_async(apply_changes)(node, changes)
 
 
-def evaluate_values(node, values: dict[str, float], ts: float | None = None) -> list[Change]:
+def evaluate_values(
+    node, values: dict[str, float], ts: float | None = None, details: dict[str, str] | None = None
+) -> list[Change]:
     """Evaluate names from outside the sample stream (node.offline, worker.<id>.crashloop).
 
     Their state lives in the database only: each call starts from the node's open
@@ -173,7 +175,7 @@ def evaluate_values(node, values: dict[str, float], ts: float | None = None) -> 
     ruleset = rules.get()
     evaluator = NodeEvaluator(node.pk, node.cluster_id, open_states(node, ruleset))
     changes = evaluator.observe(values, ts or time.time(), ruleset)
-    apply_changes(node, changes)
+    apply_changes(node, changes, details or {})
     return changes
 
 
@@ -195,13 +197,15 @@ def _when(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
-def apply_changes(node, changes: Iterable[Change]) -> list[Alert]:
+def apply_changes(
+    node, changes: Iterable[Change], details: dict[str, str] | None = None
+) -> list[Alert]:
     """Write each transition: alert row, audit event, deliveries; push after commit."""
     written = []
     for change in changes:
         try:
             with transaction.atomic():
-                alert = _apply(node, change)
+                alert = _apply(node, change, (details or {}).get(change.series, ""))
         except IntegrityError:
             continue  # another process opened the same alert first; theirs stands
         if alert is not None:
@@ -209,7 +213,7 @@ def apply_changes(node, changes: Iterable[Change]) -> list[Alert]:
     return written
 
 
-def _apply(node, change: Change) -> Alert | None:
+def _apply(node, change: Change, detail: str = "") -> Alert | None:
     rule = change.rule
     alert = (
         Alert.objects.select_for_update()
@@ -248,6 +252,8 @@ def _apply(node, change: Change) -> Alert | None:
     else:
         return None  # already in that state (e.g. two processes saw the same crossing)
     alert.value = change.value
+    if detail:
+        alert.detail = detail[:500]
     if change.kind == FIRING:
         alert.state, alert.fired_at = Alert.State.FIRING, _when(change.ts)
     alert.save()

@@ -350,9 +350,26 @@ def apply_worker_status(node, status: dict) -> Worker | None:
                 "error": worker.error,
             },
         )
+    if (worker.state == WorkerState.CRASHLOOP) != (old_state == WorkerState.CRASHLOOP):
+        _crashloop_changed(node, worker)
     if worker.deployment.rollout_state == RolloutState.ROLLING:
         advance_rollout(worker.deployment)
     return worker
+
+
+def _crashloop_changed(node, worker: Worker) -> None:
+    """Feed worker.<id>.crashloop to the alert rules, with the last run's cause."""
+    from apps.alerts.services import evaluate_values
+
+    series = f"worker.{worker.pk}.crashloop"
+    cause = f"last run ended: {worker.cause or 'unknown'}"
+    if worker.evidence:
+        cause += f" ({worker.evidence})"
+    evaluate_values(
+        node,
+        {series: 1.0 if worker.state == WorkerState.CRASHLOOP else 0.0},
+        details={series: f"{worker.deployment.name} replica {worker.slot}: {cause}"},
+    )
 
 
 # --- reconcile -----------------------------------------------------------------------
