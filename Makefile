@@ -25,7 +25,7 @@ format: $(STAMP)
 
 check: $(STAMP)
 	$(BIN)/python manage.py check --fail-level WARNING
-	$(BIN)/python manage.py makemigrations --check --dry-run
+	HANGAR_DATABASE_URL=sqlite:///:memory: $(BIN)/python manage.py makemigrations --check --dry-run
 	HANGAR_SECRET_KEY=$$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=') HANGAR_HTTPS=true \
 	  HANGAR_ALLOWED_HOSTS=hangar.example.org \
 	  $(BIN)/python manage.py check --deploy --fail-level WARNING

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpResponse
+from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view, permission_classes, renderer_classes
 from rest_framework.renderers import BaseRenderer
 
@@ -59,6 +60,7 @@ def exposition(nodes, latest: dict[int, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@extend_schema(exclude=True)  # Prometheus text format, not part of the JSON API
 @api_view(["GET"])
 @permission_classes([PolicyPermission])
 @renderer_classes([PlainTextRenderer])

@@ -89,6 +89,7 @@ class ApiTokenViewSet(
 ):
     """The caller's own API tokens. The secret is returned once, at creation."""
 
+    queryset = ApiToken.objects.none()  # typed for the schema; get_queryset narrows
     serializer_class = ApiTokenSerializer
     policy = {
         "list": AUTHENTICATED,
