@@ -1,4 +1,5 @@
 from django.urls import include, path
+from django.views.decorators.http import require_safe
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.accounts.api.views import MeView
@@ -21,9 +22,10 @@ api_v1 = [
 ]
 
 urlpatterns = [
-    path("healthz", core.healthz, name="healthz"),
+    path("healthz", require_safe(core.healthz), name="healthz"),
     path("metrics", prometheus_metrics, name="metrics"),
-    path("api/v1/", include(api_v1)),
+    # Namespaced so API route names ("api:node-list") never shadow page names ("node-list").
+    path("api/v1/", include((api_v1, "api"), namespace="api")),
     path("api/schema/", public_view(SpectacularAPIView.as_view()), name="schema"),
     path(
         "api/docs/",

@@ -62,7 +62,11 @@ def enroll_node(
     recorder.describe(
         action="inventory.enroll",
         target=node,
-        changes={"cluster": token.cluster.name, "token": token.prefix, "hostname": hostname},
+        changes={
+            "cluster": token.cluster.name,
+            "enrolled_with": token.prefix,
+            "hostname": hostname,
+        },
     )
     return node, credential
 
@@ -79,7 +83,7 @@ def node_for_credential(credential: str) -> Node | None:
 def revoke_node_credential(node: Node) -> None:
     node.credential_revoked_at = timezone.now()
     node.save(update_fields=["credential_revoked_at"])
-    recorder.describe(target=node, changes={"credential": "revoked"})
+    recorder.describe(target=node, changes={"agent_access": "revoked"})
     from apps.telemetry.live import disconnect_agent
 
     disconnect_agent(node.pk)
