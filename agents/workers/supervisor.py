@@ -57,6 +57,7 @@ class SupervisorConfig:
     host: str = "127.0.0.1"  # where workers listen; health checks always use 127.0.0.1
     simulate: bool = False  # simulated GPUs: nothing holds them (no NVML)
     health_interval_s: float = 2.0
+    startup_health_interval_s: float = 0.25
     health_timeout_s: float = 2.0
     unhealthy_after: int = 3  # failed checks in a row before ready -> unhealthy
     metrics_interval_s: float = 5.0
@@ -646,8 +647,14 @@ class WorkerRunner:
             self.logs.keep_under_cap(self.run)
             now = time.monotonic()
             if now >= next_health:
-                next_health = now + self.cfg.health_interval_s
                 self._check_health()
+                # Until the engine first answers, look often: readiness is what a
+                # rollout waits on, and engines come up at any moment.
+                starting = self.status["state"] == "starting"
+                interval = (
+                    self.cfg.startup_health_interval_s if starting else self.cfg.health_interval_s
+                )
+                next_health = time.monotonic() + interval
             if now >= next_metrics:
                 next_metrics = now + self.cfg.metrics_interval_s
                 if isinstance(self.window, PrometheusWindow):

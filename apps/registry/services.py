@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 from django.db import transaction
 from django.utils import timezone
 
+from agents.workers.verify import sha256_file
 from apps.audit import recorder
 from apps.registry.models import ModelVersion, VersionState
 from apps.registry.paths import PathRefused, check_model_path, list_files
 
-CHUNK = 4 * 1024 * 1024
 PROGRESS_EVERY_SECONDS = 0.5
 
 
 class VersionInUse(Exception):
     """A deployment still uses the version."""
-
-
-def sha256_file(path, on_progress=None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            if on_progress:
-                on_progress(len(chunk))
-    return digest.hexdigest()
 
 
 def hash_version(version_id: int) -> ModelVersion:

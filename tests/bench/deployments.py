@@ -52,6 +52,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import urllib.error
@@ -727,6 +728,34 @@ def checksum_verdict(rows: list[Checksum]) -> str:
     return "Aim (within 10 % of sha256sum): **met** by the console's and the agent's paths."
 
 
+def dispatch_notes(results: Results) -> list[str]:
+    """What the numbers say, computed from them (so a rerun keeps them true)."""
+    from agents.workers.supervisor import SupervisorConfig
+
+    answering = percentiles([s.answering for s in results.starts])["p50"]
+    ready = percentiles([s.ready for s in results.starts])["p50"]
+    interval = SupervisorConfig().health_interval_s
+    created = [s for s in results.starts if s.kind == "create"]
+    restarted = [s for s in results.starts if s.kind == "start"]
+    accepted = percentiles([s.accepted for s in created])["p50"]
+    answered = percentiles([s.answered for s in created])["p50"]
+    notes = [
+        f"- The agent has the task before the API answers (p50 {ms(accepted)} ms"
+        f" vs {ms(answered)} ms for a create):"
+        " the task is queued at commit, the response is built after.",
+        f"- Readiness: the engine answers `/health` at p50 {ms(answering)} ms, the agent reports"
+        f" `ready` at p50 {ms(ready)} ms. The difference is the agent's health-check interval"
+        f" (`SupervisorConfig.health_interval_s` = {interval:g} s): its first check runs right"
+        " after the spawn, before the engine listens, and the next one only an interval later.",
+        f"- Verification: {sum(s.verified for s in created)} of {len(created)} new workers hashed"
+        f" the model again, {sum(s.verified for s in restarted)} of {len(restarted)} restarted"
+        " ones did: the agent's cache of verified files is per worker"
+        " (`<state-dir>/workers/<id>/verified.json`), so every create, scale-up or rollout"
+        " step re-hashes the whole version.",
+    ]
+    return [textwrap.fill(n, 80, subsequent_indent="  ", break_on_hyphens=False) for n in notes]
+
+
 def section(args, results: Results | None, checksums, command: str, took: float) -> str:
     parts = [
         f"## {SECTION}",
@@ -754,12 +783,17 @@ def section(args, results: Results | None, checksums, command: str, took: float)
             "",
             dispatch_table(results),
             "",
+            *dispatch_notes(results),
+            "",
         ]
     if checksums:
         parts += [
             checksum_table(checksums, args.checksum_mib),
             "",
-            f"Best of {args.repeats} after a warm-up read, interleaved; MB = 10^6 bytes.",
+            f"Best of {args.repeats} after a warm-up read, interleaved; MB = 10^6 bytes. CPU s is"
+            " user + system time, steadier than wall time on a shared machine. Python's hashlib"
+            " and `openssl` use OpenSSL (SHA extensions where the CPU has them); `sha256sum`"
+            " uses coreutils' own code unless built with OpenSSL.",
             checksum_verdict(checksums),
             "",
         ]
