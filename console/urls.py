@@ -37,4 +37,5 @@ urlpatterns = [
     path("", include("apps.audit.urls")),
     path("", include("apps.alerts.urls")),
     path("", include("apps.registry.urls")),
+    path("", include("apps.deployments.urls")),
 ]

@@ -154,8 +154,23 @@ def node_detail(request, pk: int):
             "can_change": can(request.user, "inventory.change", node),
             "can_enroll": can(request.user, "inventory.enroll", node),
             "can_history": can(request.user, "telemetry.view", node),
+            "workers": _workers_on(request.user, node),
             "subscribe": f'{{"action": "subscribe", "node": {node.pk}}}',
         },
+    )
+
+
+def _workers_on(user, node) -> list:
+    """The deployment workers placed on `node`, if the user may see deployments there."""
+    if not can(user, "deployments.view", node):
+        return []
+    from apps.deployments.models import Worker
+
+    return list(
+        Worker.objects.filter(node=node)
+        .exclude(desired_state="stopped", state="stopped")
+        .select_related("deployment", "model_version")
+        .order_by("deployment__name", "slot")
     )
 
 

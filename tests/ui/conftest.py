@@ -25,24 +25,42 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PASSWORD = "correct horse battery staple"
+ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
-@pytest.fixture(scope="session")
-def chromium():
+@pytest.fixture(scope="module")
+def chromium(django_db_setup):
+    """One browser per test module. The test database exists before it starts:
+    Playwright's sync API keeps an asyncio loop marked running on the main
+    thread, and Django refuses ORM calls there as "async unsafe" unless told
+    otherwise. The tests make plain synchronous ORM calls between browser
+    steps, so that is allowed while the browser runs, and only then; the
+    console processes started meanwhile do not inherit it."""
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (CI's .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    # Playwright's sync API keeps an asyncio loop on the main thread, where the
-    # tests also use the ORM; Django would refuse that as "async unsafe". The
-    # ORM calls here are plain synchronous ones between browser steps.
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        yield browser
-        browser.close()
+    from playwright import sync_api  # the dev extra installs it (pip install playwright)
+
+    before = os.environ.get(ASYNC_UNSAFE)
+    os.environ[ASYNC_UNSAFE] = "true"
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            )
+            yield browser
+            browser.close()
+    finally:
+        if before is None:
+            os.environ.pop(ASYNC_UNSAFE, None)
+        else:
+            os.environ[ASYNC_UNSAFE] = before
+
+
+def console_env(**extra: str) -> dict:
+    env = processes.console_env(**extra)
+    env.pop(ASYNC_UNSAFE, None)
+    return env
 
 
 class Console:
@@ -66,7 +84,7 @@ class Console:
                 str(self.port),
                 "console.asgi:application",
             ],
-            processes.console_env(HANGAR_ALLOWED_HOSTS="127.0.0.1,localhost"),
+            console_env(HANGAR_ALLOWED_HOSTS="127.0.0.1,localhost"),
             self.log_dir / f"daphne-{self.starts}.log",
         )
         processes.wait_for(

@@ -20,7 +20,7 @@ from apps.inventory.services import create_enrollment_token, enroll_node
 from apps.telemetry.models import NodeMetricMinute
 from tests.support import processes
 from tests.telemetry.conftest import FACTS, AgentSocket, gpu_sample, sample
-from tests.ui.conftest import csrf_headers, screenshot
+from tests.ui.conftest import console_env, csrf_headers, screenshot
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -226,7 +226,7 @@ def test_enrollment_shows_the_exact_command_and_it_enrolls_a_live_node(
             "--interval",
             "0.5",
         ],
-        processes.console_env(),
+        console_env(),
         tmp_path / "agent.log",
     )
     try:
@@ -297,3 +297,27 @@ def test_an_admin_binds_an_ldap_group_from_the_users_page(open_browser, make_use
     expect(page.locator("#group-table")).to_contain_text("cn=gpu-ops,ou=groups,dc=example,dc=org")
     expect(page.locator("#group-table")).to_contain_text("campus-a")
     screenshot(page, "users")
+
+
+def test_an_admin_deploys_a_model_on_a_ticked_gpu(open_browser, make_user, cluster):
+    from apps.registry.models import Model, ModelVersion
+
+    node, _credential = enrolled_node(cluster)
+    Node.objects.filter(pk=node.pk).update(state=NodeState.ONLINE)
+    model = Model.objects.create(name="qwen")
+    ModelVersion.objects.create(
+        model=model, label="v1", path="/srv/models/qwen/v1", format="gguf", state="ready"
+    )
+    page = open_browser(make_user("root", "admin"))
+    page.goto("/deployments/")
+
+    page.fill("#deploy-form input[name=name]", "chat")
+    page.select_option("#deploy-form select[name=engine]", "reference")
+    page.check("#deploy-form input[name=placement_mode][value=pinned]")
+    page.check(f'#free-gpus input[value="{node.gpus.get(index=1).pk}"]')
+    page.click("#deploy-form button[type=submit]")
+
+    expect(page.locator("h1")).to_contain_text("chat")
+    expect(page.locator("#worker-table")).to_contain_text("gpu-test")
+    expect(page.locator("#deployment-actions")).to_be_visible()
+    screenshot(page, "deployment")

@@ -50,7 +50,8 @@ def query_count(client, path: str) -> int:
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/nodes/", "/audit/", "/users/", "/enroll/", "/alerts/", "/models/"]
+    "path",
+    ["/", "/nodes/", "/audit/", "/users/", "/enroll/", "/alerts/", "/models/", "/deployments/"],
 )
 def test_list_pages_cost_the_same_queries_for_many_rows(path, browser_for, cluster):
     client = browser_for("admin")
@@ -346,3 +347,109 @@ def test_a_viewer_sees_models_but_no_forms(browser_for):
 
     assert "qwen" in page and 'id="version-form"' not in page
     assert client.post("/models/new/", {"name": "x"}).status_code == 403
+
+
+def ready_version(label="v1"):
+    from apps.registry.models import Model, ModelVersion
+
+    model, _created = Model.objects.get_or_create(name="qwen")
+    return ModelVersion.objects.create(
+        model=model, label=label, path=f"/srv/models/qwen/{label}", format="gguf", state="ready"
+    )
+
+
+def test_an_admin_deploys_on_pinned_gpus_and_sees_the_workers(browser_for, cluster):
+    from apps.deployments.models import Deployment
+
+    [node] = add_nodes(cluster, 1, gpus=2)
+    version = ready_version()
+    client = browser_for("admin")
+    page = client.get("/deployments/").content.decode()
+    gpu = node.gpus.get(index=1)
+    assert f'name="pin" value="{gpu.pk}"' in page
+
+    response = client.post(
+        "/deployments/new/",
+        {
+            "name": "chat",
+            "cluster": cluster.pk,
+            "model_version": version.pk,
+            "engine": "reference",
+            "replicas": 1,
+            "port": 9300,
+            "placement_mode": "pinned",
+            "pin": gpu.pk,
+        },
+    )
+
+    deployment = Deployment.objects.get(name="chat")
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert response["Location"] == f"/deployments/{deployment.pk}/"
+    [worker] = deployment.workers.all()
+    assert (worker.node, worker.gpus) == (node, [1])
+    detail = client.get(response["Location"]).content.decode()
+    assert f'data-worker="{worker.pk}"' in detail and 'id="deployment-actions"' in detail
+    assert "GPU 1</s>" in client.get("/deployments/").content.decode()  # now in use
+
+
+def test_a_deployment_that_cannot_be_placed_says_why(browser_for, cluster):
+    add_nodes(cluster, 1, gpus=1)
+    version = ready_version()
+
+    response = browser_for("admin").post(
+        "/deployments/new/",
+        {
+            "name": "big",
+            "cluster": cluster.pk,
+            "model_version": version.pk,
+            "engine": "reference",
+            "replicas": 1,
+            "port": 9300,
+            "gpus_per_replica": 4,
+        },
+    )
+
+    assert response.status_code == 400
+    assert "free GPU" in response.content.decode()
+
+
+def test_a_viewer_sees_deployments_without_controls(browser_for, cluster):
+    from apps.deployments.models import Deployment
+
+    add_nodes(cluster, 1)
+    deployment = Deployment.objects.create(
+        name="chat",
+        cluster=cluster,
+        model_version=ready_version(),
+        engine="reference",
+        port=9300,
+        placement={"mode": "auto"},
+    )
+    client = browser_for("viewer")
+
+    assert 'id="deploy-form"' not in client.get("/deployments/").content.decode()
+    page = client.get(f"/deployments/{deployment.pk}/").content.decode()
+    assert 'id="deployment-actions"' not in page
+    assert client.post(f"/deployments/{deployment.pk}/stop/").status_code == 403
+
+
+def test_node_detail_lists_the_workers_on_it(browser_for, cluster):
+    from apps.deployments.models import Deployment, Worker
+
+    [node] = add_nodes(cluster, 1)
+    deployment = Deployment.objects.create(
+        name="chat",
+        cluster=cluster,
+        model_version=ready_version(),
+        engine="reference",
+        port=9300,
+        placement={"mode": "auto"},
+    )
+    Worker.objects.create(
+        deployment=deployment, node=node, model_version=deployment.model_version, slot=0,
+        gpus=[0], port=9300, state="ready",
+    )  # fmt: skip
+
+    page = browser_for("viewer").get(f"/nodes/{node.pk}/").content.decode()
+
+    assert 'id="node-workers"' in page and f"/deployments/{deployment.pk}/" in page
