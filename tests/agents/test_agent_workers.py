@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -374,7 +373,3 @@ def test_commands_without_an_operation_id_or_with_an_unknown_verb_are_refused(no
     assert not sup.handle({"verb": "format_disk", "operation_id": op()})["ok"]
     listed = sup.handle({"verb": "list_workers", "operation_id": op()})
     assert listed["ok"] and listed["workers"] == []
-
-
-if sys.platform != "linux":  # /proc is what the supervisor watches
-    pytestmark = pytest.mark.skip("Linux only")

@@ -137,7 +137,6 @@ def test_worker_latency_rides_in_the_telemetry_sample(node):
 
 
 def test_the_reference_engine_runs_as_a_worker_with_prometheus_latency(node):
-    pytest.importorskip("agents.reference_engine")
     node.start_agent()
     spec = fake_spec(node.model, engine="reference", command=None, health_path=None)
     spec.update(engine_args=["--backend", "stand-in"], port=free_port())
