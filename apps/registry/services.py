@@ -16,7 +16,18 @@ PROGRESS_EVERY_SECONDS = 0.5
 
 
 class VersionInUse(Exception):
-    """A deployment still uses the version."""
+    """A deployment still uses the version (or it is not ready, so nothing to retire)."""
+
+
+def register_version(serializer) -> ModelVersion:
+    """Save a validated new version as draft and checksum it on the console's worker."""
+    from apps.core.viewsets import snapshot
+    from apps.registry.tasks import hash_version_task
+
+    version = serializer.save()
+    recorder.describe(target=version, changes={"created": snapshot(version)})
+    transaction.on_commit(lambda: hash_version_task.delay(version.pk))
+    return version
 
 
 def hash_version(version_id: int) -> ModelVersion:
@@ -71,9 +82,12 @@ def hash_version(version_id: int) -> ModelVersion:
 def retire_version(version: ModelVersion) -> None:
     from apps.deployments.models import Deployment
 
+    if version.state != VersionState.READY:
+        raise VersionInUse(f"Only a ready version can be retired; {version} is {version.state}.")
     users = Deployment.objects.filter(model_version=version).exclude(desired_state="deleted")
     if users.exists():
         names = ", ".join(users.values_list("name", flat=True)[:5])
         raise VersionInUse(f"Deployments still use this version: {names}.")
     version.state = VersionState.RETIRED
     version.save(update_fields=["state"])
+    recorder.describe(target=version, changes={"state": ["ready", "retired"]})

@@ -6,7 +6,6 @@ new version is checksummed by the same Celery task the API queues."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db import transaction
 from django.db.models import Prefetch
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
@@ -19,7 +18,6 @@ from apps.core.viewsets import snapshot
 from apps.registry import services
 from apps.registry.api.serializers import ModelSerializer, ModelVersionSerializer
 from apps.registry.models import ArtifactFormat, Model, ModelVersion, Task, VersionState
-from apps.registry.tasks import hash_version_task
 
 
 def _models_page(request, context: dict | None = None, status: int = 200):
@@ -67,9 +65,7 @@ def version_create(request):
         return _models_page(
             request, {"version_form": request.POST, "version_errors": form.errors}, status=400
         )
-    version = form.save()
-    recorder.describe(target=version, changes={"created": snapshot(version)})
-    transaction.on_commit(lambda: hash_version_task.delay(version.pk))
+    version = services.register_version(form)
     messages.success(
         request,
         _("Version %(version)s is registered; its files are being checksummed.")
@@ -84,16 +80,11 @@ def version_retire(request, pk: int):
         ModelVersion.objects.select_related("model"), request.user, "models.view", pk
     )
     recorder.describe(target=version)
-    if version.state != VersionState.READY:
-        recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": version.state})
-        messages.error(request, _("Only a ready version can be retired."))
-        return redirect("model-list")
     try:
         services.retire_version(version)
     except services.VersionInUse as exc:
         recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": str(exc)})
         messages.error(request, str(exc))
         return redirect("model-list")
-    recorder.describe(changes={"state": ["ready", "retired"]})
     messages.success(request, _("Version %(version)s is retired.") % {"version": version})
     return redirect("model-list")

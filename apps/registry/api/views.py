@@ -1,17 +1,14 @@
 from __future__ import annotations
 
-from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from apps.audit import recorder
 from apps.core.viewsets import HangarViewSet
 from apps.registry import services
 from apps.registry.api.serializers import ModelSerializer, ModelVersionSerializer
 from apps.registry.models import Model, ModelVersion, VersionState
-from apps.registry.tasks import hash_version_task
 
 VIEW = {"list": "models.view", "retrieve": "models.view"}
 MANAGE = "models.manage"
@@ -53,9 +50,7 @@ class ModelVersionViewSet(
         return queryset
 
     def perform_create(self, serializer):
-        super().perform_create(serializer)
-        version_id = serializer.instance.pk
-        transaction.on_commit(lambda: hash_version_task.delay(version_id))
+        services.register_version(serializer)
 
     def perform_destroy(self, instance):
         if instance.state != VersionState.DRAFT:
@@ -72,5 +67,4 @@ class ModelVersionViewSet(
             services.retire_version(version)
         except services.VersionInUse as exc:
             raise serializers.ValidationError({"detail": str(exc)}) from None
-        recorder.describe(target=version, changes={"state": ["ready", "retired"]})
         return Response(ModelVersionSerializer(version).data)
