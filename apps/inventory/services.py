@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -156,6 +156,24 @@ def transition_node(node: Node, state: str, reason: str = "", by_person: bool = 
     publish_node_state(node)
     node_state_changed(node, old)
     return True
+
+
+def copy_last_seen(last_seen: dict[int, float]) -> int:
+    """Copy the live last-seen times (Redis) into Node.last_seen; returns rows changed.
+
+    The beat sweep calls this every few seconds with the times it reads anyway, so
+    the stream never writes the database per node for it: at 1,000 nodes those
+    single-row UPDATEs were a steady load on Daphne's one database thread
+    (docs/benchmarks.md). One bulk UPDATE here replaces them.
+    """
+    changed = []
+    for node in Node.objects.filter(pk__in=list(last_seen)).only("pk", "last_seen"):
+        seen = datetime.fromtimestamp(last_seen[node.pk], tz=UTC)
+        if node.last_seen is None or seen > node.last_seen:
+            node.last_seen = seen
+            changed.append(node)
+    Node.objects.bulk_update(changed, ["last_seen"], batch_size=1000)
+    return len(changed)
 
 
 def mark_offline_nodes(last_seen: dict[int, float], now: float) -> list[int]:

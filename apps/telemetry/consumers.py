@@ -26,6 +26,7 @@ from apps.deployments.services import apply_worker_status
 from apps.inventory.models import Node
 from apps.inventory.services import node_for_credential
 from apps.telemetry import live
+from apps.telemetry.batcher import batcher_for_this_loop
 from apps.telemetry.ingest import NodeIngest
 
 log = logging.getLogger(__name__)
@@ -151,36 +152,23 @@ class AgentConsumer(DirectDispatch, AsyncWebsocketConsumer):
         ingest = self.ingest
         samples = [ingest.accept_sample(raw) for raw in raw_samples]
         newest = max(samples, key=lambda s: s["seq"])
-        node_id = ingest.node.pk
+        lost, ingest.lost = ingest.lost, 0
         # Encoded once: Redis keeps this text and every browser gets it pasted in.
-        newest_json = json.dumps(newest)
-        pipe = async_redis().pipeline(transaction=False)
-        pipe.set(live.latest_key(node_id), newest_json, ex=3600)
-        pipe.hset(live.LAST_SEEN, node_id, time.time())
-        if ingest.lost:
-            pipe.hincrby(live.LOST, node_id, ingest.lost)
-            ingest.lost = 0
-        await pipe.execute()
-        await self.channel_layer.group_send(
-            self.cluster_group,
-            {
-                "type": "telemetry.sample",
-                "cluster": ingest.node.cluster_id,
-                "node": node_id,
-                "sample_json": newest_json,
-                "sent": time.time(),
-            },
+        # Stored and sent with every other socket's samples of this flush window
+        # (apps/telemetry/batcher.py); awaited, so it reaches browsers before any
+        # node-state or alert message it causes below.
+        await batcher_for_this_loop(self.channel_layer).put(
+            ingest.node.pk, ingest.node.cluster_id, json.dumps(newest), lost
         )
         await evaluate_samples(ingest.node, samples)
         state, reason = NodeIngest.wanted_state(newest)
-        now = time.time()
         if ingest.needs_transition(state):
-            await database_sync_to_async(self._settle)(state, reason, now)
-        elif ingest.needs_persist(now):
-            self.persist_in_background(now)
+            await database_sync_to_async(self._settle)(state, reason)
+        elif ingest.needs_persist():
+            self.persist_in_background()
 
-    def persist_in_background(self, now: float) -> None:
-        """Write last_seen and finished minutes without holding up the stream.
+    def persist_in_background(self) -> None:
+        """Write finished minutes without holding up the stream.
 
         Nothing in the next sample depends on these writes, and awaiting them made
         each agent's socket wait its turn on the one database thread behind every
@@ -190,13 +178,13 @@ class AgentConsumer(DirectDispatch, AsyncWebsocketConsumer):
             return
         rollups = self.ingest.take_finished()
         self.persisting = asyncio.ensure_future(
-            database_sync_to_async(self.ingest.persist)(now, rollups)
+            database_sync_to_async(self.ingest.write_rollups)(rollups)
         )
         self.persisting.add_done_callback(_log_failure)
 
-    def _settle(self, state: str, reason: str, now: float) -> None:
+    def _settle(self, state: str, reason: str) -> None:
         self.ingest.settle_state(state, reason)
-        self.ingest.persist(now)
+        self.ingest.write_rollups(self.ingest.take_finished())
 
     async def take_worker_status(self, status: dict) -> None:
         worker = await database_sync_to_async(apply_worker_status)(self.ingest.node, status)
@@ -295,15 +283,19 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
         latest = live.latest_samples([r["id"] for r in rows])
         return [{**r, "sample": latest.get(r["id"])} for r in rows]
 
+    async def telemetry_samples(self, event):
+        """A flush's samples of one cluster (apps/telemetry/batcher.py), oldest first."""
+        if event["cluster"] not in self.filters:
+            return
+        allowed = self.filters[event["cluster"]]
+        for item in event["items"]:
+            if allowed is None or item["node"] in allowed:
+                await self.send(text_data=sample_text(item))
+
     async def telemetry_sample(self, event):
-        # The text send_json would make of {"type", "node", "sample", "sent"}, with
-        # the sample as the agent's consumer encoded it: decoding and re-encoding
-        # it for every subscriber was the largest per-browser cost of fan-out.
+        # One sample from a sender other than the batcher; browsers see the same text.
         if self._wants(event):
-            await self.send(
-                text_data=f'{{"type": "sample", "node": {json.dumps(event["node"])}, '
-                f'"sample": {event["sample_json"]}, "sent": {json.dumps(event["sent"])}}}'
-            )
+            await self.send(text_data=sample_text(event))
 
     async def node_state(self, event):
         await self._forward(
@@ -333,6 +325,16 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
     async def _forward(self, event, message):
         if self._wants(event):
             await self.send_json(message)
+
+
+def sample_text(item: dict) -> str:
+    """The text send_json would make of {"type", "node", "sample", "sent"}, with the
+    sample as the agent's consumer encoded it: decoding and re-encoding it for every
+    subscriber was the largest per-browser cost of fan-out."""
+    return (
+        f'{{"type": "sample", "node": {json.dumps(item["node"])}, '
+        f'"sample": {item["sample_json"]}, "sent": {json.dumps(item["sent"])}}}'
+    )
 
 
 def _int(value) -> int:

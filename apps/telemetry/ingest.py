@@ -5,7 +5,6 @@ Kept free of the websocket so the benchmark and the tests can drive it too.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 from django.db import transaction
@@ -17,8 +16,6 @@ from apps.inventory.services import apply_facts, transition_node
 from apps.telemetry.models import NodeMetricMinute
 from apps.telemetry.series import MinuteRollup, flatten
 
-LAST_SEEN_WRITE_SECONDS = 15  # the database copy of last_seen; Redis has the live one
-
 
 class NodeIngest:
     def __init__(self, node: Node):
@@ -27,7 +24,6 @@ class NodeIngest:
         self.lost = 0
         self.rollup: MinuteRollup | None = None
         self.finished: list[MinuteRollup] = []
-        self.last_seen_written = 0.0
 
     # --- pure, on the hot path -------------------------------------------------
     def accept_sample(self, raw: dict) -> dict:
@@ -57,6 +53,10 @@ class NodeIngest:
     # --- database work, called through database_sync_to_async ------------------
     def hello(self, facts_raw: dict, agent_version: str) -> None:
         facts = validate_facts(facts_raw)
+        # Redis has the live last_seen; the beat sweep copies it to the database
+        # (inventory.mark_offline_nodes). apply_facts saves the whole row, so it
+        # must not write back an older value than the sweep's.
+        self.node.last_seen = timezone.now()
         apply_facts(self.node, facts, agent_version)
         self.settle_state(NodeState.ONLINE, "agent connected")
 
@@ -71,20 +71,8 @@ class NodeIngest:
         if self.needs_transition(state):
             transition_node(self.node, state, reason)
 
-    def needs_persist(self, now: float) -> bool:
-        return bool(self.finished) or now - self.last_seen_written >= LAST_SEEN_WRITE_SECONDS
-
-    def persist(self, now: float | None = None, rollups: list[MinuteRollup] | None = None) -> None:
-        """Write last_seen (at most every 15 s) and finished minutes.
-
-        `rollups` are finished minutes the caller already took with take_finished()
-        (the stream does, on its own thread, so no sample races the hand-over).
-        """
-        now = now or time.time()
-        if now - self.last_seen_written >= LAST_SEEN_WRITE_SECONDS:
-            Node.objects.filter(pk=self.node.pk).update(last_seen=timezone.now())
-            self.last_seen_written = now
-        self.write_rollups(self.take_finished() if rollups is None else rollups)
+    def needs_persist(self) -> bool:
+        return bool(self.finished)
 
     def take_finished(self) -> list[MinuteRollup]:
         done, self.finished = self.finished, []
