@@ -23,6 +23,22 @@ class EnrollmentRefused(Exception):
     """The enrollment token is unknown, used or expired."""
 
 
+class NodeRetired(Exception):
+    """A retired node takes no more state changes from people."""
+
+
+def enrollment_command(console_url: str, secret: str) -> str:
+    """The exact command an administrator runs on the host to enroll it."""
+    return f"hangar-agent enroll --console {console_url.rstrip('/')} --token {secret}"
+
+
+def move_node(node, state: str, reason: str) -> None:
+    """A person's transition (drain, undrain, retire); refused for a retired node."""
+    if node.state == NodeState.RETIRED:
+        raise NodeRetired(f"{node} is retired.")
+    transition_node(node, state, reason, by_person=True)
+
+
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

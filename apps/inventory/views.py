@@ -194,9 +194,10 @@ def _refuse(request, node: Node, message: str, reason: str):
 @requires("inventory.change", methods=("POST",))
 def node_drain(request, pk: int):
     node = _node_for_action(request, pk, "inventory.change")
-    if node.state == NodeState.RETIRED:
+    try:
+        services.move_node(node, NodeState.DRAINING, f"drained by {request.user}")
+    except services.NodeRetired:
         return _refuse(request, node, _("The node is retired."), "retired")
-    services.transition_node(node, NodeState.DRAINING, f"drained by {request.user}", by_person=True)
     messages.success(
         request, _("%(node)s is draining: no new work is placed on it.") % {"node": node}
     )
@@ -243,8 +244,7 @@ def node_revoke_credential(request, pk: int):
 
 
 def enrollment_command(request, secret: str) -> str:
-    console = request.build_absolute_uri("/").rstrip("/")
-    return f"hangar-agent enroll --console {console} --token {secret}"
+    return services.enrollment_command(request.build_absolute_uri("/"), secret)
 
 
 @requires("inventory.enroll", methods=("GET", "HEAD", "POST"))

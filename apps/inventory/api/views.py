@@ -103,9 +103,10 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
 
     def _transition(self, state: str, reason: str):
         node = self.get_object()
-        if node.state == NodeState.RETIRED:
-            raise serializers.ValidationError({"detail": "The node is retired."})
-        services.transition_node(node, state, reason, by_person=True)
+        try:
+            services.move_node(node, state, reason)
+        except services.NodeRetired as exc:
+            raise serializers.ValidationError({"detail": str(exc)}) from None
         return Response(NodeSerializer(node).data)
 
     @extend_schema(request=None, responses=NodeSerializer)
@@ -237,7 +238,7 @@ class EnrollmentTokenViewSet(
         console = request.build_absolute_uri("/").rstrip("/")
         data = EnrollmentTokenCreatedSerializer(token).data | {
             "secret": secret,
-            "command": f"hangar-agent enroll --console {console} --token {secret}",
+            "command": services.enrollment_command(console, secret),
         }
         return Response(data, status=status.HTTP_201_CREATED)
 
