@@ -304,6 +304,33 @@ def resolve_rule_alerts(rule: AlertRule, reason: str) -> int:
     return count
 
 
+# Changing any of these makes it another condition: its open alerts are resolved.
+CONDITION_FIELDS = ("metric", "comparison", "scope", "cluster", "node")
+
+
+def update_rule(serializer) -> AlertRule:
+    """Save a validated AlertRuleSerializer for an existing rule (the API and the page).
+
+    A rule that is disabled or becomes another condition resolves its open alerts;
+    the stream picks the edit up when the rule cache expires (RULE_CACHE_SECONDS)."""
+    rule = serializer.instance
+    before = {f: getattr(rule, f) for f in (*CONDITION_FIELDS, "enabled")}
+    with transaction.atomic():
+        rule = serializer.save()
+        if not rule.enabled and before["enabled"]:
+            resolve_rule_alerts(rule, "rule disabled")
+        elif any(before[f] != getattr(rule, f) for f in CONDITION_FIELDS):
+            resolve_rule_alerts(rule, "rule changed")
+    return rule
+
+
+def delete_rule(rule: AlertRule) -> None:
+    """Resolve the rule's open alerts, then delete it."""
+    with transaction.atomic():
+        resolve_rule_alerts(rule, "rule deleted")
+        rule.delete()
+
+
 # --- silences and notifications -----------------------------------------------------
 
 
@@ -314,6 +341,26 @@ def active_silences(now: datetime | None = None):
 
 def silenced_by(alert: Alert, now: datetime | None = None) -> Silence | None:
     return next((s for s in active_silences(now) if s.matches(alert)), None)
+
+
+def create_silence(serializer, user) -> Silence:
+    """Save a validated SilenceSerializer (the caller has checked the cluster)."""
+    recorder.describe(action="alerts.silence")
+    return serializer.save(created_by=user)
+
+
+def expire_silence(silence: Silence) -> Silence:
+    """End the silence now (it stays listed); held-back firing alerts are then sent."""
+    now = timezone.now()
+    if silence.ends_at > now:
+        recorder.describe(
+            action="alerts.silence.expire",
+            target=silence,
+            changes={"ends_at": [silence.ends_at.isoformat(), now.isoformat()]},
+        )
+        silence.ends_at = max(now, silence.starts_at)
+        silence.save(update_fields=["ends_at"])
+    return silence
 
 
 def notify_receivers(alert: Alert, event: str) -> list[Delivery]:

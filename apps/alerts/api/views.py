@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
@@ -20,15 +19,12 @@ from apps.alerts.api.serializers import (
     SilenceSerializer,
 )
 from apps.alerts.models import Alert, AlertRule, Delivery, Receiver, Severity, Silence
-from apps.audit import recorder
 from apps.core.viewsets import HangarViewSet
 
 VIEW = {"list": "alerts.view", "retrieve": "alerts.view"}
 MANAGE = "alerts.manage"
 READ = (mixins.ListModelMixin, mixins.RetrieveModelMixin)
 WRITE = (mixins.CreateModelMixin, mixins.UpdateModelMixin, mixins.DestroyModelMixin)
-# Changing any of these makes it another condition: its open alerts are resolved.
-CONDITION_FIELDS = ("metric", "comparison", "scope", "cluster", "node")
 
 
 def _int_param(params, name: str) -> int:
@@ -50,18 +46,30 @@ class GlobalRowsVisible:
     who may view alerts at all; the rest follow the cluster, as restrict() does."""
 
     def get_queryset(self):
-        queryset = super().get_queryset()
-        user, viewing = self.request.user, self.policy["list"]
-        if not can(user, viewing) or viewing in rights_of(user).actions_in(None):
-            return queryset
-        clusters = rights_of(user).clusters_with(viewing)
-        return self.queryset.all().filter(Q(cluster__isnull=True) | Q(cluster__in=clusters))
+        return with_global_rows(
+            super().get_queryset(), self.queryset, self.request.user, self.policy["list"]
+        )
+
+
+def with_global_rows(restricted, unrestricted, user, viewing: str):
+    """`restricted` (restrict()ed to `viewing`) plus the rows without a cluster;
+    the API's viewsets and the pages list rules and silences with it."""
+    if not can(user, viewing) or viewing in rights_of(user).actions_in(None):
+        return restricted
+    clusters = rights_of(user).clusters_with(viewing)
+    return unrestricted.all().filter(Q(cluster__isnull=True) | Q(cluster__in=clusters))
+
+
+def allowed_in_scope(user, action: str, cluster) -> bool:
+    """May `user` do `action` in `cluster`? None means every cluster: that needs
+    the right everywhere."""
+    return can(user, action, cluster.pk if cluster is not None else None) and (
+        cluster is not None or action in rights_of(user).actions_in(None)
+    )
 
 
 def _require_in_scope(user, action: str, cluster) -> None:
-    if not can(user, action, cluster.pk if cluster is not None else None) or (
-        cluster is None and action not in rights_of(user).actions_in(None)
-    ):
+    if not allowed_in_scope(user, action, cluster):
         where = f"cluster {cluster}" if cluster is not None else "every cluster"
         raise PermissionDenied(f"Your roles do not allow {action} for {where}.")
 
@@ -84,20 +92,11 @@ class AlertRuleViewSet(GlobalRowsVisible, *READ, *WRITE, HangarViewSet):
         super().perform_create(serializer)
 
     def perform_update(self, serializer):
-        rule = serializer.instance
-        before = {f: getattr(rule, f) for f in (*CONDITION_FIELDS, "enabled")}
         _require_in_scope(self.request.user, MANAGE, serializer.validated_data.get("cluster"))
-        with transaction.atomic():
-            super().perform_update(serializer)
-            if not rule.enabled and before["enabled"]:
-                services.resolve_rule_alerts(rule, "rule disabled")
-            elif any(before[f] != getattr(rule, f) for f in CONDITION_FIELDS):
-                services.resolve_rule_alerts(rule, "rule changed")
+        services.update_rule(serializer)
 
     def perform_destroy(self, instance):
-        with transaction.atomic():
-            services.resolve_rule_alerts(instance, "rule deleted")
-            super().perform_destroy(instance)
+        services.delete_rule(instance)
 
 
 class AlertViewSet(*READ, HangarViewSet):
@@ -153,23 +152,13 @@ class SilenceViewSet(GlobalRowsVisible, *READ, mixins.CreateModelMixin, HangarVi
         _require_in_scope(
             self.request.user, "alerts.acknowledge", serializer.validated_data.get("cluster")
         )
-        recorder.describe(action="alerts.silence")
-        serializer.save(created_by=self.request.user)
+        services.create_silence(serializer, self.request.user)
 
     @extend_schema(request=None, responses=SilenceSerializer)
     @action(detail=True, methods=["post"])
     def expire(self, request, pk=None):
         """End the silence now (it stays listed); held-back firing alerts are then sent."""
-        silence = self.get_object()
-        now = timezone.now()
-        if silence.ends_at > now:
-            recorder.describe(
-                action="alerts.silence.expire",
-                target=silence,
-                changes={"ends_at": [silence.ends_at.isoformat(), now.isoformat()]},
-            )
-            silence.ends_at = max(now, silence.starts_at)
-            silence.save(update_fields=["ends_at"])
+        silence = services.expire_silence(self.get_object())
         return Response(SilenceSerializer(silence).data)
 
 
