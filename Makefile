@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint format check bench-telemetry bench-deployments clean
+.PHONY: run test lint format check bench-telemetry bench-deployments bench-ui clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench-telemetry: $(STAMP)
 
 bench-deployments: $(STAMP)
 	$(BIN)/python -m tests.bench.deployments
+
+bench-ui: $(STAMP)
+	$(BIN)/python -m tests.bench.ui
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -181,8 +181,25 @@ def deployment_detail(request, pk: int):
         ).exclude(pk=deployment.model_version_id),
         "settling": deployment.rollout_state == "rolling"
         or any(w.state not in ("ready", "stopped", "failed") for w in workers),
+        "page_labels": _page_labels(),
     }
     return render(request, "deployments/detail.html", context)
+
+
+def _page_labels() -> dict:
+    """The strings deployment.js writes into the page, in the page's language."""
+    return {
+        "loading": _("Loading…"),
+        "current": _("running"),
+        "stopped": _("stopped on request"),
+        "signal": _("signal %(n)s"),
+        "code": _("exit code %(n)s"),
+        "view_log": _("View log"),
+        "run_log": _("Log of run %(n)s"),
+        "run": _("run %(n)s"),
+        "no_runs": _("No runs yet."),
+        "failed": _("Could not read from the node: %(detail)s"),
+    }
 
 
 def _deployment_for(request, pk: int) -> Deployment:

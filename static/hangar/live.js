@@ -4,12 +4,16 @@
 // Built for thousands of tiles: tiles are looked up once into a Map, incoming
 // samples only replace the pending one per node, and the DOM is written once
 // per animation frame (a sample arriving 10x a second costs one write).
-// Other modules (charts.js) listen to the "hangar:sample" / "hangar:state"
-// events on document instead of opening a second socket.
+// Other modules (charts.js, deployment.js) listen to the "hangar:sample",
+// "hangar:state" and "hangar:worker" events on document instead of opening a
+// second socket.
 const grid = document.getElementById("gpu-grid");
 const banner = document.getElementById("live-banner");
 const labels = JSON.parse(document.getElementById("hangar-labels")?.textContent || "{}");
-const subscription = grid ? JSON.parse(grid.dataset.subscribe || '{"action":"subscribe"}') : null;
+// The subscription comes from the grid, or from any element with data-subscribe
+// (deployment detail subscribes to its cluster for worker latency and states).
+const subscriber = grid || document.querySelector("[data-subscribe]");
+const subscription = subscriber ? JSON.parse(subscriber.dataset.subscribe || '{"action":"subscribe"}') : null;
 const GiB = 1024 ** 3;
 const MAX_DELAY = 8000;
 let delay = 1000;
@@ -54,9 +58,19 @@ for (const tile of document.querySelectorAll("#gpu-grid .gpu-tile")) {
 
 const pendingSamples = new Map();
 const pendingStates = new Map();
+// At most one write every FLUSH_MS: samples come once a second per node, spread
+// over the second, so painting every frame would relayout 60 times a second for
+// a few tiles each time (tests/bench/ui.py measured 640 ms/s of main thread at
+// 200 nodes that way).
+const FLUSH_MS = 250;
 let frameRequested = false;
+let lastFlush = 0;
 function schedule() {
-  if (!frameRequested) { frameRequested = true; requestAnimationFrame(flush); }
+  if (frameRequested) return;
+  frameRequested = true;
+  const wait = lastFlush + FLUSH_MS - performance.now();
+  if (wait > 0) setTimeout(() => requestAnimationFrame(flush), wait);
+  else requestAnimationFrame(flush);
 }
 
 function level(value, warn, bad) {
@@ -68,7 +82,10 @@ function setField(entry, metric, text, percent, severity) {
   const field = entry.fields[metric];
   if (!field) return;
   if (field.text.textContent !== text) field.text.textContent = text;
-  if (field.bar && percent != null) field.bar.style.width = `${Math.max(0, Math.min(100, percent)).toFixed(0)}%`;
+  if (field.bar && percent != null) {
+    const width = `${Math.max(0, Math.min(100, percent)).toFixed(0)}%`;
+    if (field.width !== width) { field.width = width; field.bar.style.width = width; }
+  }
   field.dd.classList.toggle("warn", severity === 1);
   field.dd.classList.toggle("bad", severity === 2);
 }
@@ -119,9 +136,32 @@ function showState(nodeId, state) {
   }
 }
 
-function flush() {
+// Only tiles on screen are written: a node whose tiles are all off screen keeps
+// its newest sample aside until one of them scrolls into view (with 8,000
+// tiles, writing the off-screen ones was most of the main thread's time).
+const onScreen = new Map(); // node -> tiles of it on screen
+const deferred = new Map(); // node -> newest sample not yet shown
+const observer = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
+  for (const item of entries) {
+    const node = item.target.dataset.node;
+    const count = (onScreen.get(node) || 0) + (item.isIntersecting ? 1 : -1);
+    if (count > 0) onScreen.set(node, count); else onScreen.delete(node);
+    if (item.isIntersecting && deferred.has(node)) {
+      if (!pendingSamples.has(node)) pendingSamples.set(node, deferred.get(node));
+      deferred.delete(node);
+      schedule();
+    }
+  }
+}, { rootMargin: "200px" }) : null;
+if (observer) for (const entry of tiles.values()) observer.observe(entry.tile);
+
+function flush(now) {
   frameRequested = false;
-  for (const [node, sample] of pendingSamples) showSample(node, sample);
+  lastFlush = now;
+  for (const [node, sample] of pendingSamples) {
+    if (!observer || onScreen.has(String(node))) showSample(node, sample);
+    else deferred.set(String(node), sample);
+  }
   for (const [node, state] of pendingStates) showState(node, state);
   pendingSamples.clear();
   pendingStates.clear();
@@ -129,7 +169,7 @@ function flush() {
 
 function takeSample(node, sample) {
   if (!sample) return;
-  pendingSamples.set(node, sample);
+  pendingSamples.set(String(node), sample);
   document.dispatchEvent(new CustomEvent("hangar:sample", { detail: { node, sample } }));
   schedule();
 }
@@ -153,6 +193,9 @@ function connect() {
     const message = JSON.parse(event.data);
     if (message.type === "sample") takeSample(message.node, message.sample);
     else if (message.type === "node_state") takeState(message.node, message.state);
+    else if (message.type === "worker") {
+      document.dispatchEvent(new CustomEvent("hangar:worker", { detail: { node: message.node, worker: message.worker } }));
+    }
     else if (message.type === "snapshot") {
       for (const node of message.nodes) { takeSample(node.id, node.sample); takeState(node.id, node.state); }
     }
