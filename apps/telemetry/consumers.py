@@ -31,6 +31,7 @@ from apps.telemetry.ingest import NodeIngest
 
 log = logging.getLogger(__name__)
 REFUSED = 4401
+SNAPSHOT_NODES = 100  # nodes per snapshot message
 PROTOCOL_ERROR = 4400
 _redis: dict[int, aioredis.Redis] = {}
 
@@ -248,7 +249,15 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
                 None if (current is None or wanted is None) else current | wanted
             )
         snapshot = await database_sync_to_async(self._snapshot)(clusters, nodes)
-        await self.send_json({"type": "snapshot", "nodes": snapshot})
+        # In pieces: 500 nodes of 8-GPU samples are ~1.5 MB, over the 1 MiB websocket
+        # payload limit of Daphne (Autobahn), which would drop the browser's socket.
+        pieces = [
+            snapshot[i : i + SNAPSHOT_NODES] for i in range(0, len(snapshot), SNAPSHOT_NODES)
+        ] or [[]]
+        for number, piece in enumerate(pieces, start=1):
+            await self.send_json(
+                {"type": "snapshot", "nodes": piece, "last": number == len(pieces)}
+            )
 
     def _resolve(self, content) -> tuple[list[int], dict[int, set[int] | None]]:
         if "node" in content:

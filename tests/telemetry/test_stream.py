@@ -209,3 +209,32 @@ def test_a_silent_node_goes_offline_after_the_grace_period(enrolled, settings):
     assert mark_offline_nodes({node.pk: now - 16}, now) == [node.pk]
     node.refresh_from_db()
     assert node.state == NodeState.OFFLINE and "16 s" in node.state_reason
+
+
+def test_a_large_snapshot_arrives_in_pieces_under_the_websocket_payload_limit(
+    daphne, make_user, cluster
+):
+    nodes = Node.objects.bulk_create(
+        [Node(cluster=cluster, hostname=f"bulk-{i}", state=NodeState.ONLINE) for i in range(420)]
+    )
+    eight = sample(1, [gpu_sample(i) for i in range(8)])
+    pipe = live.client().pipeline()
+    for node in nodes:
+        pipe.set(live.latest_key(node.pk), json.dumps(eight))
+    pipe.execute()
+    assert len(json.dumps(eight)) * len(nodes) > 2**20  # one message would be too big
+    browser = browser_socket(daphne.url, session_for(make_user("wide", "viewer")))
+    browser.send(json.dumps({"action": "subscribe", "cluster": cluster.pk}))
+    seen, pieces = set(), 0
+    while True:
+        raw = browser.recv(timeout=15)
+        message = json.loads(raw)
+        if message["type"] != "snapshot":
+            continue
+        assert len(raw) < 2**20
+        pieces += 1
+        seen |= {n["id"] for n in message["nodes"] if n["sample"]["gpus"][7]["index"] == 7}
+        if message["last"]:
+            break
+    browser.close()
+    assert seen == {n.pk for n in nodes} and pieces == 5
