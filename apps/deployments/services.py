@@ -380,7 +380,11 @@ def reconcile() -> dict:
     now = timezone.now()
     resent = {"start": 0, "stop": 0, "removed": 0}
     stale = now - REDISPATCH_AFTER
-    workers = Worker.objects.select_related("deployment", "node", "model_version")
+    workers = list(Worker.objects.select_related("deployment", "node", "model_version"))
+    # Slots that have a worker meant to run: a stopped worker there was replaced.
+    running_slots = {
+        (w.deployment_id, w.slot) for w in workers if w.desired_state == DesiredState.RUNNING
+    }
     for worker in workers:
         node_up = worker.node.state in (NodeState.ONLINE, NodeState.DEGRADED)
         waited = worker.dispatched_at is None or worker.dispatched_at < stale
@@ -398,9 +402,7 @@ def reconcile() -> dict:
                     dispatch(worker, "start_worker")
                 resent["start"] += 1
         elif worker.state == WorkerState.STOPPED:
-            superseded = worker.deployment.workers.filter(
-                slot=worker.slot, desired_state=DesiredState.RUNNING
-            ).exists()
+            superseded = (worker.deployment_id, worker.slot) in running_slots
             if superseded or worker.slot >= worker.deployment.replicas:
                 worker.delete()
                 resent["removed"] += 1
