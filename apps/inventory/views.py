@@ -88,7 +88,7 @@ def dashboard(request):
         {
             "clusters": clusters,
             "grid": gpu_grid(nodes.order_by("cluster__name", "hostname")),
-            "subscribe": '{"action": "subscribe"}',
+            "subscribe": '{"action": "subscribe", "view": "grid"}',
         },
     )
 

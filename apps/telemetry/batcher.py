@@ -81,15 +81,25 @@ class TelemetryBatcher:
         self.failures = 0
         self.dropped = 0
 
-    async def put(self, node_id: int, cluster_id: int, sample_json: str, lost: int = 0) -> None:
-        """Queue one node's newest sample (JSON text); returns once it is stored and sent."""
+    async def put(
+        self,
+        node_id: int,
+        cluster_id: int,
+        sample_json: str,
+        lost: int = 0,
+        grid: list | None = None,
+    ) -> None:
+        """Queue one node's newest sample (JSON text); returns once it is stored and sent.
+
+        `grid` is `[seq, tiles]` (apps/telemetry/grid.py), made once here for every
+        dashboard instead of once per dashboard."""
         loop = asyncio.get_running_loop()
         self._latest[node_id] = sample_json
         self._seen[node_id] = time.time()
         if lost:
             self._lost[node_id] = self._lost.get(node_id, 0) + lost
         self._fanout.setdefault(cluster_id, []).append(
-            {"node": node_id, "sample_json": sample_json}
+            {"node": node_id, "sample_json": sample_json, "grid": grid}
         )
         self._pending += 1
         if self._pending > self.max_pending:

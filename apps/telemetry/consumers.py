@@ -25,13 +25,15 @@ from apps.audit import recorder
 from apps.deployments.services import apply_worker_status
 from apps.inventory.models import Node
 from apps.inventory.services import node_for_credential
-from apps.telemetry import live
+from apps.telemetry import grid, live
 from apps.telemetry.batcher import batcher_for_this_loop
 from apps.telemetry.ingest import NodeIngest
 
 log = logging.getLogger(__name__)
 REFUSED = 4401
 SNAPSHOT_NODES = 100  # nodes per snapshot message
+GRID_NODES = 1000  # nodes per grid message: 8-GPU rows are ~300 bytes
+VIEWS = ("full", "grid")  # what a browser socket streams (apps/telemetry/grid.py)
 PROTOCOL_ERROR = 4400
 _redis: dict[int, aioredis.Redis] = {}
 
@@ -159,7 +161,11 @@ class AgentConsumer(DirectDispatch, AsyncWebsocketConsumer):
         # (apps/telemetry/batcher.py); awaited, so it reaches browsers before any
         # node-state or alert message it causes below.
         await batcher_for_this_loop(self.channel_layer).put(
-            ingest.node.pk, ingest.node.cluster_id, json.dumps(newest), lost
+            ingest.node.pk,
+            ingest.node.cluster_id,
+            json.dumps(newest),
+            lost,
+            grid=[newest["seq"], grid.tiles_of(newest)],
         )
         await evaluate_samples(ingest.node, samples)
         state, reason = NodeIngest.wanted_state(newest)
@@ -210,6 +216,10 @@ class AgentConsumer(DirectDispatch, AsyncWebsocketConsumer):
 class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
     """Browsers: {"action": "subscribe", "cluster": id} or {"..., "node": id}.
 
+    `"view": "full"` (the default) forwards every sample as the agent sent it (node
+    pages chart every figure); `"view": "grid"` sends compact tile deltas at most
+    every half second (the dashboard: apps/telemetry/grid.py). One view per socket.
+
     Authorisation happens when joining a group (a cluster), as the policy says;
     messages within a joined group are then forwarded without per-message checks.
     """
@@ -221,9 +231,15 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
             return
         self.user = user
         self.filters: dict[int, set[int] | None] = {}
+        self.view: str | None = None
+        self.grid: grid.GridDeltas | None = None
+        self.grid_task: asyncio.Task | None = None
+        self.grid_next = 0.0
         await self.accept()
 
     async def disconnect(self, code):
+        if getattr(self, "grid_task", None) is not None:
+            self.grid_task.cancel()
         for cluster_id in getattr(self, "filters", {}):
             await self.channel_layer.group_discard(
                 live.cluster_group(cluster_id), self.channel_name
@@ -233,6 +249,20 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
         if not isinstance(content, dict) or content.get("action") != "subscribe":
             await self.send_json({"type": "error", "detail": "send {action: subscribe, ...}"})
             return
+        view = content.get("view", self.view or "full")  # a later subscribe may leave it out
+        if view not in VIEWS:
+            await self.send_json(
+                {"type": "error", "detail": f"view must be one of {', '.join(VIEWS)}"}
+            )
+            return
+        if self.view is not None and view != self.view:
+            await self.send_json(
+                {"type": "error", "detail": f"this socket already streams the {self.view} view"}
+            )
+            return
+        self.view = view
+        if view == "grid" and self.grid is None:
+            self.grid = grid.GridDeltas()
         try:
             clusters, nodes = await database_sync_to_async(self._resolve)(content)
         except PermissionError as exc:
@@ -290,20 +320,59 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
             if nodes.get(r["cluster_id"]) is None or r["id"] in nodes[r["cluster_id"]]
         ]
         latest = live.latest_samples([r["id"] for r in rows])
-        return [{**r, "sample": latest.get(r["id"])} for r in rows]
+        if self.grid is None:
+            return [{**r, "sample": latest.get(r["id"])} for r in rows]
+        snapshot = []
+        for r in rows:
+            sample = latest.get(r["id"])
+            tiles = grid.tiles_of(sample) if sample else []
+            self.grid.seed(r["id"], tiles)
+            snapshot.append({**r, "seq": sample["seq"] if sample else None, "tiles": tiles})
+        return snapshot
 
     async def telemetry_samples(self, event):
         """A flush's samples of one cluster (apps/telemetry/batcher.py), oldest first."""
         if event["cluster"] not in self.filters:
             return
         allowed = self.filters[event["cluster"]]
+        if self.grid is not None:
+            for item in event["items"]:
+                if allowed is None or item["node"] in allowed:
+                    self.grid.take(item["node"], *_grid_row(item))
+            self._send_grid_soon()
+            return
         for item in event["items"]:
             if allowed is None or item["node"] in allowed:
                 await self.send(text_data=sample_text(item))
 
+    def _send_grid_soon(self) -> None:
+        if self.grid_task is None and self.grid.waiting:
+            self.grid_task = asyncio.get_running_loop().create_task(self._send_grid())
+
+    async def _send_grid(self) -> None:
+        """After at most GRID_INTERVAL since the last one: one message of what changed."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self.grid_next - loop.time()))
+        self.grid_task = None
+        self.grid_next = loop.time() + grid.GRID_INTERVAL
+        rows = self.grid.take_delta()
+        # In pieces, for the same 1 MiB payload limit as the snapshot.
+        for start in range(0, len(rows), GRID_NODES):
+            await self.send(
+                text_data=json.dumps(
+                    {"type": "grid", "nodes": rows[start : start + GRID_NODES]},
+                    separators=(",", ":"),
+                )
+            )
+
     async def telemetry_sample(self, event):
         # One sample from a sender other than the batcher; browsers see the same text.
-        if self._wants(event):
+        if not self._wants(event):
+            return
+        if self.grid is not None:
+            self.grid.take(event["node"], *_grid_row(event))
+            self._send_grid_soon()
+        else:
             await self.send(text_data=sample_text(event))
 
     async def node_state(self, event):
@@ -344,6 +413,13 @@ def sample_text(item: dict) -> str:
         f'{{"type": "sample", "node": {json.dumps(item["node"])}, '
         f'"sample": {item["sample_json"]}, "sent": {json.dumps(item["sent"])}}}'
     )
+
+
+def _grid_row(item: dict) -> tuple[int, list]:
+    if item.get("grid") is not None:
+        return item["grid"]
+    sample = json.loads(item["sample_json"])  # from a sender that did not compact it
+    return sample["seq"], grid.tiles_of(sample)
 
 
 def _int(value) -> int:

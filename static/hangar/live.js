@@ -1,9 +1,11 @@
 // Live telemetry over /ws/telemetry/: fills GPU tiles and node states, shows a
 // banner while the socket is down, and reconnects with backoff.
 //
-// Built for thousands of tiles: tiles are looked up once into a Map, incoming
-// samples only replace the pending one per node, and the DOM is written once
-// per animation frame (a sample arriving 10x a second costs one write).
+// Built for thousands of tiles: the dashboard subscribes to the "grid" view
+// (compact tiles, only those that changed, at most twice a second: see
+// apps/telemetry/grid.py); tiles are looked up once into a Map, incoming values
+// only replace the waiting ones per GPU, and the DOM is written at most every
+// FLUSH_MS in an animation frame, only for tiles on screen.
 // Other modules (charts.js, deployment.js) listen to the "hangar:sample",
 // "hangar:state" and "hangar:worker" events on document instead of opening a
 // second socket.
@@ -56,12 +58,15 @@ for (const tile of document.querySelectorAll("#gpu-grid .gpu-tile")) {
   tilesOfNode.get(tile.dataset.node).push(entry);
 }
 
-const pendingSamples = new Map();
+// Tiles waiting to be written, newest per GPU: node -> {seq, gpus: Map(index -> tile)}.
+// A tile is [index, °C, util %, memory used MiB, memory total MiB, W, W limit, fault]
+// (apps/telemetry/grid.py); full samples are turned into the same tiles.
+const waiting = new Map();
 const pendingStates = new Map();
 // At most one write every FLUSH_MS: samples come once a second per node, spread
 // over the second, so painting every frame would relayout 60 times a second for
 // a few tiles each time (tests/bench/ui.py measured 640 ms/s of main thread at
-// 200 nodes that way).
+// 200 nodes that way). The dashboard's grid view comes twice a second anyway.
 const FLUSH_MS = 250;
 let frameRequested = false;
 let lastFlush = 0;
@@ -86,42 +91,51 @@ function setField(entry, metric, text, percent, severity) {
     const width = `${Math.max(0, Math.min(100, percent)).toFixed(0)}%`;
     if (field.width !== width) { field.width = width; field.bar.style.width = width; }
   }
-  field.dd.classList.toggle("warn", severity === 1);
-  field.dd.classList.toggle("bad", severity === 2);
+  if (field.severity !== severity) {
+    field.severity = severity;
+    field.dd.classList.toggle("warn", severity === 1);
+    field.dd.classList.toggle("bad", severity === 2);
+  }
 }
 
-function showSample(nodeId, sample) {
-  for (const gpu of sample.gpus || []) {
-    const entry = tiles.get(`${nodeId}:${gpu.index}`);
-    if (!entry) continue;
-    let worst = 0;
-    if (gpu.temperature != null) {
-      const s = level(gpu.temperature, 80, 88);
-      worst = Math.max(worst, s);
-      setField(entry, "temperature", `${Math.round(gpu.temperature)} °C`, (gpu.temperature / 100) * 100, s);
-    }
-    if (gpu.utilization_gpu != null) {
-      setField(entry, "utilization_gpu", `${Math.round(gpu.utilization_gpu)} %`, gpu.utilization_gpu, 0);
-    }
-    if (gpu.memory_used != null && gpu.memory_total) {
-      const pct = (100 * gpu.memory_used) / gpu.memory_total;
-      const s = level(pct, 90, 97);
-      worst = Math.max(worst, s);
-      setField(entry, "memory", `${(gpu.memory_used / GiB).toFixed(1)} / ${(gpu.memory_total / GiB).toFixed(0)} GiB`, pct, s);
-    }
-    if (gpu.power_draw != null) {
-      const pct = gpu.power_limit ? (100 * gpu.power_draw) / gpu.power_limit : null;
-      setField(entry, "power_draw", `${Math.round(gpu.power_draw)} W`, pct, level(pct, 95, 100));
-    }
-    if (gpu.fault) worst = 2;
-    const tile = entry.tile;
-    tile.classList.toggle("ok", worst === 0);
-    tile.classList.toggle("warn", worst === 1);
-    tile.classList.toggle("bad", worst === 2);
-    tile.classList.toggle("faulted", Boolean(gpu.fault));
-    if (entry.fault) entry.fault.textContent = gpu.fault || "";
-    tile.dataset.seq = sample.seq;
+function tileOf(gpu) {
+  const mib = (bytes) => (bytes == null ? null : Math.round(bytes / 1048576));
+  const whole = (value) => (value == null ? null : Math.round(value));
+  return [gpu.index, whole(gpu.temperature), whole(gpu.utilization_gpu), mib(gpu.memory_used),
+    mib(gpu.memory_total), whole(gpu.power_draw), whole(gpu.power_limit), gpu.fault || null];
+}
+
+function showTile(entry, seq, tile) {
+  const [, temperature, utilization, memoryUsed, memoryTotal, power, powerLimit, fault] = tile;
+  let worst = 0;
+  if (temperature != null) {
+    const s = level(temperature, 80, 88);
+    worst = Math.max(worst, s);
+    setField(entry, "temperature", `${temperature} °C`, temperature, s);
   }
+  if (utilization != null) setField(entry, "utilization_gpu", `${utilization} %`, utilization, 0);
+  if (memoryUsed != null && memoryTotal) {
+    const pct = (100 * memoryUsed) / memoryTotal;
+    const s = level(pct, 90, 97);
+    worst = Math.max(worst, s);
+    setField(entry, "memory", `${(memoryUsed / 1024).toFixed(1)} / ${(memoryTotal / 1024).toFixed(0)} GiB`, pct, s);
+  }
+  if (power != null) {
+    const pct = powerLimit ? (100 * power) / powerLimit : null;
+    setField(entry, "power_draw", `${power} W`, pct, level(pct, 95, 100));
+  }
+  if (fault) worst = 2;
+  if (entry.worst !== worst || entry.faultText !== (fault || "")) {
+    const classes = entry.tile.classList;
+    classes.toggle("ok", worst === 0);
+    classes.toggle("warn", worst === 1);
+    classes.toggle("bad", worst === 2);
+    classes.toggle("faulted", Boolean(fault));
+    if (entry.fault) entry.fault.textContent = fault || "";
+    entry.worst = worst;
+    entry.faultText = fault || "";
+  }
+  entry.tile.dataset.seq = seq;
 }
 
 function showState(nodeId, state) {
@@ -137,20 +151,15 @@ function showState(nodeId, state) {
 }
 
 // Only tiles on screen are written: a node whose tiles are all off screen keeps
-// its newest sample aside until one of them scrolls into view (with 8,000
+// its newest tiles waiting until one of them scrolls into view (with 8,000
 // tiles, writing the off-screen ones was most of the main thread's time).
 const onScreen = new Map(); // node -> tiles of it on screen
-const deferred = new Map(); // node -> newest sample not yet shown
 const observer = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
   for (const item of entries) {
     const node = item.target.dataset.node;
     const count = (onScreen.get(node) || 0) + (item.isIntersecting ? 1 : -1);
     if (count > 0) onScreen.set(node, count); else onScreen.delete(node);
-    if (item.isIntersecting && deferred.has(node)) {
-      if (!pendingSamples.has(node)) pendingSamples.set(node, deferred.get(node));
-      deferred.delete(node);
-      schedule();
-    }
+    if (item.isIntersecting && waiting.has(node)) schedule();
   }
 }, { rootMargin: "200px" }) : null;
 if (observer) for (const entry of tiles.values()) observer.observe(entry.tile);
@@ -158,20 +167,32 @@ if (observer) for (const entry of tiles.values()) observer.observe(entry.tile);
 function flush(now) {
   frameRequested = false;
   lastFlush = now;
-  for (const [node, sample] of pendingSamples) {
-    if (!observer || onScreen.has(String(node))) showSample(node, sample);
-    else deferred.set(String(node), sample);
+  for (const [node, update] of waiting) {
+    if (observer && !onScreen.has(node)) continue;
+    for (const [index, tile] of update.gpus) {
+      const entry = tiles.get(`${node}:${index}`);
+      if (entry) showTile(entry, update.seq, tile);
+    }
+    waiting.delete(node);
   }
   for (const [node, state] of pendingStates) showState(node, state);
-  pendingSamples.clear();
   pendingStates.clear();
+}
+
+function takeTiles(node, seq, gpuTiles) {
+  if (!tilesOfNode.has(String(node))) return; // not on this page
+  const key = String(node);
+  let update = waiting.get(key);
+  if (!update) waiting.set(key, (update = { seq, gpus: new Map() }));
+  update.seq = seq;
+  for (const tile of gpuTiles) update.gpus.set(tile[0], tile);
+  schedule();
 }
 
 function takeSample(node, sample) {
   if (!sample) return;
-  pendingSamples.set(String(node), sample);
   document.dispatchEvent(new CustomEvent("hangar:sample", { detail: { node, sample } }));
-  schedule();
+  takeTiles(node, sample.seq, (sample.gpus || []).map(tileOf));
 }
 
 function takeState(node, state) {
@@ -196,8 +217,16 @@ function connect() {
     else if (message.type === "worker") {
       document.dispatchEvent(new CustomEvent("hangar:worker", { detail: { node: message.node, worker: message.worker } }));
     }
+    else if (message.type === "grid") {
+      for (const [node, seq, gpuTiles] of message.nodes) takeTiles(node, seq, gpuTiles);
+      document.dispatchEvent(new CustomEvent("hangar:grid", { detail: { nodes: message.nodes.length } }));
+    }
     else if (message.type === "snapshot") {
-      for (const node of message.nodes) { takeSample(node.id, node.sample); takeState(node.id, node.state); }
+      for (const node of message.nodes) {
+        if (node.tiles) takeTiles(node.id, node.seq, node.tiles);
+        else takeSample(node.id, node.sample);
+        takeState(node.id, node.state);
+      }
     }
   };
   socket.onclose = () => {

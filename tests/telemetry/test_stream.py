@@ -8,7 +8,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apps.audit.models import AuditEvent
 from apps.inventory.models import GPU, Node, NodeState
-from apps.inventory.services import mark_offline_nodes
+from apps.inventory.services import create_enrollment_token, enroll_node, mark_offline_nodes
 from apps.telemetry import live
 from tests.support.processes import wait_for
 from tests.telemetry.conftest import (
@@ -238,3 +238,58 @@ def test_a_large_snapshot_arrives_in_pieces_under_the_websocket_payload_limit(
             break
     browser.close()
     assert seen == {n.pk for n in nodes} and pieces == 5
+
+
+def test_the_grid_view_sends_compact_tiles_that_changed_and_only_nodes_in_scope(
+    daphne, enrolled, make_user, cluster, other_cluster
+):
+    node, credential = enrolled
+    _token, secret = create_enrollment_token(other_cluster, None)
+    stranger, stranger_credential = enroll_node(secret, "gpu-other", FACTS, None)
+    viewer = make_user("gina", ("viewer", cluster))
+    browser = browser_socket(daphne.url, session_for(viewer))
+    browser.send(json.dumps({"action": "subscribe", "view": "grid"}))
+    snapshot = receive_until(browser, lambda m: m["type"] == "snapshot")
+    assert [(n["id"], n["tiles"]) for n in snapshot["nodes"]] == [(node.pk, [])]
+    browser.send(json.dumps({"action": "subscribe", "node": node.pk}))  # same view: fine
+    receive_until(browser, lambda m: m["type"] == "snapshot")
+    browser.send(json.dumps({"action": "subscribe", "view": "full"}))
+    assert receive_until(browser, lambda m: m["type"] == "error")["detail"] == (
+        "this socket already streams the grid view"
+    )
+
+    agent = AgentSocket(daphne.url, credential)
+    other = AgentSocket(daphne.url, stranger_credential)
+    for socket in (agent, other):
+        socket.send({"type": "hello", "protocol": 1, "agent_version": "1", "facts": FACTS})
+        socket.send({"type": "telemetry", "sample": sample(1)})
+    first = receive_until(browser, lambda m: m["type"] == "grid")
+    assert first["nodes"] == [
+        [
+            node.pk,
+            1,
+            [[0, 40, 50, 954, 76294, 200, 700, None], [1, 41, 50, 954, 76294, 200, 700, None]],
+        ]
+    ]
+    # GPU 0 unchanged, GPU 1 hotter: only GPU 1's tile travels; the other
+    # cluster's node never does.
+    other.send({"type": "telemetry", "sample": sample(2, [gpu_sample(0, temperature=90)])})
+    agent.send(
+        {"type": "telemetry", "sample": sample(2, [gpu_sample(0), gpu_sample(1, temperature=77)])}
+    )
+    changed = receive_until(browser, lambda m: m["type"] == "grid")
+    assert changed["nodes"] == [[node.pk, 2, [[1, 77, 50, 954, 76294, 200, 700, None]]]]
+    for socket in (agent, other):
+        socket.close()
+    browser.close()
+    assert stranger.cluster_id == other_cluster.pk
+
+
+def test_a_browser_asking_for_an_unknown_view_gets_an_error(daphne, make_user):
+    browser = browser_socket(daphne.url, session_for(make_user("vic", "viewer")))
+    browser.send(json.dumps({"action": "subscribe", "view": "everything"}))
+    assert receive_until(browser, lambda m: True) == {
+        "type": "error",
+        "detail": "view must be one of full, grid",
+    }
+    browser.close()

@@ -20,7 +20,7 @@ from apps.inventory.services import create_enrollment_token, enroll_node
 from apps.telemetry.models import NodeMetricMinute
 from tests.support import processes
 from tests.telemetry.conftest import FACTS, AgentSocket, gpu_sample, sample
-from tests.ui.conftest import console_env, csrf_headers, screenshot
+from tests.ui.conftest import console_env, csrf_headers, log_in, screenshot
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,7 +59,10 @@ def test_a_gpu_tile_changes_live_when_the_agent_sends_samples(
 ):
     user = make_user("ann", "viewer")
     node, credential = enrolled_node(cluster)
-    page = open_browser(user)
+    page = open_browser()
+    frames = []  # what the dashboard's socket receives: compact grid deltas, no full samples
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: frames.append(frame)))
+    log_in(page, user.username)
     expect(page.locator("body")).to_have_attribute("data-live", "connected")
     page.evaluate("window.notReloaded = true")
     agent = connected_agent(console, credential)
@@ -74,6 +77,8 @@ def test_a_gpu_tile_changes_live_when_the_agent_sends_samples(
     expect(temperature).to_have_text("93 °C")
     expect(tile(page, node, 0)).to_have_class(re.compile(r"\bbad\b"))
     assert page.evaluate("window.notReloaded") is True
+    kinds = [json.loads(frame)["type"] for frame in frames]
+    assert "grid" in kinds and "sample" not in kinds, kinds
     screenshot(page, "dashboard")
     agent.close()
 
