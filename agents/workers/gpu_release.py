@@ -50,6 +50,13 @@ def describe(blocking: Iterable[GpuProcess], old_pids: Collection[int]) -> str:
     return "; ".join(parts)
 
 
+def gpu_process(gpu: int, pid: int, used_gpu_memory, name: str | None = None) -> GpuProcess:
+    """One NVML compute-process record (tests feed it records captured on H200s)."""
+    if not isinstance(used_gpu_memory, int) or used_gpu_memory >= 2**63:
+        used_gpu_memory = None  # NVML_VALUE_NOT_AVAILABLE, or None from the bindings
+    return GpuProcess(gpu, pid, used_gpu_memory, name or process_name(pid))
+
+
 class NvmlProcesses:
     """Compute processes per GPU through NVML (pynvml from nvidia-ml-py)."""
 
@@ -65,10 +72,7 @@ class NvmlProcesses:
         for index in gpus:
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             for info in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                used = info.usedGpuMemory
-                if not isinstance(used, int) or used >= 2**63:  # NVML_VALUE_NOT_AVAILABLE
-                    used = None
-                found.append(GpuProcess(index, info.pid, used, process_name(info.pid)))
+                found.append(gpu_process(index, info.pid, info.usedGpuMemory))
         return found
 
     def close(self) -> None:

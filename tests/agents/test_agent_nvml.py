@@ -57,6 +57,24 @@ def test_an_idle_h100_reports_the_gpu_idle_reason(nvml_h100_idle):
     assert gpus[0]["utilization_gpu"] == 0
 
 
+def test_two_h200s_parse_with_one_busy_and_one_idle(nvml_h200x2):
+    facts = nvml.parse_facts(nvml_h200x2["raw_facts"])
+    assert [(g["index"], g["name"], g["memory_total"]) for g in facts["gpus"]] == [
+        (0, "NVIDIA H200", 150_754_820_096),
+        (1, "NVIDIA H200", 150_754_820_096),
+    ]
+    assert len({g["uuid"] for g in facts["gpus"]}) == 2
+    validate_facts({**host_facts(), **facts, "simulated": False})
+    for raw in nvml_h200x2["raw_samples"]:
+        gpus, faults = nvml.parse_sample(raw)
+        validate_sample(full_sample(gpus, faults))
+        busy, idle = gpus
+        assert faults == [] and busy["index"] == 0 and idle["index"] == 1
+        assert busy["utilization_gpu"] > 50 and "sw_power_cap" in busy["throttle_reasons"]
+        assert idle["utilization_gpu"] == 0 and idle["throttle_reasons"] == ["gpu_idle"]
+        assert busy["power_draw"] > idle["power_draw"]
+
+
 def test_an_unsupported_fan_is_null_and_not_a_fault(raw_sample):
     assert raw_sample["gpus"][0]["fan"]["nvml_error"] == nvml.NOT_SUPPORTED  # as captured
     gpus, faults = nvml.parse_sample(raw_sample)

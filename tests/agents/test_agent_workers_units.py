@@ -306,6 +306,45 @@ def test_wait_for_release_returns_once_the_gpus_are_free():
     assert [p.pid for p in stuck] == [1]
 
 
+# --- a real crash and a real holder, captured on two H200s --------------------------
+
+
+def test_a_real_cuda_out_of_memory_is_classified_gpu_oom_with_torchs_line(gpu_crash_h200x2):
+    oom = gpu_crash_h200x2["out_of_memory"]
+    cause, evidence = exits.classify_exit(oom["returncode"], oom["log_tail"])
+    assert (oom["returncode"], cause) == (1, "gpu-oom")
+    assert evidence.startswith("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
+    assert [cause, evidence] == oom["classified"]  # what the agent's code said on the GPU host
+
+
+def test_a_real_gpu_holder_outside_hangar_blocks_a_restart_until_killed(gpu_crash_h200x2):
+    holder = gpu_crash_h200x2["holder"]
+    processes = [
+        gpu_release.gpu_process(r["gpu"], r["pid"], r["usedGpuMemory"], "python3")
+        for r in holder["raw_processes"]
+    ]
+    assert [(p.gpu, p.pid) for p in processes] == [(1, holder["holder_pid"])]
+    held = processes[0].used_memory
+    assert 4 * 2**30 <= held < 5 * 2**30  # 4 GiB of tensor plus the CUDA context
+    assert gpu_release.blockers(processes, [0], hangar_pids=()) == []  # another GPU
+    assert gpu_release.blockers(processes, [1], hangar_pids={holder["holder_pid"]}) == []
+    blocking = gpu_release.blockers(processes, [1], hangar_pids=())
+    assert gpu_release.describe(blocking, old_pids=()) == (
+        f"GPU 1 held by pid {holder['holder_pid']} (python3), {held / 2**20:.0f} MiB,"
+        " not a Hangar worker"
+    )
+    # On the host: the short wait gave up on the holder; after SIGKILL the
+    # driver freed the memory before the next 10 ms poll.
+    assert [p["pid"] for p in holder["short_wait_returned"]] == [holder["holder_pid"]]
+    assert holder["after_kill_blockers"] == []
+
+
+def test_nvml_says_not_available_as_none_not_a_huge_number():
+    assert gpu_release.gpu_process(0, 1, 2**64 - 1, "x").used_memory is None
+    assert gpu_release.gpu_process(0, 1, None, "x").used_memory is None
+    assert gpu_release.gpu_process(0, 1, 4934598656, "x").used_memory == 4934598656
+
+
 # --- model paths -----------------------------------------------------------------
 
 
