@@ -17,6 +17,8 @@ DATA_DIR = config.data_dir()
 SECRET_KEY = config.secret_key(DATA_DIR)
 DEBUG = config.boolean("DEBUG", False)
 BIND_HOST, BIND_PORT = config.bind()
+# Daphne processes behind the one port under `make run` (deploy/supervisord.conf).
+WEB_PROCESSES = config.integer("WEB_PROCESSES", 2, minimum=1)
 ALLOWED_HOSTS = config.listing("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = config.listing("CSRF_TRUSTED_ORIGINS", [])
 REDIS_URL = config.redis_url()

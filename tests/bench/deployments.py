@@ -490,7 +490,7 @@ def bench_dispatch(args, workdir: Path) -> Results:
     deployed: list[int] = []
     with Processes() as procs:
         try:
-            _daphne, port = start_daphne(env, workdir, procs, "deployments")
+            _daphnes, port = start_daphne(env, workdir, procs, "deployments")
             url = f"http://127.0.0.1:{port}"
             start_agent(env, url, fixtures, model_root, workdir, procs)
             browser = Browser(url, fixtures.session_key, fixtures.cluster_id)

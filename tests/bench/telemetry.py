@@ -40,6 +40,7 @@ import queue
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -282,8 +283,8 @@ class Probe:
     """CPU and memory over the measured window: Daphne, Redis, PostgreSQL, the
     benchmark's own clients, and the machine (whatever else runs shows as other)."""
 
-    def __init__(self, daphne_pid: int, client_pids: list[int], redis_client):
-        self.daphne = psutil.Process(daphne_pid)
+    def __init__(self, daphne_pids: list[int], client_pids: list[int], redis_client):
+        self.daphnes = [psutil.Process(pid) for pid in daphne_pids]
         self.clients = [psutil.Process(pid) for pid in client_pids]
         self.redis = redis_client
         self.peak_cpu = 0.0
@@ -310,7 +311,7 @@ class Probe:
     def _snapshot(self) -> dict:
         return {
             "wall": time.monotonic(),
-            "daphne": _cpu_seconds(self.daphne),
+            "daphne": sum(_cpu_seconds(d) for d in self.daphnes),
             "clients": sum(_cpu_seconds(c) for c in self.clients),
             "redis": self._redis_cpu(),
             "postgres": self._postgres(),
@@ -319,11 +320,15 @@ class Probe:
 
     def start(self) -> None:
         self.first = self._snapshot()
-        self.daphne.cpu_percent(None)
+        for daphne in self.daphnes:
+            daphne.cpu_percent(None)
+
+    def _rss(self) -> int:
+        return sum(d.memory_info().rss for d in self.daphnes)
 
     def tick(self) -> None:
-        self.peak_cpu = max(self.peak_cpu, self.daphne.cpu_percent(None))
-        self.peak_rss = max(self.peak_rss, self.daphne.memory_info().rss)
+        self.peak_cpu = max(self.peak_cpu, sum(d.cpu_percent(None) for d in self.daphnes))
+        self.peak_rss = max(self.peak_rss, self._rss())
 
     def finish(self, step: Step) -> None:
         first, last = self.first, self._snapshot()
@@ -334,7 +339,7 @@ class Probe:
 
         step.daphne_cpu = percent("daphne")
         step.daphne_cpu_peak = self.peak_cpu
-        step.daphne_rss_mib = max(self.peak_rss, self.daphne.memory_info().rss) / 2**20
+        step.daphne_rss_mib = max(self.peak_rss, self._rss()) / 2**20
         step.clients_cpu = percent("clients")
         step.redis_cpu = percent("redis")
         postgres = sum(t - first["postgres"].get(pid, 0.0) for pid, t in last["postgres"].items())
@@ -369,21 +374,38 @@ def swarm(role: str, **options) -> list[str]:
     ]
 
 
-def start_daphne(env: dict, workdir: Path, procs: Processes, label: str) -> tuple:
+def start_daphne(
+    env: dict, workdir: Path, procs: Processes, label: str, count: int = 1
+) -> tuple[list[subprocess.Popen], int]:
+    """`count` Daphne processes on one port: with more than one they share a
+    listening socket passed as a file descriptor, as supervisord's
+    fcgi-program does under `make run` (deploy/supervisord.conf)."""
     port = processes.free_port()
-    daphne = processes.start(
-        [str(processes.BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), ASGI_APP],
-        env,
-        workdir / f"daphne-{label}.log",
-    )
-    procs.daphnes.append(daphne)
+    listener = None
+    if count == 1:
+        where = ["-b", "127.0.0.1", "-p", str(port)]
+    else:
+        listener = socket.create_server(("127.0.0.1", port), backlog=2048)
+        where = ["--fd", str(listener.fileno())]
+    daphnes = []
+    for k in range(count):
+        daphne = processes.start(
+            [str(processes.BIN / "daphne"), *where, ASGI_APP],
+            env,
+            workdir / f"daphne-{label}-{k}.log",
+            pass_fds=(listener.fileno(),) if listener else (),
+        )
+        procs.daphnes.append(daphne)
+        daphnes.append(daphne)
+    if listener is not None:
+        listener.close()  # the Daphnes hold it now
     processes.wait_for(
         lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200,
         timeout=60,
         what="Daphne to answer /healthz",
-        process=daphne,
+        process=daphnes[0],
     )
-    return daphne, port
+    return daphnes, port
 
 
 def profile(pid: int, args: argparse.Namespace, node_count: int, workdir: Path):
@@ -424,7 +446,8 @@ def run_step(
     redis_client = redis.Redis.from_url(args.redis_url)
     redis_client.flushdb()
     with Processes() as procs:
-        daphne, port = start_daphne(env, workdir, procs, str(node_count))
+        daphnes, port = start_daphne(env, workdir, procs, str(node_count), count=args.web_processes)
+        daphne = daphnes[0]
 
         browser_out = workdir / f"browser-{node_count}.json"
         browser = Client(
@@ -474,7 +497,9 @@ def run_step(
         window = (start + args.warmup, start + args.warmup + args.seconds)
         for loader in loaders:
             loader.tell({"start": start, "stop": window[1]})
-        probe = Probe(daphne.pid, [c.process.pid for c in [browser, *loaders]], redis_client)
+        probe = Probe(
+            [d.pid for d in daphnes], [c.process.pid for c in [browser, *loaders]], redis_client
+        )
         node_ids = [n for n, _ in chosen]
         time.sleep(max(0.0, window[0] - time.time()))
         seqs_before = latest_seqs(redis_client, node_ids)
@@ -624,7 +649,8 @@ def section(steps: list[Step], args: argparse.Namespace, command: str, took: flo
         [
             f"## {SECTION}",
             "",
-            "What one Daphne sustains: N simulated agents (8 simulated GPUs each, one",
+            f"What {args.web_processes} Daphne process(es) on one port sustain: N simulated"
+            " agents (8 simulated GPUs each, one",
             "sample per node per second) stream to `/ws/agent/`; one logged-in browser",
             "subscribed to everything on `/ws/telemetry/` measures latency from the",
             "agent's `sample.ts` to its own receipt, and counts every (node, seq) sent",
@@ -643,8 +669,9 @@ def section(steps: list[Step], args: argparse.Namespace, command: str, took: flo
             "node's `hangar:latest` key); delivered/s: samples the browser received per",
             "second; latency: browser receipt - `sample.ts`; lost: sent but never",
             "received by the browser, after a drain. CPU % is of one core (a 2-core",
-            "machine has 200 %); Daphne is one Python process, so about 100 % is its",
-            "ceiling. Daphne CPU ms/sample = Daphne's CPU time per ingested sample.",
+            "machine has 200 %); each Daphne is one Python process, so about 100 % per",
+            "process is its ceiling. Daphne columns add up every Daphne process.",
+            "Daphne CPU ms/sample = Daphne's CPU time per ingested sample.",
             "other CPU %: processes that are not part of the benchmark (noise).",
             "",
             verdict(steps),
@@ -679,6 +706,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpus", type=int, default=8, help="simulated GPUs per node")
     parser.add_argument(
         "--agent-processes", type=int, default=0, help=f"0: one per {NODES_PER_AGENT_PROCESS} nodes"
+    )
+    parser.add_argument(
+        "--web-processes",
+        type=int,
+        default=1,
+        help="Daphne processes sharing the port (HANGAR_WEB_PROCESSES under make run)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke check: 20 nodes, 5 s")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")

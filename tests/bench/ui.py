@@ -104,7 +104,7 @@ def measure(args: argparse.Namespace, env: dict, fixtures, workdir: Path) -> dic
     redis_client.flushdb()
     views: dict[str, dict] = {}
     with Processes() as procs:
-        daphne, port = start_daphne(env, workdir, procs, "ui")
+        (daphne,), port = start_daphne(env, workdir, procs, "ui")
         loaders = []
         count = math.ceil(args.nodes / NODES_PER_AGENT_PROCESS)
         for k in range(count):

@@ -11,7 +11,8 @@ from tests.support.browserless import Session, admin_password
 
 
 def supervisor_pids(env) -> dict[str, int]:
-    """{program: pid} from `supervisorctl status` ("web  RUNNING  pid 123, uptime ...")."""
+    """{program: pid} from `supervisorctl status` ("agent  RUNNING  pid 123, uptime ...";
+    the Daphnes as "web:web-0", "web:web-1")."""
     out = subprocess.run(
         [
             str(processes.BIN / "supervisorctl"),
@@ -25,7 +26,8 @@ def supervisor_pids(env) -> dict[str, int]:
         check=False,
     ).stdout
     return {
-        m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+RUNNING\s+pid (\d+)", out, re.M)
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^([\w:-]+)\s+RUNNING\s+pid (\d+)", out, re.M)
     }
 
 
@@ -73,7 +75,17 @@ def test_make_run_serves_the_console_with_a_local_agent_that_goes_offline_and_ba
         assert status == 200 and node["hostname"].encode() in page and b"simulated" in page
 
         pids = supervisor_pids(env)
-        assert set(pids) == {"redis", "web", "worker", "beat", "agent"}
+        # Two Daphnes (HANGAR_WEB_PROCESSES defaults to 2) on the one port.
+        assert set(pids) == {"redis", "web:web-0", "web:web-1", "worker", "beat", "agent"}
+        assert len({pids["web:web-0"], pids["web:web-1"]}) == 2
+        # A Daphne that dies is restarted; the other one keeps answering meanwhile.
+        os.kill(pids["web:web-0"], signal.SIGKILL)
+        assert session.json("/healthz")["status"] == "ok"
+        processes.wait_for(
+            lambda: supervisor_pids(env).get("web:web-0") not in (None, pids["web:web-0"]),
+            timeout=30,
+            what="supervisord to restart the killed Daphne",
+        )
         os.kill(pids["agent"], signal.SIGKILL)
         processes.wait_for(
             lambda: local_node("offline"),

@@ -52,11 +52,19 @@ def read_log(process: subprocess.Popen) -> str:
     return Path(path).read_text(errors="replace")[-4000:] if path else ""
 
 
-def start(argv: list[str], env: dict, log_path: Path, cwd: Path = ROOT) -> subprocess.Popen:
+def start(
+    argv: list[str], env: dict, log_path: Path, cwd: Path = ROOT, pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen:
     """Start a process in its own session so stop() can end its whole group."""
     handle = open(log_path, "ab")  # noqa: SIM115 (closed with the process)
     process = subprocess.Popen(
-        argv, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        pass_fds=pass_fds,
     )
     process.log_path = log_path
     process.log_handle = handle

@@ -93,6 +93,7 @@ class Command(BaseCommand):
             {
                 "HANGAR_BIND_HOST": settings.BIND_HOST,
                 "HANGAR_BIND_PORT": str(settings.BIND_PORT),
+                "HANGAR_WEB_PROCESSES": str(settings.WEB_PROCESSES),
                 "HANGAR_DATA_DIR": str(settings.DATA_DIR),
                 "PYTHONUNBUFFERED": "1",
             }
