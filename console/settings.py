@@ -190,6 +190,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "mark-offline-nodes": {"task": "inventory.mark_offline_nodes", "schedule": 5.0},
     "reconcile-deployments": {"task": "deployments.reconcile", "schedule": 5.0},
+    "judge-availability": {"task": "deployments.judge_availability", "schedule": 30.0},
     "prune-telemetry": {"task": "telemetry.prune_history", "schedule": timedelta(hours=1)},
     "archive-audit": {"task": "audit.archive_old_events", "schedule": timedelta(hours=6)},
     "sweep-alerts": {"task": "alerts.sweep", "schedule": 5.0},

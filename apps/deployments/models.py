@@ -115,6 +115,13 @@ class Worker(models.Model):
     dispatched_at = models.DateTimeField(null=True, blank=True)
     reported_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Availability (apps/deployments/availability.py): judged from the first
+    # time the worker was ready, so starting up is not downtime.
+    first_ready_at = models.DateTimeField(null=True, blank=True)
+    availability = models.FloatField(
+        null=True, blank=True, help_text="Percent of the last hour ready (since first ready)."
+    )
+    availability_at = models.DateTimeField(null=True, blank=True)
 
     policy_cluster_path = "deployment__cluster"
 
@@ -128,3 +135,18 @@ class Worker(models.Model):
     @property
     def policy_cluster_id(self) -> int | None:
         return self.deployment.cluster_id
+
+
+class WorkerStateChange(models.Model):
+    """A worker's state from `at` on, as its agent reported it (availability's input)."""
+
+    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="state_changes")
+    state = models.CharField(max_length=16, choices=WorkerState.choices)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["worker_id", "at", "id"]
+        indexes = [models.Index(fields=["worker", "at"])]
+
+    def __str__(self) -> str:
+        return f"worker {self.worker_id} {self.state} at {self.at:%Y-%m-%d %H:%M:%S}"

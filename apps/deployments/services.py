@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.audit import recorder
+from apps.deployments.availability import record_state_change
 from apps.deployments.models import (
     IN_PROGRESS,
     Deployment,
@@ -335,6 +336,8 @@ def apply_worker_status(node, status: dict) -> Worker | None:
             value = status[name]
             setattr(worker, name, EMPTY.get(name) if value is None else value)
     worker.reported_at = timezone.now()
+    if worker.state != old_state:
+        record_state_change(worker, worker.reported_at)
     worker.save()
     if worker.state != old_state and worker.state in (WorkerState.FAILED, WorkerState.CRASHLOOP):
         recorder.record(

@@ -37,6 +37,9 @@ class WorkerSerializer(serializers.ModelSerializer):
             "last_log",
             "last_operation_id",
             "reported_at",
+            "first_ready_at",
+            "availability",
+            "availability_at",
         ]
         read_only_fields = fields
 
