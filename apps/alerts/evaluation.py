@@ -45,6 +45,10 @@ class CompiledRule:
     severity: str
     cluster_id: int | None = None
     node_id: int | None = None
+    deployment_id: int | None = None
+    # A deployment rule watches the series of these workers only (worker.<id>.*);
+    # the set is part of the rule, so scaling reloads the rule set.
+    worker_ids: frozenset[int] | None = None
 
     @classmethod
     def build(cls, *, metric: str, clear_threshold: float | None = None, **fields):
@@ -54,12 +58,20 @@ class CompiledRule:
     @property
     def condition(self) -> tuple:
         """What makes two versions of a rule the same condition on the same series."""
-        return (self.metric, self.comparison, self.cluster_id, self.node_id)
+        return (self.metric, self.comparison, self.cluster_id, self.node_id, self.deployment_id)
 
     def applies_to(self, node_id: int, cluster_id: int) -> bool:
         if self.node_id is not None:
             return self.node_id == node_id
         return self.cluster_id is None or self.cluster_id == cluster_id
+
+    def covers(self, series: str) -> bool:
+        """For a deployment rule: is this series one of its workers'?"""
+        if self.worker_ids is None:
+            return True
+        kind, _, rest = series.partition(".")
+        worker_id = rest.partition(".")[0]
+        return kind == "worker" and worker_id.isdigit() and int(worker_id) in self.worker_ids
 
     def breached(self, value: float) -> bool:
         return _ENTER[self.comparison](value, self.threshold)
@@ -117,7 +129,9 @@ class NodeEvaluator:
             found = tuple(
                 r
                 for r in ruleset.rules
-                if r.applies_to(self.node_id, self.cluster_id) and r.pattern.fullmatch(series)
+                if r.applies_to(self.node_id, self.cluster_id)
+                and r.pattern.fullmatch(series)
+                and r.covers(series)
             )
             self._matches[series] = found
         return found

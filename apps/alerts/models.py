@@ -27,6 +27,7 @@ class Scope(models.TextChoices):
     EVERYWHERE = "everywhere"
     CLUSTER = "cluster"
     NODE = "node"
+    DEPLOYMENT = "deployment"  # worker series of one deployment's workers only
 
 
 class Receiver(models.Model):
@@ -55,8 +56,8 @@ class Receiver(models.Model):
 class AlertRule(models.Model):
     """A condition on one flattened series name pattern, e.g. gpu.*.temperature > 85 for 120 s.
 
-    A node-scoped rule also stores the node's cluster, so that who may see and
-    edit it follows the cluster like every other scoped object.
+    A node- or deployment-scoped rule also stores its cluster, so that who may
+    see and edit it follows the cluster like every other scoped object.
     """
 
     name = models.CharField(max_length=100, unique=True)
@@ -70,6 +71,13 @@ class AlertRule(models.Model):
     )
     node = models.ForeignKey(
         "inventory.Node", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    deployment = models.ForeignKey(
+        "deployments.Deployment",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
     )
     comparison = models.CharField(max_length=2, choices=Comparison.choices)
     threshold = models.FloatField()

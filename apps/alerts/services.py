@@ -57,7 +57,9 @@ class RuleCache:
         return self.ruleset if now < self.expires else None
 
     def reload(self) -> RuleSet:
-        rules = tuple(compile_rule(r) for r in AlertRule.objects.filter(enabled=True))
+        enabled = list(AlertRule.objects.filter(enabled=True))
+        workers = workers_by_deployment({r.deployment_id for r in enabled if r.deployment_id})
+        rules = tuple(compile_rule(r, workers) for r in enabled)
         current = self.ruleset
         if current is None or current.rules != rules:
             self._version += 1
@@ -72,7 +74,21 @@ class RuleCache:
         self.ruleset, self.expires = None, 0.0
 
 
-def compile_rule(rule: AlertRule) -> CompiledRule:
+def workers_by_deployment(deployment_ids: set[int]) -> dict[int, frozenset[int]]:
+    """Worker ids of each deployment (for deployment-scoped rules): one query."""
+    from apps.deployments.models import Worker
+
+    found: dict[int, set[int]] = {d: set() for d in deployment_ids}
+    if deployment_ids:
+        rows = Worker.objects.filter(deployment_id__in=deployment_ids)
+        for deployment_id, worker_id in rows.values_list("deployment_id", "pk"):
+            found[deployment_id].add(worker_id)
+    return {d: frozenset(ids) for d, ids in found.items()}
+
+
+def compile_rule(rule: AlertRule, workers: dict[int, frozenset[int]] | None = None) -> CompiledRule:
+    if rule.deployment_id is not None and workers is None:
+        workers = workers_by_deployment({rule.deployment_id})
     return CompiledRule.build(
         id=rule.pk,
         name=rule.name,
@@ -84,6 +100,8 @@ def compile_rule(rule: AlertRule) -> CompiledRule:
         severity=rule.severity,
         cluster_id=rule.cluster_id,
         node_id=rule.node_id,
+        deployment_id=rule.deployment_id,
+        worker_ids=None if rule.deployment_id is None else workers[rule.deployment_id],
     )
 
 
@@ -305,7 +323,7 @@ def resolve_rule_alerts(rule: AlertRule, reason: str) -> int:
 
 
 # Changing any of these makes it another condition: its open alerts are resolved.
-CONDITION_FIELDS = ("metric", "comparison", "scope", "cluster", "node")
+CONDITION_FIELDS = ("metric", "comparison", "scope", "cluster", "node", "deployment")
 
 
 def update_rule(serializer) -> AlertRule:

@@ -40,6 +40,7 @@ from apps.alerts.models import (
 from apps.audit import recorder
 from apps.core.pages import found_or_404, visible_or_404
 from apps.core.viewsets import snapshot
+from apps.deployments.models import Deployment
 from apps.inventory.models import Cluster, Node
 
 ALERTS_PER_PAGE = 100
@@ -143,13 +144,16 @@ def _rule_form_context(user) -> dict:
         "severities": Severity.values,
         "clusters": restrict(Cluster.objects.all(), user, "inventory.view"),
         "nodes": restrict(Node.objects.select_related("cluster"), user, "inventory.view"),
+        "deployments": restrict(
+            Deployment.objects.select_related("cluster"), user, "deployments.view"
+        ),
         "receivers": Receiver.objects.all(),
     }
 
 
 def _rules_page(request, context: dict | None = None, status: int = 200):
     context = context or {}
-    rules = visible_rules(request.user).select_related("cluster", "node")
+    rules = visible_rules(request.user).select_related("cluster", "node", "deployment")
     rules = rules.annotate(open_alerts=Count("alerts", filter=Q(alerts__state__in=Alert.OPEN)))
     can_manage = can(request.user, MANAGE)
     context.update(rules=rules.order_by("name"), can_manage=can_manage)
@@ -170,6 +174,7 @@ def _rule_values(rule: AlertRule) -> dict:
         "scope": rule.scope,
         "cluster": str(rule.cluster_id or ""),
         "node": str(rule.node_id or ""),
+        "deployment": str(rule.deployment_id or ""),
         "comparison": rule.comparison,
         "threshold": f"{rule.threshold:g}",
         "clear_threshold": "" if rule.clear_threshold is None else f"{rule.clear_threshold:g}",

@@ -86,12 +86,80 @@ def test_admins_create_rules_and_a_node_rule_belongs_to_the_nodes_cluster(admin_
     assert event.actor_type == "user" and event.target_id == str(response.json()["id"])
 
 
+def test_a_deployment_rule_fires_for_its_workers_only_and_follows_scaling(admin_api, cluster):
+    from apps.deployments.models import Deployment, Worker
+    from tests.deployments.conftest import make_node, ready_version
+
+    version = ready_version()
+    node = make_node(cluster, "gpu-d1", gpus=3)
+
+    def deployment(name, slots):
+        d = Deployment.objects.create(
+            name=name,
+            cluster=cluster,
+            model_version=version,
+            engine="reference",
+            replicas=slots,
+            port=9000,
+        )
+        return d, [
+            Worker.objects.create(
+                deployment=d, node=node, model_version=version, slot=i, gpus=[i], port=9000 + i
+            )
+            for i in range(slots)
+        ]
+
+    (chat, (chat_0,)), (batch, (batch_0,)) = deployment("chat", 1), deployment("batch", 1)
+    response = admin_api.post(
+        "/api/v1/alert-rules/",
+        {
+            "name": "chat p99 above 150 ms",
+            "metric": "worker.*.p99_ms",
+            "scope": "deployment",
+            "deployment": chat.pk,
+            "comparison": ">",
+            "threshold": 150,
+            "severity": "critical",
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["cluster"] == cluster.pk and response.json()["node"] is None
+    services.rules.clear()
+    slow = {f"worker.{chat_0.pk}.p99_ms": 180.0, f"worker.{batch_0.pk}.p99_ms": 180.0}
+    services.evaluate_values(node, slow)
+    fired = Alert.objects.filter(rule__name="chat p99 above 150 ms")
+    assert list(fired.values_list("series", flat=True)) == [f"worker.{chat_0.pk}.p99_ms"]
+    # A replica added later is covered once the rules reload.
+    chat_1 = Worker.objects.create(
+        deployment=chat, node=node, model_version=version, slot=1, gpus=[2], port=9002
+    )
+    services.rules.clear()
+    services.evaluate_values(node, {f"worker.{chat_1.pk}.p99_ms": 400.0})
+    assert fired.count() == 2
+    # A deployment rule on a non-worker series could never match: refused.
+    refused = admin_api.post(
+        "/api/v1/alert-rules/",
+        {
+            "name": "x",
+            "metric": "gpu.*.temperature",
+            "scope": "deployment",
+            "deployment": batch.pk,
+            "comparison": ">",
+            "threshold": 1,
+        },
+        format="json",
+    )
+    assert refused.status_code == 400 and "metric" in refused.json()["fields"]
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
         ({"metric": "GPU temperature"}, "metric"),
         ({"clear_threshold": 90}, "clear_threshold"),
         ({"scope": "cluster"}, "cluster"),
+        ({"scope": "deployment", "metric": "worker.*.p99_ms"}, "deployment"),
     ],
 )
 def test_a_rule_that_cannot_work_is_refused_with_the_field_named(admin_api, change, field):

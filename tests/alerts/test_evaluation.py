@@ -96,6 +96,40 @@ def test_rules_apply_only_within_their_scope():
     assert [c.rule.id for c in other_node.observe({"gpu.0.temperature": 99.0}, 0.0, ruleset)] == [1]
 
 
+def test_a_deployment_rule_judges_only_its_own_workers_series():
+    slow = rule(
+        id=4,
+        name="slow chat",
+        metric="worker.*.p99_ms",
+        threshold=200.0,
+        deployment_id=9,
+        worker_ids=frozenset({11, 12}),
+    )
+    anywhere = rule(id=5, name="slow anything", metric="worker.*.p99_ms", threshold=500.0)
+    ruleset = RuleSet((slow, anywhere), 1)
+    evaluator = NodeEvaluator(5, 7)
+    values = {"worker.11.p99_ms": 300.0, "worker.13.p99_ms": 300.0, "worker.12.p99_ms": 900.0}
+    changes = evaluator.observe(values, 0.0, ruleset)
+    assert sorted((c.rule.id, c.series) for c in changes) == [
+        (4, "worker.11.p99_ms"),
+        (4, "worker.12.p99_ms"),
+        (5, "worker.12.p99_ms"),
+    ]
+    assert not slow.covers("gpu.11.temperature") and not slow.covers("worker.x.p99_ms")
+    # Scaling the deployment changes the rule (a reload), not its condition.
+    scaled = rule(
+        id=4,
+        name="slow chat",
+        metric="worker.*.p99_ms",
+        threshold=200.0,
+        deployment_id=9,
+        worker_ids=frozenset({11, 12, 13}),
+    )
+    assert scaled != slow and scaled.condition == slow.condition
+    changes = evaluator.observe(values, 1.0, RuleSet((scaled, anywhere), 2))
+    assert [(c.rule.id, c.series) for c in changes] == [(4, "worker.13.p99_ms")]
+
+
 def test_each_gpu_is_its_own_series():
     ruleset = RuleSet((rule(),), 1)
     evaluator = NodeEvaluator(1, 1)

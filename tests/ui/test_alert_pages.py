@@ -102,6 +102,27 @@ def test_an_admin_creates_a_rule_through_the_page(browser_for, cluster):
     assert event.changes["created"]["name"] == "hot GPUs"
 
 
+def test_an_admin_scopes_a_rule_to_one_deployment_through_the_page(browser_for, cluster):
+    from apps.deployments.models import Deployment
+    from tests.deployments.conftest import ready_version
+
+    chat = Deployment.objects.create(
+        name="chat", cluster=cluster, model_version=ready_version(), engine="reference", port=9000
+    )
+    admin = browser_for("admin")
+    assert f'<option value="{chat.pk}" >chat (campus-a)</option>' in (
+        admin.get("/alerts/rules/").content.decode()
+    )
+    form = rule_form(cluster, metric="worker.*.p99_ms", scope="deployment", deployment=chat.pk)
+    assert admin.post("/alerts/rules/new/", form).status_code == 302
+    rule = AlertRule.objects.get(name="hot GPUs")
+    assert (rule.scope, rule.deployment, rule.cluster) == ("deployment", chat, cluster)
+    page = admin.get("/alerts/rules/").content.decode()
+    assert "deployment chat" in page
+    edit = admin.get(f"/alerts/rules/{rule.pk}/").content.decode()
+    assert f'<option value="{chat.pk}" selected>chat (campus-a)</option>' in edit
+
+
 def test_an_invalid_rule_is_shown_again_with_the_serializers_error(browser_for, cluster):
     response = browser_for("admin").post(
         "/alerts/rules/new/", rule_form(cluster, clear_threshold="95")

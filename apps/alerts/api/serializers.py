@@ -75,6 +75,7 @@ class AlertRuleSerializer(serializers.ModelSerializer):
             "scope",
             "cluster",
             "node",
+            "deployment",
             "comparison",
             "threshold",
             "clear_threshold",
@@ -103,6 +104,8 @@ class AlertRuleSerializer(serializers.ModelSerializer):
 
         scope = current("scope") or Scope.EVERYWHERE
         cluster, node = current("cluster"), current("node")
+        deployment = current("deployment")
+        attrs["deployment"] = None
         if scope == Scope.EVERYWHERE:
             attrs["cluster"], attrs["node"] = None, None
         elif scope == Scope.CLUSTER:
@@ -113,6 +116,23 @@ class AlertRuleSerializer(serializers.ModelSerializer):
             if node is None:
                 raise serializers.ValidationError({"node": "A node rule names its node."})
             attrs["cluster"] = node.cluster
+        elif scope == Scope.DEPLOYMENT:
+            if deployment is None:
+                raise serializers.ValidationError(
+                    {"deployment": "A deployment rule names its deployment."}
+                )
+            if not (current("metric") or "").startswith("worker."):
+                raise serializers.ValidationError(
+                    {
+                        "metric": "A deployment rule watches its workers' series: "
+                        "worker.*.p99_ms, worker.*.error_rate, worker.*.availability, ..."
+                    }
+                )
+            attrs["cluster"], attrs["node"], attrs["deployment"] = (
+                deployment.cluster,
+                None,
+                deployment,
+            )
         comparison, threshold = current("comparison"), current("threshold")
         clear = current("clear_threshold")
         if clear is not None and comparison and threshold is not None:
