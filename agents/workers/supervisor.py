@@ -9,12 +9,17 @@ Disk layout per worker, `<state-dir>/workers/<worker id>/`:
 
     spec.json      the WORKER_SPEC last accepted
     state.json     desired state, pid, process start time, run, restarts...
-    verified.json  which model files were verified, and their size/mtime/inode
     runs/          one log per run and the runs index (agents/workers/runlog.py)
+
+and for the node, `<state-dir>/verified/<model key>.json`: which model files
+were verified, with their stamps (verify.VerifiedRecords), shared by every
+worker of the same files. Workers of one model key verify one at a time (a
+lock per key), so replicas started together hash the files once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -114,6 +119,9 @@ class Supervisor:
         self.operations = OperationLog(self.state_dir / "operations.json")
         self._nvml: gpu_release.NvmlProcesses | None = None
         self._nvml_lock = threading.Lock()
+        self.verified = verify.VerifiedRecords(self.state_dir / "verified")
+        self._verification_locks: dict[str, threading.Lock] = {}
+        self._verification_locks_guard = threading.Lock()
 
     # --- life -------------------------------------------------------------------
 
@@ -241,6 +249,13 @@ class Supervisor:
         """WORKER_METRICS of every ready (or unhealthy) worker, for the telemetry sample."""
         return [m for r in list(self.runners.values()) if (m := r.metrics()) is not None]
 
+    # --- model verification -----------------------------------------------------
+
+    def verification_lock(self, key: str) -> threading.Lock:
+        """One lock per model key: the node hashes the same files once at a time."""
+        with self._verification_locks_guard:
+            return self._verification_locks.setdefault(key, threading.Lock())
+
     # --- GPUs -------------------------------------------------------------------
 
     def gpu_processes(self, gpus: Collection[int]) -> list[gpu_release.GpuProcess]:
@@ -263,6 +278,14 @@ class Supervisor:
             if runner.id != exclude and runner.pid is not None:
                 pids.update(procs.group_members(runner.pid, runner.start_ticks))
         return pids
+
+
+def _current_stamps(model: dict[str, Any], roots: list[str]) -> dict[str, list[int]] | None:
+    """The model files' stamps now, None when they cannot be read (verify_model says why)."""
+    try:
+        return verify.file_stamps(verify.check_model_dir(model["path"], roots), model["files"])
+    except (verify.VerificationError, OSError):
+        return None
 
 
 class WorkerRunner:
@@ -519,16 +542,33 @@ class WorkerRunner:
         return True
 
     def _verify(self) -> bool:
+        """Hash the model's files unless this node verified the same files already."""
         model = self.spec["model"]
-        cache_path = self.dir / "verified.json"
         key = verify.spec_model_key(model)
-        try:
-            cached = read_json(cache_path, {})
-            if cached.get("key") == key:
-                model_dir = verify.check_model_dir(model["path"], self.cfg.model_roots)
-                if cached.get("stamps") == verify.file_stamps(model_dir, model["files"]):
-                    return True
+        # The per-worker record of earlier agents; the node-wide one replaces it.
+        with contextlib.suppress(OSError):
+            (self.dir / "verified.json").unlink()
+        lock = self.sup.verification_lock(key)
+        if not lock.acquire(timeout=0.25):  # a look-up that finds a record is quicker
+            # Another worker of this node is hashing the same files: wait for
+            # its record rather than reading them a second time.
             self._set(state="verifying", progress=None)
+            while not lock.acquire(timeout=0.25):
+                if self._cancelled():
+                    return True  # the caller sees the stop request
+        try:
+            return self._verify_holding_lock(model, key)
+        finally:
+            lock.release()
+
+    def _verify_holding_lock(self, model: dict[str, Any], key: str) -> bool:
+        roots = self.cfg.model_roots
+        records = self.sup.verified
+        try:
+            if records.lookup(key, model, roots) is not None:
+                return True
+            self._set(state="verifying", progress=None)
+            before = _current_stamps(model, roots)
             last_emit = 0.0
 
             def progress(done: int, total: int, file: str) -> None:
@@ -538,17 +578,25 @@ class WorkerRunner:
                     last_emit = now
                     self._set(progress={"done_bytes": done, "total_bytes": total, "file": file})
 
-            model_dir = verify.verify_model(
-                model, self.cfg.model_roots, progress, cancelled=self._cancelled
-            )
-            write_json(
-                cache_path,
-                {"key": key, "stamps": verify.file_stamps(model_dir, model["files"])},
-            )
+            model_dir = verify.verify_model(model, roots, progress, cancelled=self._cancelled)
+            after = verify.file_stamps(model_dir, model["files"])
+            if before != after:
+                log.warning(
+                    "worker %s: model files changed while they were hashed; not recorded", self.id
+                )
+                return True
+            try:
+                records.write(key, model, model_dir, after)
+            except OSError as exc:  # the worker may start all the same; the next one hashes
+                log.warning("worker %s: cannot record the verification: %s", self.id, exc)
             return True
         except (verify.VerificationError, OSError) as exc:
             if self._cancelled():
                 return True  # the caller sees the stop request
+            try:
+                records.forget(key)
+            except OSError as forget_exc:
+                log.warning("worker %s: cannot remove %s: %s", self.id, key, forget_exc)
             message = str(exc) if isinstance(exc, verify.VerificationError) else f"{exc}"
             log.warning("worker %s: model verification failed: %s", self.id, message)
             self._set(state="failed", error=message, progress=None)

@@ -3,14 +3,24 @@
 Paths are checked twice: lexically (absolute, no `..`) and after resolving
 symlinks (`os.path.realpath`, compared with `os.path.commonpath`), so a link
 inside the root that points out of it is refused rather than followed.
+
+A verification is remembered node-wide (`VerifiedRecords`): one record per
+model key in `<state-dir>/verified/<key>.json` with the resolved directory and
+each file's stamps, so the next worker of the same files does not hash them
+again while no stamp changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
+import threading
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 CHUNK = 4 * 2**20  # large reads: hashing runs near disk speed, progress stays fine-grained
@@ -90,11 +100,15 @@ def spec_model_key(model: dict[str, Any]) -> str:
 
 
 def file_stamps(model_dir: str, files: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
-    """(size, mtime_ns, inode) per file: a cached verification holds while these do."""
+    """[size, mtime_ns, inode, device, ctime_ns] per file: a verification holds while these do.
+
+    ctime cannot be set from user space: a rewrite that restores the mtime
+    (`touch -r`, `cp -p`/`rsync -a` onto another disk) still changes it.
+    """
     stamps = {}
     for f in files:
         st = os.stat(os.path.join(model_dir, f["path"]))
-        stamps[f["path"]] = [st.st_size, st.st_mtime_ns, st.st_ino]
+        stamps[f["path"]] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns]
     return stamps
 
 
@@ -149,3 +163,92 @@ def verify_model(
                 f"{f['sha256']}: the file on this node is corrupted or different; copy it again"
             )
     return model_dir
+
+
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+class VerifiedRecords:
+    """Node-wide record of verified models: `<directory>/<model key>.json`.
+
+    A record holds the model key (`spec_model_key`), the resolved model
+    directory and `file_stamps` taken when the hash was checked. It is trusted
+    only while the path checks still pass, the directory resolves to the same
+    place and every stamp is equal; anything unreadable counts as no record.
+    Records are written atomically with mode 0600 and removed when a
+    verification of their key fails.
+    """
+
+    def __init__(self, directory: Path | str) -> None:
+        self.dir = Path(directory)
+
+    def path(self, key: str) -> Path:
+        if not _KEY.fullmatch(key):  # keys are SHA-256 hex digests: never a path
+            raise ValueError(f"not a model key: {key!r}")
+        return self.dir / f"{key}.json"
+
+    def read(self, key: str) -> dict[str, Any] | None:
+        """The record for `key` if it is well formed; None otherwise."""
+        try:
+            with open(self.path(key), encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError, RecursionError):
+            return None
+        if (
+            not isinstance(record, dict)
+            or record.get("key") != key
+            or not isinstance(record.get("model_dir"), str)
+            or not isinstance(record.get("stamps"), dict)
+        ):
+            return None
+        return record
+
+    def lookup(self, key: str, model: dict[str, Any], roots: Sequence[str]) -> str | None:
+        """The resolved model directory if `model` is verified and unchanged since; else None."""
+        record = self.read(key)
+        if record is None:
+            return None
+        files = model["files"]
+        try:
+            model_dir = check_model_dir(model["path"], roots)
+            if model_dir != record["model_dir"]:
+                return None
+            for f in files:
+                check_model_file(model_dir, f["path"], roots)
+            stamps = file_stamps(model_dir, files)
+        except (VerificationError, OSError):
+            return None  # verify_model says what is wrong
+        if stamps != record["stamps"]:
+            return None
+        for f in files:
+            if f.get("size") is not None and stamps[f["path"]][0] != f["size"]:
+                return None
+        return model_dir
+
+    def write(self, key: str, model: dict[str, Any], model_dir: str, stamps: dict) -> None:
+        path = self.path(key)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        record = {
+            "key": key,
+            "path": model["path"],
+            "model_dir": model_dir,
+            "stamps": stamps,
+            "verified_at": time.time(),
+        }
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), 0o600)  # a leftover temporary file keeps its mode
+                json.dump(record, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def forget(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(key).unlink()
