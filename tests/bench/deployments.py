@@ -749,9 +749,9 @@ def dispatch_notes(results: Results) -> list[str]:
         " after the spawn, before the engine listens, and the next one only an interval later.",
         f"- Verification: {sum(s.verified for s in created)} of {len(created)} new workers hashed"
         f" the model again, {sum(s.verified for s in restarted)} of {len(restarted)} restarted"
-        " ones did: the agent's cache of verified files is per worker"
-        " (`<state-dir>/workers/<id>/verified.json`), so every create, scale-up or rollout"
-        " step re-hashes the whole version.",
+        " ones did. The agent keeps one record of verified files per model version per node"
+        " (`<state-dir>/verified/<key>.json`, docs/agent.md): only the first worker of a"
+        " version on a node hashes it, until a file changes.",
     ]
     return [textwrap.fill(n, 80, subsequent_indent="  ", break_on_hyphens=False) for n in notes]
 
