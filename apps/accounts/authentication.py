@@ -1,3 +1,4 @@
+from django.utils.translation import gettext as _
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
@@ -11,12 +12,14 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate(self, request):
         header = request.headers.get("Authorization", "")
-        scheme, _, raw = header.partition(" ")
+        scheme, _sep, raw = header.partition(" ")
         if scheme != self.keyword or not raw:
             return None
         user = user_for_api_token(raw.strip())
         if user is None:
-            raise exceptions.AuthenticationFailed("The API token is unknown, expired or revoked.")
+            raise exceptions.AuthenticationFailed(
+                _("The API token is unknown, expired or revoked.")
+            )
         return user, None
 
     def authenticate_header(self, request):

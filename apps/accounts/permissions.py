@@ -13,6 +13,7 @@ from functools import wraps
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed
+from django.utils.translation import gettext_lazy as _
 from rest_framework.permissions import BasePermission
 
 from apps.accounts.policy import AUTHENTICATED, PUBLIC, can
@@ -30,7 +31,7 @@ def declared_action(view, request) -> str | None:
 
 
 class PolicyPermission(BasePermission):
-    message = "Your roles do not allow this."
+    message = _("Your roles do not allow this.")
 
     def has_permission(self, request, view) -> bool:
         if getattr(view, request.method.lower(), None) is None:

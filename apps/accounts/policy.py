@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
+from django.utils.translation import gettext as _
 
 from apps.accounts.roles import ALL_ACTIONS, GLOBAL_ONLY_ACTIONS, ROLE_ACTIONS
 
@@ -119,7 +120,7 @@ def can_globally(user, action: str) -> bool:
 
 def require(user, action: str, target=None) -> None:
     if not can(user, action, target):
-        raise PermissionDenied(f"Your roles do not allow {action} here.")
+        raise PermissionDenied(_("Your roles do not allow %(action)s here.") % {"action": action})
 
 
 def restrict(queryset: QuerySet, user, action: str) -> QuerySet:

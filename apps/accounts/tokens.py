@@ -9,8 +9,10 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from apps.accounts.models import ApiToken
+from apps.core.i18n import lazy_message
 
 TOKEN_PREFIX = "hgr_"
 
@@ -22,7 +24,11 @@ def hash_secret(secret: str) -> str:
 def create_api_token(user, name: str, days: int) -> tuple[ApiToken, str]:
     """Create a token; returns it and the full secret, which is never shown again."""
     if not 1 <= days <= settings.API_TOKEN_MAX_DAYS:
-        raise ValueError(f"expiry must be between 1 and {settings.API_TOKEN_MAX_DAYS} days")
+        raise ValueError(
+            lazy_message(
+                _("expiry must be between 1 and %(max)d days"), max=settings.API_TOKEN_MAX_DAYS
+            )
+        )
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
@@ -39,7 +45,7 @@ def user_for_api_token(raw: str):
     """The active user a presented token belongs to, or None."""
     if not raw.startswith(TOKEN_PREFIX):
         return None
-    prefix, _, secret = raw[len(TOKEN_PREFIX) :].partition("_")
+    prefix, _sep, secret = raw[len(TOKEN_PREFIX) :].partition("_")
     if not prefix or not secret:
         return None
     token = ApiToken.objects.usable().select_related("user").filter(prefix=prefix).first()

@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from apps.alerts.evaluation import (
     FIRING,
@@ -34,6 +35,7 @@ from apps.alerts.evaluation import (
 from apps.alerts.models import Alert, AlertRule, Delivery, Receiver, Silence
 from apps.alerts.series import NODE_OFFLINE, alert_series
 from apps.audit import recorder
+from apps.core.i18n import lazy_message
 
 log = logging.getLogger(__name__)
 # Rules are cached per process; an edit reaches the stream within this many seconds.
@@ -300,7 +302,12 @@ def acknowledge(alert: Alert, user, note: str) -> Alert:
     with transaction.atomic():
         alert = Alert.objects.select_for_update().get(pk=alert.pk)
         if alert.state != Alert.State.FIRING:
-            raise ValueError(f"Only a firing alert can be acknowledged; this one is {alert.state}.")
+            raise ValueError(
+                lazy_message(
+                    _("Only a firing alert can be acknowledged; this one is %(state)s."),
+                    state=alert.state,
+                )
+            )
         alert.state = Alert.State.ACKNOWLEDGED
         alert.acknowledged_at, alert.acknowledged_by, alert.note = timezone.now(), user, note
         alert.save()

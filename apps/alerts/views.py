@@ -38,6 +38,7 @@ from apps.alerts.models import (
     Silence,
 )
 from apps.audit import recorder
+from apps.core.i18n import in_english
 from apps.core.pages import found_or_404, visible_or_404
 from apps.core.viewsets import snapshot
 from apps.deployments.models import Deployment
@@ -100,12 +101,8 @@ def alert_acknowledge(request, pk: int):
     try:
         services.acknowledge(alert, request.user, note)
     except ValueError as exc:
-        recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": str(exc)})
-        messages.error(
-            request,
-            _("Only a firing alert can be acknowledged; this one is %(state)s.")
-            % {"state": alert.state},
-        )
+        recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": in_english(exc)})
+        messages.error(request, str(exc))
     else:
         messages.success(request, _("Alert acknowledged: %(alert)s.") % {"alert": alert.rule_name})
     return redirect(request.POST.get("next") or "alert-list")

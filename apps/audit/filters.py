@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Q, QuerySet
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext as _
 from rest_framework.exceptions import ValidationError
 
 TEXT_FILTERS = {
@@ -24,7 +25,10 @@ def _when(params, name: str):
     value = parse_datetime(raw)
     if value is None:
         raise ValidationError(
-            {name: f"{raw!r} is not an ISO 8601 time, e.g. 2026-01-31T08:00:00Z."}
+            {
+                name: _("%(value)r is not an ISO 8601 time, e.g. 2026-01-31T08:00:00Z.")
+                % {"value": raw}
+            }
         )
     return value
 

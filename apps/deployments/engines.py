@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from django.utils.translation import gettext as _
+
 from agents.workers.engines import ENGINES, EngineArgsError, validate_engine_args
 
 __all__ = ["ENGINES", "EngineArgsError", "validate_engine_config"]
@@ -14,11 +16,13 @@ _HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~/-]{0,199}$")
 def validate_engine_config(engine: str, args: list, command, health_path: str):
     """Return (normalized engine_args, command) or raise EngineArgsError."""
     if not isinstance(args, list):
-        raise EngineArgsError("engine_args is a list of strings, one flag or value each.")
+        raise EngineArgsError(_("engine_args is a list of strings, one flag or value each."))
     args = validate_engine_args(engine, args)
     if engine != "generic":
         if command:
-            raise EngineArgsError(f"{engine} takes no command; only the generic engine does.")
+            raise EngineArgsError(
+                _("%(engine)s takes no command; only the generic engine does.") % {"engine": engine}
+            )
         return args, None
     if (
         not isinstance(command, list)
@@ -27,9 +31,11 @@ def validate_engine_config(engine: str, args: list, command, health_path: str):
         or not all(isinstance(part, str) and part and "\x00" not in part for part in command)
     ):
         raise EngineArgsError(
-            "The generic engine needs `command`: a list of strings "
-            "(program and arguments), run without a shell."
+            _(
+                "The generic engine needs `command`: a list of strings "
+                "(program and arguments), run without a shell."
+            )
         )
     if not health_path or not _HEALTH_PATH.match(health_path):
-        raise EngineArgsError("The generic engine needs a health_path such as /health.")
+        raise EngineArgsError(_("The generic engine needs a health_path such as /health."))
     return args, list(command)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from django.utils.translation import gettext_lazy as _
+
+from apps.core.i18n import lazy_message
 from apps.deployments.models import DesiredState, Worker
 from apps.inventory.models import GPU, Node, NodeState
 from apps.telemetry import live
@@ -28,23 +31,44 @@ def place_pinned(cluster, placement: dict, slots: list[int], held) -> dict[int, 
     targets = placement.get("targets") or []
     if len(targets) < max(slots) + 1:
         raise PlacementError(
-            f"Pinned placement lists {len(targets)} targets; "
-            f"{max(slots) + 1} replicas need one each."
+            lazy_message(
+                _(
+                    "Pinned placement lists %(targets)d targets; "
+                    "%(replicas)d replicas need one each."
+                ),
+                targets=len(targets),
+                replicas=max(slots) + 1,
+            )
         )
     chosen = {}
     for slot in slots:
         target = targets[slot]
         node = Node.objects.filter(pk=target.get("node"), cluster=cluster).first()
         if node is None:
-            raise PlacementError(f"Node {target.get('node')} is not in cluster {cluster}.")
+            raise PlacementError(
+                lazy_message(
+                    _("Node %(node)s is not in cluster %(cluster)s."),
+                    node=target.get("node"),
+                    cluster=str(cluster),
+                )
+            )
         gpus = target.get("gpus") or []
         known = set(GPU.objects.filter(node=node).values_list("index", flat=True))
         if not set(gpus) <= known:
-            raise PlacementError(f"{node} has no GPU {sorted(set(gpus) - known)}.")
+            raise PlacementError(
+                lazy_message(
+                    _("%(node)s has no GPU %(gpus)s."),
+                    node=str(node),
+                    gpus=str(sorted(set(gpus) - known)),
+                )
+            )
         if set(gpus) & held.get(node.pk, set()):
             raise PlacementError(
-                f"GPUs {sorted(set(gpus) & held[node.pk])} of {node} are used "
-                "by another deployment."
+                lazy_message(
+                    _("GPUs %(gpus)s of %(node)s are used by another deployment."),
+                    gpus=str(sorted(set(gpus) & held[node.pk])),
+                    node=str(node),
+                )
             )
         held.setdefault(node.pk, set()).update(gpus)
         chosen[slot] = (node, sorted(gpus))
@@ -77,8 +101,16 @@ def place_auto(cluster, placement: dict, slots: list[int], held) -> dict[int, tu
         )
         if not candidates:
             raise PlacementError(
-                f"No online node in {cluster} has {per_replica} free GPU(s) with at least "
-                f"{min_free / GiB:.0f} GiB free for replica {slot}."
+                lazy_message(
+                    _(
+                        "No online node in %(cluster)s has %(gpus)d free GPU(s) with at least "
+                        "%(gib).0f GiB free for replica %(slot)d."
+                    ),
+                    cluster=str(cluster),
+                    gpus=per_replica,
+                    gib=min_free / GiB,
+                    slot=slot,
+                )
             )
         node = candidates[0]
         gpus, free[node.pk] = free[node.pk][:per_replica], free[node.pk][per_replica:]
@@ -104,4 +136,4 @@ def place(deployment, slots: list[int]) -> dict[int, tuple[Node, list]]:
         return place_pinned(deployment.cluster, deployment.placement, slots, held)
     if mode == "auto":
         return place_auto(deployment.cluster, deployment.placement, slots, held)
-    raise PlacementError("placement.mode must be 'pinned' or 'auto'.")
+    raise PlacementError(_("placement.mode must be 'pinned' or 'auto'."))

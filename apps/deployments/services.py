@@ -13,8 +13,10 @@ from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from apps.audit import recorder
+from apps.core.i18n import lazy_message
 from apps.deployments.availability import record_state_change
 from apps.deployments.models import (
     IN_PROGRESS,
@@ -92,7 +94,13 @@ def _note(action: str, deployment: Deployment, operations: list[str], **changes)
 def create_deployment(user, **fields) -> Deployment:
     version = fields["model_version"]
     if version.state != VersionState.READY:
-        raise DeploymentError(f"Version {version} is {version.state}; only ready versions deploy.")
+        raise DeploymentError(
+            lazy_message(
+                _("Version %(version)s is %(state)s; only ready versions deploy."),
+                version=str(version),
+                state=version.state,
+            )
+        )
     deployment = Deployment.objects.create(created_by=user, **fields)
     operations = _add_workers(deployment, list(range(deployment.replicas)))
     _note("deployments.create", deployment, operations)
@@ -167,9 +175,9 @@ def start_deployment(deployment: Deployment) -> list[str]:
 @transaction.atomic
 def scale_deployment(deployment: Deployment, replicas: int) -> list[str]:
     if not 0 < replicas <= 64:
-        raise DeploymentError("replicas must be between 1 and 64.")
+        raise DeploymentError(_("replicas must be between 1 and 64."))
     if deployment.rollout_state == RolloutState.ROLLING:
-        raise DeploymentError("Wait for the rollout to finish before scaling.")
+        raise DeploymentError(_("Wait for the rollout to finish before scaling."))
     old = deployment.replicas
     deployment.replicas = replicas
     deployment.save(update_fields=["replicas", "updated_at"])
@@ -186,7 +194,7 @@ def scale_deployment(deployment: Deployment, replicas: int) -> list[str]:
 @transaction.atomic
 def restart_worker(worker: Worker) -> str:
     if worker.desired_state != DesiredState.RUNNING:
-        raise DeploymentError("The worker is stopped; start its deployment instead.")
+        raise DeploymentError(_("The worker is stopped; start its deployment instead."))
     operation = dispatch(worker, "restart_worker")
     recorder.describe(
         action="deployments.restart-worker", target=worker, changes={"operation_ids": [operation]}
@@ -198,11 +206,19 @@ def restart_worker(worker: Worker) -> str:
 def roll_out(deployment: Deployment, version, action: str = "deployments.rollout") -> list[str]:
     """Replace workers one at a time with `version`; each must be ready before the next."""
     if version.state != VersionState.READY:
-        raise DeploymentError(f"Version {version} is {version.state}; only ready versions deploy.")
+        raise DeploymentError(
+            lazy_message(
+                _("Version %(version)s is %(state)s; only ready versions deploy."),
+                version=str(version),
+                state=version.state,
+            )
+        )
     if version.model_id != deployment.model_version.model_id:
-        raise DeploymentError("Roll out a version of the same model.")
+        raise DeploymentError(_("Roll out a version of the same model."))
     if version.pk == deployment.model_version_id:
-        raise DeploymentError(f"The deployment already runs {version}.")
+        raise DeploymentError(
+            lazy_message(_("The deployment already runs %(version)s."), version=str(version))
+        )
     deployment.previous_version = deployment.model_version
     deployment.model_version = version
     deployment.rollout_state = RolloutState.ROLLING
@@ -215,7 +231,7 @@ def roll_out(deployment: Deployment, version, action: str = "deployments.rollout
 
 def roll_back(deployment: Deployment) -> list[str]:
     if deployment.previous_version is None:
-        raise DeploymentError("There is no previous version to roll back to.")
+        raise DeploymentError(_("There is no previous version to roll back to."))
     return roll_out(deployment, deployment.previous_version, action="deployments.rollback")
 
 

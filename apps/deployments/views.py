@@ -18,6 +18,7 @@ from django.utils.translation import gettext as _
 from apps.accounts.permissions import requires
 from apps.accounts.policy import can, restrict
 from apps.audit import recorder
+from apps.core.i18n import in_english
 from apps.core.pages import visible_or_404
 from apps.deployments import services
 from apps.deployments.api.serializers import (
@@ -39,7 +40,7 @@ def _run(request, operation, *args) -> bool:
     try:
         operation(*args)
     except (services.DeploymentError, PlacementError) as exc:
-        recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": str(exc)})
+        recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": in_english(exc)})
         messages.error(request, str(exc))
         return False
     return True
@@ -154,7 +155,7 @@ def deployment_create(request):
     try:
         deployment = services.create_deployment(request.user, **form.validated_data)
     except (services.DeploymentError, PlacementError) as exc:
-        recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": str(exc)})
+        recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": in_english(exc)})
         errors = {"non_field_errors": [str(exc)]}
         return _deployments_page(request, {"form": post, "errors": errors}, status=400)
     messages.success(request, _("Deployment %(name)s is starting.") % {"name": deployment.name})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from celery.exceptions import TimeoutError as CeleryTimeout
+from django.utils.translation import gettext_lazy as _
 
+from apps.core.i18n import lazy_message
 from console.celery import app
 
 
@@ -23,4 +25,11 @@ def ask_node(node, verb: str, timeout: float = 10.0, kwargs: dict | None = None)
         return result.get(timeout=timeout)
     except CeleryTimeout:
         result.revoke()
-        raise NodeUnreachable(f"{node} did not answer {verb} within {timeout:.0f} s") from None
+        raise NodeUnreachable(
+            lazy_message(
+                _("%(node)s did not answer %(verb)s within %(seconds).0f s"),
+                node=str(node),
+                verb=verb,
+                seconds=timeout,
+            )
+        ) from None

@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from apps.audit import recorder
+from apps.core.i18n import lazy_message
 from apps.inventory.models import GPU, EnrollmentToken, Node, NodeState
 
 ENROLLMENT_PREFIX = "hge_"
@@ -35,7 +37,7 @@ def enrollment_command(console_url: str, secret: str) -> str:
 def move_node(node, state: str, reason: str) -> None:
     """A person's transition (drain, undrain, retire); refused for a retired node."""
     if node.state == NodeState.RETIRED:
-        raise NodeRetired(f"{node} is retired.")
+        raise NodeRetired(lazy_message(_("%(node)s is retired."), node=str(node)))
     transition_node(node, state, reason, by_person=True)
 
 

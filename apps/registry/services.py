@@ -6,9 +6,11 @@ import time
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from agents.workers.verify import sha256_file
 from apps.audit import recorder
+from apps.core.i18n import in_english, lazy_message
 from apps.registry.models import ModelVersion, VersionState
 from apps.registry.paths import PathRefused, check_model_path, list_files
 
@@ -39,7 +41,7 @@ def hash_version(version_id: int) -> ModelVersion:
         directory = check_model_path(version.path)
         files = list_files(directory)
     except (PathRefused, OSError) as exc:
-        ModelVersion.objects.filter(pk=version.pk).update(error=str(exc)[:500])
+        ModelVersion.objects.filter(pk=version.pk).update(error=in_english(exc)[:500])
         raise
     total = sum(f.stat().st_size for f in files)
     done = 0
@@ -83,11 +85,19 @@ def retire_version(version: ModelVersion) -> None:
     from apps.deployments.models import Deployment
 
     if version.state != VersionState.READY:
-        raise VersionInUse(f"Only a ready version can be retired; {version} is {version.state}.")
+        raise VersionInUse(
+            lazy_message(
+                _("Only a ready version can be retired; %(version)s is %(state)s."),
+                version=str(version),
+                state=version.state,
+            )
+        )
     users = Deployment.objects.filter(model_version=version).exclude(desired_state="deleted")
     if users.exists():
         names = ", ".join(users.values_list("name", flat=True)[:5])
-        raise VersionInUse(f"Deployments still use this version: {names}.")
+        raise VersionInUse(
+            lazy_message(_("Deployments still use this version: %(names)s."), names=names)
+        )
     version.state = VersionState.RETIRED
     version.save(update_fields=["state"])
     recorder.describe(target=version, changes={"state": ["ready", "retired"]})

@@ -13,6 +13,7 @@ from django.utils.translation import gettext as _
 from apps.accounts.permissions import requires
 from apps.accounts.policy import can, restrict
 from apps.audit import recorder
+from apps.core.i18n import in_english
 from apps.core.pages import visible_or_404
 from apps.core.viewsets import snapshot
 from apps.registry import services
@@ -83,7 +84,7 @@ def version_retire(request, pk: int):
     try:
         services.retire_version(version)
     except services.VersionInUse as exc:
-        recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": str(exc)})
+        recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": in_english(exc)})
         messages.error(request, str(exc))
         return redirect("model-list")
     messages.success(request, _("Version %(version)s is retired.") % {"version": version})

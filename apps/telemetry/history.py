@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext as _
 from rest_framework.exceptions import ValidationError
 
 from apps.telemetry.models import NodeMetricMinute
@@ -25,7 +26,7 @@ def _time(params, name: str, default: datetime) -> datetime:
         return default
     value = parse_datetime(raw)
     if value is None:
-        raise ValidationError({name: f"{raw!r} is not an ISO 8601 time."})
+        raise ValidationError({name: _("%(value)r is not an ISO 8601 time.") % {"value": raw}})
     return value if value.tzinfo else timezone.make_aware(value)
 
 
@@ -34,17 +35,20 @@ def metric_history(node, params) -> dict:
     if not SERIES.match(metric):
         raise ValidationError(
             {
-                "metric": "Use gpu.<index>.<metric>, host.<metric> or worker.<id>.<metric>; "
-                "metrics: " + ", ".join(GPU_METRICS + HOST_METRICS + WORKER_METRICS)
+                "metric": _(
+                    "Use gpu.<index>.<metric>, host.<metric> or worker.<id>.<metric>; "
+                    "metrics: %(metrics)s"
+                )
+                % {"metrics": ", ".join(GPU_METRICS + HOST_METRICS + WORKER_METRICS)}
             }
         )
     now = timezone.now()
     end = _time(params, "to", now)
     start = _time(params, "from", end - timedelta(hours=1))
     if start >= end:
-        raise ValidationError({"from": "from must be before to."})
+        raise ValidationError({"from": _("from must be before to.")})
     if end - start > MAX_RANGE:
-        raise ValidationError({"from": "Ask for at most 31 days at a time."})
+        raise ValidationError({"from": _("Ask for at most 31 days at a time.")})
     rows = (
         NodeMetricMinute.objects.filter(node=node, minute__gte=start, minute__lt=end)
         .order_by("minute")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model, password_validation
+from django.utils.translation import gettext as _
 from rest_framework import serializers
 
 from apps.accounts.models import ApiToken, RoleBinding
@@ -34,7 +35,7 @@ class UserSerializer(serializers.ModelSerializer):
     def validate(self, attrs):
         password = attrs.get("password")
         if self.instance is None and not password:
-            raise serializers.ValidationError({"password": "A local account needs a password."})
+            raise serializers.ValidationError({"password": _("A local account needs a password.")})
         if password:
             candidate = self.instance or get_user_model()(
                 **{k: v for k, v in attrs.items() if k != "password"}
@@ -72,14 +73,14 @@ class RoleBindingSerializer(serializers.ModelSerializer):
         value = value.strip().lower()
         if value and "=" not in value:
             raise serializers.ValidationError(
-                "Give the group's full DN, e.g. cn=gpu-ops,ou=groups,dc=example,dc=org."
+                _("Give the group's full DN, e.g. cn=gpu-ops,ou=groups,dc=example,dc=org.")
             )
         return value
 
     def validate(self, attrs):
         if bool(attrs.get("user")) == bool(attrs.get("ldap_group")):
             raise serializers.ValidationError(
-                "Bind the role to exactly one subject: a user or an LDAP group DN."
+                _("Bind the role to exactly one subject: a user or an LDAP group DN.")
             )
         exists = RoleBinding.objects.filter(
             role=attrs["role"],
@@ -88,7 +89,7 @@ class RoleBindingSerializer(serializers.ModelSerializer):
             cluster=attrs.get("cluster"),
         ).exists()
         if exists:
-            raise serializers.ValidationError("This role binding exists already.")
+            raise serializers.ValidationError(_("This role binding exists already."))
         return attrs
 
 

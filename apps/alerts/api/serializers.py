@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from rest_framework import serializers
 
 from apps.alerts.evaluation import compile_pattern
@@ -46,7 +47,7 @@ class ReceiverSerializer(serializers.ModelSerializer):
     def validate_emails(self, emails):
         field = serializers.EmailField()
         if not isinstance(emails, list) or len(emails) > 50:
-            raise serializers.ValidationError("A list of at most 50 e-mail addresses.")
+            raise serializers.ValidationError(_("A list of at most 50 e-mail addresses."))
         return [field.run_validation(e) for e in emails]
 
     def validate(self, attrs):
@@ -54,12 +55,12 @@ class ReceiverSerializer(serializers.ModelSerializer):
         url = attrs.get("url", getattr(self.instance, "url", ""))
         emails = attrs.get("emails", getattr(self.instance, "emails", []))
         if kind == Receiver.Kind.WEBHOOK and not url:
-            raise serializers.ValidationError({"url": "A webhook receiver needs a URL."})
+            raise serializers.ValidationError({"url": _("A webhook receiver needs a URL.")})
         if kind == Receiver.Kind.WEBHOOK and not url.startswith(("http://", "https://")):
-            raise serializers.ValidationError({"url": "Use an http:// or https:// URL."})
+            raise serializers.ValidationError({"url": _("Use an http:// or https:// URL.")})
         if kind == Receiver.Kind.EMAIL and not emails:
             raise serializers.ValidationError(
-                {"emails": "An e-mail receiver needs at least one address."}
+                {"emails": _("An e-mail receiver needs at least one address.")}
             )
         return attrs
 
@@ -92,8 +93,10 @@ class AlertRuleSerializer(serializers.ModelSerializer):
     def validate_metric(self, metric: str) -> str:
         if not metric or set(metric) - _METRIC_CHARS or ".." in metric:
             raise serializers.ValidationError(
-                "Name a series with lower-case parts separated by dots; * stands for one "
-                "part, e.g. gpu.*.temperature (docs/alerts.md lists them)."
+                _(
+                    "Name a series with lower-case parts separated by dots; * stands for one "
+                    "part, e.g. gpu.*.temperature (docs/alerts.md lists them)."
+                )
             )
         compile_pattern(metric)
         return metric
@@ -110,22 +113,26 @@ class AlertRuleSerializer(serializers.ModelSerializer):
             attrs["cluster"], attrs["node"] = None, None
         elif scope == Scope.CLUSTER:
             if cluster is None:
-                raise serializers.ValidationError({"cluster": "A cluster rule names its cluster."})
+                raise serializers.ValidationError(
+                    {"cluster": _("A cluster rule names its cluster.")}
+                )
             attrs["cluster"], attrs["node"] = cluster, None
         elif scope == Scope.NODE:
             if node is None:
-                raise serializers.ValidationError({"node": "A node rule names its node."})
+                raise serializers.ValidationError({"node": _("A node rule names its node.")})
             attrs["cluster"] = node.cluster
         elif scope == Scope.DEPLOYMENT:
             if deployment is None:
                 raise serializers.ValidationError(
-                    {"deployment": "A deployment rule names its deployment."}
+                    {"deployment": _("A deployment rule names its deployment.")}
                 )
             if not (current("metric") or "").startswith("worker."):
                 raise serializers.ValidationError(
                     {
-                        "metric": "A deployment rule watches its workers' series: "
-                        "worker.*.p99_ms, worker.*.error_rate, worker.*.availability, ..."
+                        "metric": _(
+                            "A deployment rule watches its workers' series: "
+                            "worker.*.p99_ms, worker.*.error_rate, worker.*.availability, ..."
+                        )
                     }
                 )
             attrs["cluster"], attrs["node"], attrs["deployment"] = (
@@ -138,11 +145,11 @@ class AlertRuleSerializer(serializers.ModelSerializer):
         if clear is not None and comparison and threshold is not None:
             if comparison in (">", ">=") and clear > threshold:
                 raise serializers.ValidationError(
-                    {"clear_threshold": "With > and >= it is at most the threshold."}
+                    {"clear_threshold": _("With > and >= it is at most the threshold.")}
                 )
             if comparison in ("<", "<=") and clear < threshold:
                 raise serializers.ValidationError(
-                    {"clear_threshold": "With < and <= it is at least the threshold."}
+                    {"clear_threshold": _("With < and <= it is at least the threshold.")}
                 )
         return attrs
 
@@ -213,12 +220,12 @@ class SilenceSerializer(serializers.ModelSerializer):
     def validate(self, attrs):
         attrs.setdefault("starts_at", timezone.now())
         if attrs["ends_at"] <= attrs["starts_at"]:
-            raise serializers.ValidationError({"ends_at": "A silence ends after it starts."})
+            raise serializers.ValidationError({"ends_at": _("A silence ends after it starts.")})
         node = attrs.get("node")
         if node is not None:
             if attrs.get("cluster") not in (None, node.cluster):
                 raise serializers.ValidationError(
-                    {"cluster": "The node is in another cluster; name one or the other."}
+                    {"cluster": _("The node is in another cluster; name one or the other.")}
                 )
             attrs["cluster"] = node.cluster
         rule = attrs.get("rule")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
@@ -31,13 +32,15 @@ def _int_param(params, name: str) -> int:
     try:
         return int(params[name])
     except (TypeError, ValueError):
-        raise serializers.ValidationError({name: "Give a whole number."}) from None
+        raise serializers.ValidationError({name: _("Give a whole number.")}) from None
 
 
 def _choice_param(params, name: str, choices) -> str:
     value = params[name]
     if value not in choices:
-        raise serializers.ValidationError({name: f"Choose one of {', '.join(choices)}."})
+        raise serializers.ValidationError(
+            {name: _("Choose one of %(choices)s.") % {"choices": ", ".join(choices)}}
+        )
     return value
 
 
@@ -70,8 +73,14 @@ def allowed_in_scope(user, action: str, cluster) -> bool:
 
 def _require_in_scope(user, action: str, cluster) -> None:
     if not allowed_in_scope(user, action, cluster):
-        where = f"cluster {cluster}" if cluster is not None else "every cluster"
-        raise PermissionDenied(f"Your roles do not allow {action} for {where}.")
+        if cluster is None:
+            raise PermissionDenied(
+                _("Your roles do not allow %(action)s for every cluster.") % {"action": action}
+            )
+        raise PermissionDenied(
+            _("Your roles do not allow %(action)s for cluster %(cluster)s.")
+            % {"action": action, "cluster": cluster}
+        )
 
 
 class AlertRuleViewSet(GlobalRowsVisible, *READ, *WRITE, HangarViewSet):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.http import StreamingHttpResponse
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins
 from rest_framework.decorators import action
@@ -36,7 +37,7 @@ class AuditEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Hangar
         """Export the filtered events, oldest first, as JSON Lines or CSV."""
         kind = request.query_params.get("as", "jsonl")
         if kind not in EXPORTS:
-            raise ValidationError({"as": "Choose jsonl or csv."})
+            raise ValidationError({"as": _("Choose jsonl or csv.")})
         write, content_type = EXPORTS[kind]
         events = self.get_queryset().order_by("seq").iterator(chunk_size=2000)
         response = StreamingHttpResponse(write(events), content_type=content_type)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.utils.translation import gettext as _
 from rest_framework import serializers
 
 from apps.deployments.engines import EngineArgsError, validate_engine_config
@@ -49,9 +50,11 @@ class PlacementField(serializers.JSONField):
         data = super().to_internal_value(data)
         if not isinstance(data, dict) or data.get("mode") not in ("pinned", "auto"):
             raise serializers.ValidationError(
-                'Use {"mode": "pinned", "targets": [...]} or '
-                '{"mode": "auto", "gpus_per_replica": N, '
-                '"min_free_gib": M}.'
+                _(
+                    'Use {"mode": "pinned", "targets": [...]} or '
+                    '{"mode": "auto", "gpus_per_replica": N, '
+                    '"min_free_gib": M}.'
+                )
             )
         if data["mode"] == "pinned":
             targets = data.get("targets")
@@ -63,14 +66,14 @@ class PlacementField(serializers.JSONField):
                 for t in targets
             ):
                 raise serializers.ValidationError(
-                    'Pinned targets are [{"node": <id>, "gpus": [<index>, ...]}, ...].'
+                    _('Pinned targets are [{"node": <id>, "gpus": [<index>, ...]}, ...].')
                 )
             return {"mode": "pinned", "targets": targets}
         per_replica, min_free = data.get("gpus_per_replica", 1), data.get("min_free_gib", 0)
         if not isinstance(per_replica, int) or not 0 <= per_replica <= 16:
-            raise serializers.ValidationError("gpus_per_replica is a whole number from 0 to 16.")
+            raise serializers.ValidationError(_("gpus_per_replica is a whole number from 0 to 16."))
         if not isinstance(min_free, int | float) or min_free < 0:
-            raise serializers.ValidationError("min_free_gib is a number of GiB, 0 or more.")
+            raise serializers.ValidationError(_("min_free_gib is a number of GiB, 0 or more."))
         return {"mode": "auto", "gpus_per_replica": per_replica, "min_free_gib": min_free}
 
 
@@ -117,12 +120,12 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     def validate_replicas(self, value: int) -> int:
         if not 1 <= value <= 64:
-            raise serializers.ValidationError("replicas must be between 1 and 64.")
+            raise serializers.ValidationError(_("replicas must be between 1 and 64."))
         return value
 
     def validate_port(self, value: int) -> int:
         if not 1024 <= value <= 65000:
-            raise serializers.ValidationError("Use a port between 1024 and 65000.")
+            raise serializers.ValidationError(_("Use a port between 1024 and 65000."))
         return value
 
     def validate(self, attrs):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.http import HttpResponse
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
@@ -53,7 +54,7 @@ class DeploymentViewSet(
     def perform_create(self, serializer):
         data = serializer.validated_data
         if not can(self.request.user, "deployments.manage", data["cluster"]):
-            raise PermissionDenied("You cannot deploy into that cluster.")
+            raise PermissionDenied(_("You cannot deploy into that cluster."))
         serializer.instance = _run(lambda: services.create_deployment(self.request.user, **data))
 
     def _answer(self, deployment, operations):
@@ -149,7 +150,10 @@ class WorkerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, HangarView
             )
         if not answer.get("ok", True):
             return None, Response(
-                {"detail": answer.get("detail") or "The agent refused.", "code": "agent_refused"},
+                {
+                    "detail": answer.get("detail") or _("The agent refused."),
+                    "code": "agent_refused",
+                },
                 status=status.HTTP_404_NOT_FOUND,
             )
         return answer, None
@@ -167,7 +171,7 @@ class WorkerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, HangarView
             run = request.query_params.get("run")
             run = int(run) if run else None
         except ValueError:
-            raise serializers.ValidationError({"lines": "lines and run are numbers."}) from None
+            raise serializers.ValidationError({"lines": _("lines and run are numbers.")}) from None
         answer, error = self._ask(worker, "tail_logs", lines=lines, run=run)
         return error or Response(
             {"worker": worker.pk, "run": answer["run"], "lines": answer["lines"]}
@@ -191,7 +195,7 @@ class WorkerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, HangarView
         try:
             lines = min(max(int(request.query_params.get("lines", 1000)), 1), 5000)
         except ValueError:
-            raise serializers.ValidationError({"lines": "lines is a number."}) from None
+            raise serializers.ValidationError({"lines": _("lines is a number.")}) from None
         answer, error = self._ask(worker, "tail_logs", lines=lines, run=int(run))
         if error:
             return error

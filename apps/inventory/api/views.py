@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db.models import Prefetch
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
@@ -46,13 +47,13 @@ class ClusterViewSet(
 
     def perform_create(self, serializer):
         if not can_globally(self.request.user, "inventory.change"):
-            raise PermissionDenied("Only administrators of every cluster can create clusters.")
+            raise PermissionDenied(_("Only administrators of every cluster can create clusters."))
         super().perform_create(serializer)
 
     def perform_destroy(self, instance):
         if instance.nodes.exists():
             raise serializers.ValidationError(
-                {"detail": "The cluster still has nodes; move or retire them first."}
+                {"detail": _("The cluster still has nodes; move or retire them first.")}
             )
         super().perform_destroy(instance)
 
@@ -85,20 +86,23 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
         if params.get("state"):
             if params["state"] not in NodeState.values:
                 raise serializers.ValidationError(
-                    {"state": f"Choose one of {', '.join(NodeState.values)}."}
+                    {
+                        "state": _("Choose one of %(choices)s.")
+                        % {"choices": ", ".join(NodeState.values)}
+                    }
                 )
             queryset = queryset.filter(state=params["state"])
         for label in params.getlist("label"):
             key, sep, value = label.partition(":")
             if not sep:
-                raise serializers.ValidationError({"label": "Filter labels as key:value."})
+                raise serializers.ValidationError({"label": _("Filter labels as key:value.")})
             queryset = queryset.filter(**{f"labels__{key}": value})
         return queryset
 
     def perform_update(self, serializer):
         target = serializer.validated_data.get("cluster")
         if target is not None and not can(self.request.user, "inventory.change", target):
-            raise PermissionDenied("You cannot move nodes into that cluster.")
+            raise PermissionDenied(_("You cannot move nodes into that cluster."))
         super().perform_update(serializer)
 
     def _transition(self, state: str, reason: str):
@@ -120,7 +124,7 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
     def undrain(self, request, pk=None):
         node = self.get_object()
         if node.state != NodeState.DRAINING:
-            raise serializers.ValidationError({"detail": "The node is not draining."})
+            raise serializers.ValidationError({"detail": _("The node is not draining.")})
         return self._transition(NodeState.OFFLINE, "undrained; waiting for the next heartbeat")
 
     @extend_schema(request=None, responses=NodeSerializer)
@@ -167,7 +171,10 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
             )
         except ProtocolError as exc:
             return Response(
-                {"detail": f"The agent sent invalid facts: {exc}", "code": "bad_agent_answer"},
+                {
+                    "detail": _("The agent sent invalid facts: %(error)s") % {"error": exc},
+                    "code": "bad_agent_answer",
+                },
                 status=status.HTTP_502_BAD_GATEWAY,
             )
         before = snapshot(node)
@@ -227,7 +234,7 @@ class EnrollmentTokenViewSet(
         serializer.is_valid(raise_exception=True)
         cluster = serializer.validated_data["cluster"]
         if not can(request.user, "inventory.enroll", cluster):
-            raise PermissionDenied("You cannot enroll nodes into that cluster.")
+            raise PermissionDenied(_("You cannot enroll nodes into that cluster."))
         token, secret = services.create_enrollment_token(
             cluster,
             request.user,
@@ -246,7 +253,7 @@ class EnrollmentTokenViewSet(
         """Deleting an unused token withdraws it; used ones stay as a record."""
         if instance.used_at is not None:
             raise serializers.ValidationError(
-                {"detail": "This token was used; it stays on record."}
+                {"detail": _("This token was used; it stays on record.")}
             )
         super().perform_destroy(instance)
 
@@ -301,4 +308,4 @@ def _int_param(params, name: str) -> int:
     try:
         return int(params[name])
     except ValueError:
-        raise serializers.ValidationError({name: "Give a numeric id."}) from None
+        raise serializers.ValidationError({name: _("Give a numeric id.")}) from None

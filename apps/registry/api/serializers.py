@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.utils.translation import gettext as _
 from rest_framework import serializers
 
 from apps.registry.models import Model, ModelVersion
@@ -54,5 +55,5 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
     def validate_parameter_count(self, value):
         if value is not None and value <= 0:
-            raise serializers.ValidationError("The parameter count is a positive number.")
+            raise serializers.ValidationError(_("The parameter count is a positive number."))
         return value

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers
 from rest_framework.decorators import action
@@ -55,7 +56,7 @@ class ModelVersionViewSet(
     def perform_destroy(self, instance):
         if instance.state != VersionState.DRAFT:
             raise serializers.ValidationError(
-                {"detail": "Only draft versions can be deleted; retire ready ones."}
+                {"detail": _("Only draft versions can be deleted; retire ready ones.")}
             )
         super().perform_destroy(instance)
 
