@@ -207,7 +207,16 @@ ENGINES: dict[str, Engine] = {
 
 
 class EngineArgsError(ValueError):
-    """engine_args break the engine's table; str() is for the person who wrote them."""
+    """engine_args break the engine's table; str() is for the person who wrote them.
+
+    Raised with a `%(name)s` template and its parameters, so the console can show
+    the message in the reader's language (apps/deployments/engines.py) while the
+    agent, which has no translations, uses the English text.
+    """
+
+    def __init__(self, template: str, **params: str):
+        self.template, self.params = template, params
+        super().__init__(template % params if params else template)
 
 
 def validate_engine_args(engine: str, args: list[str]) -> list[str]:
@@ -218,7 +227,11 @@ def validate_engine_args(engine: str, args: list[str]) -> list[str]:
     """
     table = ENGINES.get(engine)
     if table is None:
-        raise EngineArgsError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+        raise EngineArgsError(
+            "unknown engine %(engine)s; expected one of %(engines)s",
+            engine=repr(engine),
+            engines=", ".join(ENGINES),
+        )
     if engine == "generic" and args:
         raise EngineArgsError("the generic engine takes no engine_args: put them in its command")
     out: list[str] = []
@@ -226,17 +239,29 @@ def validate_engine_args(engine: str, args: list[str]) -> list[str]:
     while i < len(args):
         arg = args[i]
         if not isinstance(arg, str) or not arg.startswith("-"):
-            raise EngineArgsError(f"engine argument {arg!r} is not a flag (flags start with -)")
+            raise EngineArgsError(
+                "engine argument %(arg)s is not a flag (flags start with -)", arg=repr(arg)
+            )
         flag, has_inline, inline = arg.partition("=")
         if flag in table.refused:
-            raise EngineArgsError(f"{flag} is not allowed for {engine}: {table.refused[flag]}")
+            raise EngineArgsError(
+                "%(flag)s is not allowed for %(engine)s: %(reason)s",
+                flag=flag,
+                engine=engine,
+                reason=table.refused[flag],
+            )
         kind = table.flags.get(flag)
         if kind is None:
             allowed = ", ".join(sorted(table.flags)) or "none"
-            raise EngineArgsError(f"{flag} is not an allowed {engine} flag (allowed: {allowed})")
+            raise EngineArgsError(
+                "%(flag)s is not an allowed %(engine)s flag (allowed: %(allowed)s)",
+                flag=flag,
+                engine=engine,
+                allowed=allowed,
+            )
         if kind[0] == "switch":
             if has_inline:
-                raise EngineArgsError(f"{flag} takes no value")
+                raise EngineArgsError("%(flag)s takes no value", flag=flag)
             out.append(flag)
             i += 1
             continue
@@ -247,32 +272,49 @@ def validate_engine_args(engine: str, args: list[str]) -> list[str]:
             value = args[i + 1]
             i += 2
         else:
-            raise EngineArgsError(f"{flag} needs a value")
+            raise EngineArgsError("%(flag)s needs a value", flag=flag)
         out += [flag, _check_value(flag, kind, value)]
     return out
 
 
 def _check_value(flag: str, kind: Kind, value: Any) -> str:
     if not isinstance(value, str):
-        raise EngineArgsError(f"{flag} needs a string value, got {type(value).__name__}")
+        raise EngineArgsError(
+            "%(flag)s needs a string value, got %(type)s", flag=flag, type=type(value).__name__
+        )
     if kind[0] in ("int", "float"):
         convert = int if kind[0] == "int" else float
         try:
             number = convert(value)
         except ValueError:
-            raise EngineArgsError(f"{flag} needs a number, got {value!r}") from None
+            raise EngineArgsError(
+                "%(flag)s needs a number, got %(value)s", flag=flag, value=repr(value)
+            ) from None
         lo, hi = kind[1], kind[2]
         if not lo <= number <= hi:
-            raise EngineArgsError(f"{flag} = {value} is outside {lo}..{hi}")
+            raise EngineArgsError(
+                "%(flag)s = %(value)s is outside %(lo)s..%(hi)s",
+                flag=flag,
+                value=value,
+                lo=str(lo),
+                hi=str(hi),
+            )
         return value
     if kind[0] == "choice":
         if value not in kind[1:]:
-            raise EngineArgsError(f"{flag} must be one of {', '.join(kind[1:])}, got {value!r}")
+            raise EngineArgsError(
+                "%(flag)s must be one of %(choices)s, got %(value)s",
+                flag=flag,
+                choices=", ".join(kind[1:]),
+                value=repr(value),
+            )
         return value
     if not _TEXT_VALUE.match(value) or ".." in value:
         raise EngineArgsError(
-            f"{flag} = {value!r} is not allowed: use letters, digits and ._:@+,/=- "
-            "(at most 200), starting with a letter or digit"
+            "%(flag)s = %(value)s is not allowed: use letters, digits and ._:@+,/=- "
+            "(at most 200), starting with a letter or digit",
+            flag=flag,
+            value=repr(value),
         )
     return value
 

@@ -104,6 +104,74 @@ def test_a_model_path_outside_the_roots_is_refused_in_chinese(admin_api, tmp_pat
 
 
 @pytest.mark.django_db
+def test_an_engine_flag_refused_by_the_agents_table_is_answered_in_chinese(admin_api, cluster):
+    """The agent's table (no Django there) raises English templates; the console
+    shows them in the reader's language, the refusal reason included."""
+    version = ModelVersion.objects.create(
+        model=Model.objects.create(name="qwen"),
+        label="v1",
+        path="/srv/models/qwen/v1",
+        format="safetensors",
+        state="ready",
+    )
+    body = {
+        "name": "chat",
+        "cluster": cluster.pk,
+        "model_version": version.pk,
+        "engine": "vllm",
+        "engine_args": ["--trust-remote-code"],
+        "replicas": 1,
+        "port": 9300,
+        "placement": {"mode": "auto", "gpus_per_replica": 1, "min_free_gib": 0},
+    }
+    chinese = admin_api.post(
+        "/api/v1/deployments/", body, format="json", HTTP_ACCEPT_LANGUAGE="zh-Hans"
+    )
+    english = admin_api.post("/api/v1/deployments/", body, format="json")
+
+    reason = "it runs Python code shipped with the model; Hangar never allows it"
+    template = "%(flag)s is not allowed for %(engine)s: %(reason)s"
+    assert chinese.status_code == 400, chinese.json()
+    assert field_errors(chinese, "engine_args") == [
+        zh(template, flag="--trust-remote-code", engine="vllm", reason=zh(reason))
+    ]
+    assert field_errors(english, "engine_args") == [
+        template % {"flag": "--trust-remote-code", "engine": "vllm", "reason": reason}
+    ]
+    assert not Deployment.objects.exists()
+
+
+def test_every_message_of_the_agents_engine_table_is_in_the_console_catalogue():
+    """A new message in agents/workers/engines.py must be added to AGENT_MESSAGES."""
+    from apps.deployments.engines import AGENT_MESSAGES
+
+    source = (APPS.parent / "agents" / "workers" / "engines.py").read_text()
+    raised, reasons = set(), set()
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", None) == "EngineArgsError"
+            and node.args
+        ):
+            raised.add(ast.literal_eval(node.args[0]))
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in (
+            "_OWNED_BY_AGENT",
+            "_REMOTE_CODE",
+            "_PATHS",
+        ):
+            reasons.add(ast.literal_eval(node.value))
+    # Raised while building a worker's argv on the node, never while validating a request.
+    agent_only = {
+        "llama.cpp needs a .gguf file in the model version",
+        "a generic worker needs a command",
+    }
+    assert len(raised) > 10 and len(reasons) == 3
+    assert (raised - agent_only) | reasons == set(AGENT_MESSAGES)
+    for text in AGENT_MESSAGES:
+        zh(text)  # each has a translation
+
+
+@pytest.mark.django_db
 def test_a_service_refusal_is_translated_when_it_is_answered(admin_api, cluster):
     """Placement fails in apps.deployments.placement, below the view; the message is
     rendered in the request's language when the API answers."""
