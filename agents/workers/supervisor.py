@@ -581,10 +581,12 @@ class WorkerRunner:
             model_dir = verify.verify_model(model, roots, progress, cancelled=self._cancelled)
             after = verify.file_stamps(model_dir, model["files"])
             if before != after:
-                log.warning(
-                    "worker %s: model files changed while they were hashed; not recorded", self.id
+                # The bytes hashed may not be the bytes on disk now (a copy still
+                # running): do not start on them.
+                raise verify.VerificationError(
+                    f"model files under {model_dir} changed while they were verified "
+                    "(still being copied?); start the worker again once they are complete"
                 )
-                return True
             try:
                 records.write(key, model, model_dir, after)
             except OSError as exc:  # the worker may start all the same; the next one hashes

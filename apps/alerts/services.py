@@ -130,6 +130,12 @@ def open_states(node, ruleset: RuleSet) -> dict[tuple[int, str], SeriesState]:
     }
 
 
+def forget_evaluator(node_id: int) -> None:
+    """The node's agent disconnected: its next socket may be in another process,
+    which then owns the alerts; state kept here would be stale on its return."""
+    _evaluators.pop(node_id, None)
+
+
 def _evaluator_for(node, ruleset: RuleSet) -> NodeEvaluator:
     evaluator = _evaluators.get(node.pk)
     if evaluator is None or evaluator.cluster_id != node.cluster_id:
@@ -317,8 +323,13 @@ def acknowledge(alert: Alert, user, note: str) -> Alert:
 
 def resolve_rule_alerts(rule: AlertRule, reason: str) -> int:
     """Close the open alerts of a rule that was disabled, changed or deleted."""
+    return resolve_alerts(Alert.objects.filter(rule=rule), reason)
+
+
+def resolve_alerts(alerts, reason: str) -> int:
+    """Close the open ones of `alerts` for a reason other than their condition clearing."""
     count = 0
-    for alert in Alert.objects.filter(rule=rule, state__in=Alert.OPEN):
+    for alert in alerts.filter(state__in=Alert.OPEN):
         with transaction.atomic():
             before = alert.state
             alert.state, alert.resolved_at = Alert.State.RESOLVED, timezone.now()

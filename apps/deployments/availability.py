@@ -30,6 +30,12 @@ KEEP = timedelta(days=1)
 SERIES = "worker.{}.availability"
 
 
+def start_afresh(worker_ids) -> None:
+    """A deliberate start or restart: judge again from the next first `ready`, so
+    a stopped period and the model's loading are not counted as downtime."""
+    Worker.objects.filter(pk__in=worker_ids).update(first_ready_at=None)
+
+
 def record_state_change(worker: Worker, at: datetime) -> None:
     """Called when a report changes the worker's state (before the worker is saved)."""
     if worker.state == WorkerState.READY and worker.first_ready_at is None:
@@ -107,31 +113,35 @@ def judge_availability(now: datetime | None = None) -> dict[str, int]:
 
 
 def _release_stopped(now: datetime) -> int:
-    """Resolve the availability alerts of workers no longer meant to run (or gone)."""
+    """Resolve the availability alerts of workers no longer meant to run (or gone).
+
+    Directly, not by feeding a value: a removed worker is no longer covered by
+    its deployment's rules, so no value would reach the alert."""
     from apps.alerts.models import Alert
-    from apps.alerts.services import evaluate_values
+    from apps.alerts.services import resolve_alerts
 
     open_alerts = Alert.objects.filter(series__endswith=".availability", state__in=Alert.OPEN)
     running = set(
         Worker.objects.filter(desired_state=DesiredState.RUNNING).values_list("pk", flat=True)
     )
-    released = 0
-    for alert in open_alerts.select_related("node"):
-        worker_id = alert.series.split(".")[1]
-        if worker_id.isdigit() and int(worker_id) not in running:
-            evaluate_values(
-                alert.node,
-                {alert.series: 100.0},
-                ts=now.timestamp(),
-                details={alert.series: "worker stopped or removed: no longer judged"},
-            )
-            released += 1
-    return released
+    stale = [
+        alert.pk
+        for alert in open_alerts.only("pk", "series")
+        if (worker_id := alert.series.split(".")[1]).isdigit() and int(worker_id) not in running
+    ]
+    if not stale:
+        return 0
+    return resolve_alerts(
+        Alert.objects.filter(pk__in=stale), "worker stopped or removed: no longer judged"
+    )
 
 
 def _prune(now: datetime) -> int:
-    """Drop changes older than KEEP, except each worker's latest (its state since)."""
-    latest = WorkerStateChange.objects.filter(worker=OuterRef("worker")).order_by("-at", "-pk")
+    """Drop changes older than KEEP, except each worker's latest before the window
+    (the state its next window starts in)."""
+    latest = WorkerStateChange.objects.filter(
+        worker=OuterRef("worker"), at__lte=now - WINDOW
+    ).order_by("-at", "-pk")
     deleted, _ = (
         WorkerStateChange.objects.filter(at__lt=now - KEEP)
         .exclude(pk=Subquery(latest.values("pk")[:1]))

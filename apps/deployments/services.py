@@ -17,7 +17,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit import recorder
 from apps.core.i18n import lazy_message
-from apps.deployments.availability import record_state_change
+from apps.deployments.availability import record_state_change, start_afresh
 from apps.deployments.models import (
     IN_PROGRESS,
     Deployment,
@@ -160,6 +160,7 @@ def start_deployment(deployment: Deployment) -> list[str]:
             model_version=deployment.model_version, slot__lt=deployment.replicas
         )
     }
+    start_afresh([w.pk for w in current.values()])
     for worker in current.values():
         Worker.objects.filter(pk=worker.pk).update(
             desired_state=DesiredState.RUNNING, state=WorkerState.PENDING
@@ -195,6 +196,7 @@ def scale_deployment(deployment: Deployment, replicas: int) -> list[str]:
 def restart_worker(worker: Worker) -> str:
     if worker.desired_state != DesiredState.RUNNING:
         raise DeploymentError(_("The worker is stopped; start its deployment instead."))
+    start_afresh([worker.pk])
     operation = dispatch(worker, "restart_worker")
     recorder.describe(
         action="deployments.restart-worker", target=worker, changes={"operation_ids": [operation]}

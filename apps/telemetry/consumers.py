@@ -20,7 +20,7 @@ from agents.protocol import (
     validate_worker_status,
 )
 from apps.accounts.policy import can, visible_cluster_ids
-from apps.alerts.services import evaluate_samples
+from apps.alerts.services import evaluate_samples, forget_evaluator
 from apps.audit import recorder
 from apps.deployments.services import apply_worker_status
 from apps.inventory.models import Node
@@ -120,6 +120,7 @@ class AgentConsumer(DirectDispatch, AsyncWebsocketConsumer):
         await self.channel_layer.group_discard(
             live.agent_group(self.ingest.node.pk), self.channel_name
         )
+        forget_evaluator(self.ingest.node.pk)
         if self.persisting is not None:
             await asyncio.gather(self.persisting, return_exceptions=True)
         await database_sync_to_async(self.ingest.flush_rollups)(include_current=True)
@@ -260,14 +261,18 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
                 {"type": "error", "detail": f"this socket already streams the {self.view} view"}
             )
             return
-        self.view = view
-        if view == "grid" and self.grid is None:
-            self.grid = grid.GridDeltas()
         try:
             clusters, nodes = await database_sync_to_async(self._resolve)(content)
         except PermissionError as exc:
             await self.send_json({"type": "error", "detail": str(exc)})
             return
+        self.view = view
+        if view == "grid" and self.grid is None:
+            self.grid = grid.GridDeltas()
+        elif self.grid is not None and self.grid_task is not None:
+            # A delta due (within GRID_INTERVAL) goes out before the snapshot that
+            # reseeds what this browser was sent; after it, it would undo newer values.
+            await self.grid_task
         for cluster_id in clusters:
             if cluster_id not in self.filters:
                 await self.channel_layer.group_add(

@@ -153,12 +153,15 @@ function showState(nodeId, state) {
 // Only tiles on screen are written: a node whose tiles are all off screen keeps
 // its newest tiles waiting until one of them scrolls into view (with 8,000
 // tiles, writing the off-screen ones was most of the main thread's time).
-const onScreen = new Map(); // node -> tiles of it on screen
+// A set of tiles per node, not a count: the observer's first report says
+// "not intersecting" for tiles that never were, which a count would subtract.
+const onScreen = new Map(); // node -> Set of its tiles on screen
 const observer = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
   for (const item of entries) {
     const node = item.target.dataset.node;
-    const count = (onScreen.get(node) || 0) + (item.isIntersecting ? 1 : -1);
-    if (count > 0) onScreen.set(node, count); else onScreen.delete(node);
+    const shown = onScreen.get(node) || new Set();
+    if (item.isIntersecting) shown.add(item.target); else shown.delete(item.target);
+    if (shown.size) onScreen.set(node, shown); else onScreen.delete(node);
     if (item.isIntersecting && waiting.has(node)) schedule();
   }
 }, { rootMargin: "200px" }) : null;

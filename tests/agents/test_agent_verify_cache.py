@@ -193,15 +193,18 @@ def test_two_workers_of_one_model_starting_together_hash_it_once(node, gate):
     assert node.record_path.exists()
 
 
-def test_files_changed_while_they_are_hashed_are_not_recorded(node, gate):
+def test_files_changed_while_they_are_hashed_stop_the_worker_and_are_not_recorded(node, gate):
     sup = node.supervisor()
     start(sup, fake_spec(node.model, worker_id=1))
     assert gate.entered.wait(WAIT_S)  # stamps taken, hashing about to begin
     st = os.stat(node.weights)
     os.utime(node.weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     gate.open.set()
-    wait_state(sup, "ready", worker_id=1)  # the bytes are right: it starts
-    assert not node.record_path.exists()  # but what was hashed is not what is there
+    # What was hashed may not be what is there now (a copy still running): no start.
+    status = wait_state(sup, "failed", worker_id=1)
+    assert "changed while they were verified" in status["error"]
+    assert status["run"] == 0
+    assert not node.record_path.exists()
     start(sup, fake_spec(node.model, worker_id=2))
     wait_state(sup, "ready", worker_id=2)
     assert len(gate.calls) == 2 and "verifying" in node.recorder.states(2)

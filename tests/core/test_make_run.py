@@ -122,3 +122,21 @@ def test_make_run_serves_the_console_with_a_local_agent_that_goes_offline_and_ba
         alive = {name: pid for name, pid in alive.items() if processes.group_alive(pid)}
         time.sleep(0.2)
     assert alive == {}, f"processes left behind after Ctrl-C: {alive}"
+
+
+def test_make_run_refuses_an_ipv6_bind_with_a_one_line_reason(tmp_path):
+    """supervisord's shared socket is IPv4 only: say so instead of a supervisord traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
+    env.update({"HANGAR_DATA_DIR": str(tmp_path / "data"), "HANGAR_BIND": "[::1]:8000"})
+    result = subprocess.run(
+        [str(processes.BIN / "python"), "manage.py", "serve"],
+        cwd=processes.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "make run binds IPv4 addresses only" in result.stderr
+    assert not (tmp_path / "data" / "supervisord.pid").exists()

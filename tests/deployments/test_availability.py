@@ -83,6 +83,58 @@ def test_ten_minutes_down_fires_the_shipped_rule_and_stopping_the_worker_resolve
     assert result == {"judged": 1, "released": 1, "pruned": 0}
     alert.refresh_from_db()
     assert alert.state == Alert.State.RESOLVED
+    assert alert.resolved_reason == "worker stopped or removed: no longer judged"
+    assert judge_availability(now + timedelta(seconds=60))["released"] == 0
+
+
+def test_the_alert_of_a_removed_worker_resolves_even_under_a_deployment_rule(
+    admin_api, cluster, version, gpu_node
+):
+    from apps.alerts import services
+    from apps.alerts.models import AlertRule
+
+    deploy(admin_api, cluster, version, gpu_node, replicas=1)
+    worker = Worker.objects.get()
+    AlertRule.objects.create(
+        name="chat availability",
+        metric="worker.*.availability",
+        scope="deployment",
+        deployment=worker.deployment,
+        cluster=cluster,
+        comparison="<",
+        threshold=99.0,
+    )
+    services.rules.clear()
+    Worker.objects.filter(pk=worker.pk).update(state=READY, first_ready_at=minutes(0))
+    _state_history(worker, (minutes(0), READY), (minutes(70), FAILED))
+    judge_availability(minutes(80))
+    series = f"worker.{worker.pk}.availability"
+    assert Alert.objects.filter(series=series, state=Alert.State.FIRING).count() == 2
+    worker.delete()  # reconcile removes a stopped worker; the rule no longer covers it
+    services.rules.clear()
+    assert judge_availability(minutes(81))["released"] == 2
+    assert not Alert.objects.filter(series=series, state__in=Alert.OPEN).exists()
+
+
+def test_starting_a_deployment_again_is_judged_from_its_next_ready(
+    admin_api, cluster, version, gpu_node
+):
+    from apps.deployments.services import start_deployment, stop_deployment
+
+    deploy(admin_api, cluster, version, gpu_node, replicas=1)
+    worker = Worker.objects.get()
+    report(worker, "ready")
+    stop_deployment(worker.deployment)
+    report(worker, "stopped")
+    start_deployment(worker.deployment)
+    worker.refresh_from_db()
+    assert worker.first_ready_at is None  # the stopped time and the loading are not downtime
+    assert judge_availability()["judged"] == 0
+    report(worker, "starting")
+    report(worker, "ready")
+    assert judge_availability(timezone.now() + timedelta(minutes=5))["judged"] == 1
+    worker.refresh_from_db()
+    assert worker.availability == 100.0
 
 
 def test_loading_a_model_is_not_downtime_and_a_never_ready_worker_is_not_judged(
@@ -111,10 +163,20 @@ def test_old_changes_are_pruned_but_each_workers_latest_is_kept(
     worker = Worker.objects.get()
     Worker.objects.filter(pk=worker.pk).update(state=READY, first_ready_at=minutes(-3000))
     _state_history(
-        worker, (minutes(-3000), READY), (minutes(-2990), FAILED), (minutes(-2980), READY)
+        worker,
+        (minutes(-3000), READY),
+        (minutes(-2990), FAILED),
+        (minutes(-2980), READY),
+        (minutes(-1), WorkerState.UNHEALTHY),
     )
-    # Ready since two days ago: the pruned history still says so.
+    # Ready for two days, unhealthy for the last minute: the pruning keeps the
+    # state the window starts in, not only the newest change.
     assert judge_availability(minutes(0))["pruned"] == 2
-    assert list(WorkerStateChange.objects.values_list("state", flat=True)) == [READY]
+    assert list(WorkerStateChange.objects.values_list("state", flat=True)) == [
+        READY,
+        WorkerState.UNHEALTHY,
+    ]
     worker.refresh_from_db()
-    assert worker.availability == 100.0
+    assert worker.availability == pytest.approx(100 * 59 / 60, abs=0.001)
+    judge_availability(minutes(1))  # pruning again keeps the same two
+    assert WorkerStateChange.objects.count() == 2

@@ -285,11 +285,18 @@ def test_the_grid_view_sends_compact_tiles_that_changed_and_only_nodes_in_scope(
     assert stranger.cluster_id == other_cluster.pk
 
 
-def test_a_browser_asking_for_an_unknown_view_gets_an_error(daphne, make_user):
-    browser = browser_socket(daphne.url, session_for(make_user("vic", "viewer")))
+def test_a_browser_asking_for_an_unknown_view_gets_an_error(
+    daphne, make_user, cluster, other_cluster
+):
+    browser = browser_socket(daphne.url, session_for(make_user("vic", ("viewer", cluster))))
     browser.send(json.dumps({"action": "subscribe", "view": "everything"}))
     assert receive_until(browser, lambda m: True) == {
         "type": "error",
         "detail": "view must be one of full, grid",
     }
+    # A subscription refused for scope does not settle the socket's view either.
+    browser.send(json.dumps({"action": "subscribe", "view": "grid", "cluster": other_cluster.pk}))
+    assert receive_until(browser, lambda m: True)["type"] == "error"
+    browser.send(json.dumps({"action": "subscribe", "view": "full", "cluster": cluster.pk}))
+    assert receive_until(browser, lambda m: True)["type"] == "snapshot"
     browser.close()

@@ -4,6 +4,24 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+def judge_ready_workers_from_now(apps, schema_editor):
+    """Workers already ready before this upgrade: judged from the upgrade on
+    (their earlier history was not kept), rather than never."""
+    from django.utils import timezone
+
+    Worker = apps.get_model("deployments", "Worker")
+    WorkerStateChange = apps.get_model("deployments", "WorkerStateChange")
+    now = timezone.now()
+    ready = Worker.objects.filter(desired_state="running", state="ready")
+    WorkerStateChange.objects.bulk_create(
+        [
+            WorkerStateChange(worker_id=pk, state="ready", at=now)
+            for pk in ready.values_list("pk", flat=True)
+        ]
+    )
+    ready.update(first_ready_at=now)
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("deployments", "0001_initial"),
@@ -73,4 +91,5 @@ class Migration(migrations.Migration):
                 ],
             },
         ),
+        migrations.RunPython(judge_ready_workers_from_now, migrations.RunPython.noop),
     ]

@@ -39,6 +39,12 @@ class Command(BaseCommand):
         parser.add_argument("--no-agent", action="store_true", help="do not start a local agent")
 
     def handle(self, *args, no_agent: bool, **options):
+        if ":" in settings.BIND_HOST:
+            # supervisord's fcgi-program socket (shared by the Daphnes) is IPv4 only.
+            raise CommandError(
+                f"HANGAR_BIND={settings.BIND_HOST!r}: make run binds IPv4 addresses only; "
+                "use an IPv4 address (0.0.0.0 for every interface) or a reverse proxy for IPv6."
+            )
         env = os.environ.copy()
         env.update(
             {
