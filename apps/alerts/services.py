@@ -118,16 +118,24 @@ _evaluators: dict[int, NodeEvaluator] = {}
 
 def open_states(node, ruleset: RuleSet) -> dict[tuple[int, str], SeriesState]:
     """The node's open alerts as evaluator state: a restarted console carries on."""
+    return open_states_of([node.pk], ruleset)[node.pk]
+
+
+def open_states_of(
+    node_ids: list[int], ruleset: RuleSet
+) -> dict[int, dict[tuple[int, str], SeriesState]]:
+    """open_states of several nodes in one query."""
     conditions = {r.id: r.condition for r in ruleset.rules}
-    return {
-        (rule_id, series): SeriesState(
-            started.timestamp(), PENDING if state == PENDING else FIRING, conditions[rule_id]
-        )
-        for rule_id, series, state, started in Alert.objects.filter(
-            node=node, state__in=Alert.OPEN, rule__isnull=False
-        ).values_list("rule_id", "series", "state", "started_at")
-        if rule_id in conditions
-    }
+    found: dict[int, dict[tuple[int, str], SeriesState]] = {n: {} for n in node_ids}
+    rows = Alert.objects.filter(
+        node_id__in=node_ids, state__in=Alert.OPEN, rule__isnull=False
+    ).values_list("node_id", "rule_id", "series", "state", "started_at")
+    for node_id, rule_id, series, state, started in rows:
+        if rule_id in conditions:
+            found[node_id][(rule_id, series)] = SeriesState(
+                started.timestamp(), PENDING if state == PENDING else FIRING, conditions[rule_id]
+            )
+    return found
 
 
 def forget_evaluator(node_id: int) -> None:
@@ -198,11 +206,21 @@ def evaluate_values(
     Their state lives in the database only: each call starts from the node's open
     alerts, so any process (beat, Celery, Daphne) may call it.
     """
+    return evaluate_values_of_nodes([(node, values, details or {})], ts)[node.pk]
+
+
+def evaluate_values_of_nodes(items, ts: float | None = None) -> dict[int, list[Change]]:
+    """evaluate_values for many nodes, [(node, values, details)], reading their open
+    alerts in one query (beat judges every worker's availability at once)."""
     ruleset = rules.get()
-    evaluator = NodeEvaluator(node.pk, node.cluster_id, open_states(node, ruleset))
-    changes = evaluator.observe(values, ts or time.time(), ruleset)
-    apply_changes(node, changes, details or {})
-    return changes
+    states = open_states_of([node.pk for node, _, _ in items], ruleset)
+    when = ts or time.time()
+    done = {}
+    for node, values, details in items:
+        evaluator = NodeEvaluator(node.pk, node.cluster_id, states[node.pk])
+        done[node.pk] = evaluator.observe(values, when, ruleset)
+        apply_changes(node, done[node.pk], details)
+    return done
 
 
 def node_state_changed(node, old_state: str) -> None:

@@ -68,7 +68,7 @@ def ready_percent(
 
 def judge_availability(now: datetime | None = None) -> dict[str, int]:
     """Compute, store and alert on every running worker's availability; prune."""
-    from apps.alerts.services import evaluate_values
+    from apps.alerts.services import evaluate_values_of_nodes
 
     now = now or timezone.now()
     window_start = now - WINDOW
@@ -96,7 +96,7 @@ def judge_availability(now: datetime | None = None) -> dict[str, int]:
         state = worker.state_at_window or worker.state
         worker.availability = round(ready_percent(state, changes[worker.pk], start, now), 3)
         worker.availability_at = now
-        node, values, details = per_node.setdefault(worker.node_id, (worker.node, {}, {}))
+        _node, values, details = per_node.setdefault(worker.node_id, (worker.node, {}, {}))
         series = SERIES.format(worker.pk)
         values[series] = worker.availability
         minutes = (now - start).total_seconds() / 60
@@ -105,8 +105,7 @@ def judge_availability(now: datetime | None = None) -> dict[str, int]:
             f" of the last {minutes:.0f} min"
         )
     Worker.objects.bulk_update(workers, ["availability", "availability_at"])
-    for node, values, details in per_node.values():
-        evaluate_values(node, values, ts=now.timestamp(), details=details)
+    evaluate_values_of_nodes(list(per_node.values()), ts=now.timestamp())
     released = _release_stopped(now)
     pruned = _prune(now)
     return {"judged": len(workers), "released": released, "pruned": pruned}

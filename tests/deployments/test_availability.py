@@ -180,3 +180,50 @@ def test_old_changes_are_pruned_but_each_workers_latest_is_kept(
     assert worker.availability == pytest.approx(100 * 59 / 60, abs=0.001)
     judge_availability(minutes(1))  # pruning again keeps the same two
     assert WorkerStateChange.objects.count() == 2
+
+
+def test_judging_costs_the_same_queries_for_few_or_many_nodes(cluster, version, monkeypatch):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.alerts import services
+
+    # The rule cache reloads on a timer; keep it loaded so only judging is counted.
+    monkeypatch.setattr(services.rules, "ttl", 3600.0)
+    services.rules.clear()
+
+    from apps.deployments.models import Deployment
+    from tests.deployments.conftest import make_node
+
+    deployment = Deployment.objects.create(
+        name="wide", cluster=cluster, model_version=version, engine="reference", port=9000
+    )
+
+    def add_ready_workers(count: int) -> None:
+        for _ in range(count):
+            slot = Worker.objects.count()
+            worker = Worker.objects.create(
+                deployment=deployment,
+                node=make_node(cluster, f"gpu-{slot}", gpus=1),
+                model_version=version,
+                slot=slot,
+                gpus=[0],
+                port=9000 + slot,
+                state=READY,
+                first_ready_at=minutes(0),
+            )
+            # Down for 10 minutes: every worker's alert fires (writes are per transition).
+            _state_history(worker, (minutes(0), READY), (minutes(70), FAILED), (minutes(80), READY))
+
+    def queries(at) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            judge_availability(at)
+        return len(captured)
+
+    add_ready_workers(2)
+    queries(minutes(120))  # the first judgement fires each alert
+    few = queries(minutes(121))
+    add_ready_workers(8)
+    queries(minutes(120.5))
+    assert Alert.objects.filter(state=Alert.State.FIRING).count() == 10
+    assert queries(minutes(122)) == few
