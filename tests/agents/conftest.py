@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from agents.workers.supervisor import Supervisor
 from tests.agents.agent_helpers import FIXTURES, FakeConsole
+from tests.agents.worker_helpers import Recorder, fast_config, kill_group, make_model
 
 
 @pytest.fixture
@@ -45,3 +47,41 @@ def gpu_crash_h200x2() -> dict[str, Any]:
 @pytest.fixture
 def raw_sample(nvml_h100) -> dict[str, Any]:
     return copy.deepcopy(nvml_h100["raw_samples"][-1])
+
+
+@pytest.fixture
+def worker_node(tmp_path):
+    """Supervisors on a fresh state dir (`.supervisor(**config)`), a model under its root;
+    every worker they started is gone afterwards."""
+    state_dir = tmp_path / "state"
+    root = tmp_path / "models"
+    model = make_model(root)
+    made: list[Supervisor] = []
+    recorder = Recorder()
+
+    def supervisor(**overrides) -> Supervisor:
+        sup = Supervisor(state_dir, fast_config(root, **overrides), on_status=recorder).start()
+        made.append(sup)
+        return sup
+
+    class Node:
+        pass
+
+    n = Node()
+    n.state_dir, n.root, n.model, n.recorder, n.supervisor = (
+        state_dir,
+        root,
+        model,
+        recorder,
+        supervisor,
+    )
+    yield n
+    pids = []
+    for sup in made:
+        for runner in list(sup.runners.values()):
+            pids.append(runner.pid)
+            runner.desired = "stopped"
+        sup.close()
+    for pid in pids:
+        kill_group(pid)
+    assert recorder.errors == []  # every status the supervisor emitted follows the protocol

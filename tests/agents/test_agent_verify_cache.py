@@ -18,13 +18,9 @@ from pathlib import Path
 import pytest
 
 from agents.workers import verify
-from agents.workers.supervisor import Supervisor
 from tests.agents.agent_helpers import WAIT_S
 from tests.agents.worker_helpers import (
-    Recorder,
     fake_spec,
-    fast_config,
-    kill_group,
     make_model,
     start,
     stop,
@@ -33,43 +29,13 @@ from tests.agents.worker_helpers import (
 
 
 @pytest.fixture
-def node(tmp_path):
-    """Supervisors on one state dir, a model under its model root."""
-    state_dir = tmp_path / "state"
-    root = tmp_path / "models"
-    model = make_model(root)
-    made: list[Supervisor] = []
-    recorder = Recorder()
-
-    def supervisor() -> Supervisor:
-        sup = Supervisor(state_dir, fast_config(root), on_status=recorder).start()
-        made.append(sup)
-        return sup
-
-    class Node:
-        pass
-
-    n = Node()
-    n.state_dir, n.root, n.model, n.recorder, n.supervisor = (
-        state_dir,
-        root,
-        model,
-        recorder,
-        supervisor,
-    )
-    n.key = verify.spec_model_key(model)
-    n.record_path = state_dir / "verified" / f"{n.key}.json"
-    n.weights = Path(model["path"]) / "weights.bin"
-    yield n
-    pids = []
-    for sup in made:
-        for runner in list(sup.runners.values()):
-            pids.append(runner.pid)
-            runner.desired = "stopped"
-        sup.close()
-    for pid in pids:
-        kill_group(pid)
-    assert recorder.errors == []
+def node(worker_node):
+    """The shared worker node, plus where this model's verified record lives."""
+    n = worker_node
+    n.key = verify.spec_model_key(n.model)
+    n.record_path = n.state_dir / "verified" / f"{n.key}.json"
+    n.weights = Path(n.model["path"]) / "weights.bin"
+    return n
 
 
 @pytest.fixture

@@ -12,11 +12,7 @@ from agents.workers import procs
 from agents.workers.gpu_release import GpuProcess
 from agents.workers.supervisor import Supervisor
 from tests.agents.worker_helpers import (
-    Recorder,
     fake_spec,
-    fast_config,
-    kill_group,
-    make_model,
     op,
     start,
     stop,
@@ -26,40 +22,8 @@ from tests.agents.worker_helpers import (
 
 
 @pytest.fixture
-def node(tmp_path):
-    """A supervisor on a fresh state dir, a model under its model root."""
-    state_dir = tmp_path / "state"
-    root = tmp_path / "models"
-    model = make_model(root)
-    made: list[Supervisor] = []
-    recorder = Recorder()
-
-    def supervisor(**overrides) -> Supervisor:
-        sup = Supervisor(state_dir, fast_config(root, **overrides), on_status=recorder).start()
-        made.append(sup)
-        return sup
-
-    class Node:
-        pass
-
-    n = Node()
-    n.state_dir, n.root, n.model, n.recorder, n.supervisor = (
-        state_dir,
-        root,
-        model,
-        recorder,
-        supervisor,
-    )
-    yield n
-    pids = []
-    for sup in made:
-        for runner in list(sup.runners.values()):
-            pids.append(runner.pid)
-            runner.desired = "stopped"
-        sup.close()
-    for pid in pids:
-        kill_group(pid)
-    assert recorder.errors == []  # every status the supervisor emitted follows the protocol
+def node(worker_node):
+    return worker_node
 
 
 def run_log(node, run: int, worker_id: int = 1) -> str:
