@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 ENROLL_PATH = "/api/v1/agent/enroll/"
 CREDENTIAL_FILE = "credential.json"
 _CREDENTIAL_KEYS = ("node_id", "credential", "queue", "broker_url")
+# Consoles since node-scoped broker identities send the key prefix of the node's
+# queue and results; without one the agent uses the broker's plain keys.
+_OPTIONAL_KEYS = ("broker_key_prefix",)
 
 
 class EnrollError(Exception):
@@ -84,7 +87,8 @@ def request_credential(
     missing = [key for key in _CREDENTIAL_KEYS if key not in answer]
     if missing:
         raise EnrollError(f"the console's answer lacks {', '.join(missing)}: is it up to date?")
-    return {"console": console, **{key: answer[key] for key in _CREDENTIAL_KEYS}}
+    scoped = {key: answer[key] for key in _OPTIONAL_KEYS if isinstance(answer.get(key), str)}
+    return {"console": console, **{key: answer[key] for key in _CREDENTIAL_KEYS}, **scoped}
 
 
 def write_credential(state_dir: Path, credential: dict[str, Any]) -> Path:

@@ -601,3 +601,71 @@ def validate_message(d: Any) -> dict[str, Any]:
     raise ProtocolError(
         f"unknown message type {kind!r}; expected hello, telemetry, batch or worker"
     )
+
+
+# --- answers to console commands (Celery results, read by the console) --------
+# A node is not trusted: what its agent answers is checked like any message.
+
+MAX_TAIL_LINES = 5000
+MAX_RUNS = 1000
+_PING_KEYS = frozenset({"node_id", "agent_version", "ts"})
+_ANSWER_REQUIRED = frozenset({"operation_id", "ok", "detail", "worker"})
+_ANSWER_KEYS = _ANSWER_REQUIRED | {"lines", "run", "runs", "workers"}
+_RUN_KEYS = frozenset(
+    {"run", "pid", "started", "ended", "exit_code", "exit_signal", "duration", "cause", "evidence"}
+)
+
+
+def _run_entry(d: Any, where: str) -> dict[str, Any]:
+    d = _require_dict(d, where)
+    _check_keys(d, frozenset({"run"}), _RUN_KEYS, where)
+    return {
+        "run": _integer(d["run"], f"{where}.run", 0, _COUNTER_MAX, nullable=False),
+        "pid": _integer(d.get("pid"), f"{where}.pid", 1, 2**31 - 1),
+        "started": _number(d.get("started"), f"{where}.started", _TS_MIN, _TS_MAX),
+        "ended": _number(d.get("ended"), f"{where}.ended", _TS_MIN, _TS_MAX),
+        "exit_code": _integer(d.get("exit_code"), f"{where}.exit_code", 0, 255),
+        "exit_signal": _integer(d.get("exit_signal"), f"{where}.exit_signal", 1, 64),
+        "duration": _number(d.get("duration"), f"{where}.duration", 0, 10 * 365 * 86400),
+        "cause": _choice(d.get("cause"), f"{where}.cause", EXIT_CAUSES, nullable=True),
+        "evidence": _text(d.get("evidence"), f"{where}.evidence", nullable=True, max_len=4096),
+    }
+
+
+def validate_command_answer(verb: str, d: Any) -> Any:
+    """Return a cleaned copy of an agent's answer to `hangar.agent.<verb>`."""
+    where = f"answer to {verb}"
+    if verb == "ping":
+        d = _require_dict(d, where)
+        _check_keys(d, _PING_KEYS, _PING_KEYS, where)
+        return {
+            "node_id": _integer(d["node_id"], f"{where}.node_id", 1, _ID_MAX, nullable=False),
+            "agent_version": _text(d["agent_version"], f"{where}.agent_version", max_len=64),
+            "ts": _number(d["ts"], f"{where}.ts", _TS_MIN, _TS_MAX, nullable=False),
+        }
+    if verb == "collect_facts":
+        return validate_facts(d)
+    d = _require_dict(d, where)
+    _check_keys(d, _ANSWER_REQUIRED, _ANSWER_KEYS, where)
+    answer: dict[str, Any] = {
+        "operation_id": _text(d["operation_id"], f"{where}.operation_id", max_len=64),
+        "ok": _boolean(d["ok"], f"{where}.ok"),
+        "detail": _log_line(d["detail"], f"{where}.detail"),
+        "worker": None
+        if d["worker"] is None
+        else validate_worker_status(d["worker"], f"{where}.worker"),
+    }
+    if "lines" in d:
+        lines = _list(d["lines"], f"{where}.lines", MAX_TAIL_LINES)
+        answer["lines"] = [_log_line(line, f"{where}.lines[{i}]") for i, line in enumerate(lines)]
+    if "run" in d:
+        answer["run"] = _integer(d["run"], f"{where}.run", 0, _COUNTER_MAX)
+    if "runs" in d:
+        runs = _list(d["runs"], f"{where}.runs", MAX_RUNS)
+        answer["runs"] = [_run_entry(r, f"{where}.runs[{i}]") for i, r in enumerate(runs)]
+    if "workers" in d:
+        workers = _list(d["workers"], f"{where}.workers", MAX_WORKERS)
+        answer["workers"] = [
+            validate_worker_status(w, f"{where}.workers[{i}]") for i, w in enumerate(workers)
+        ]
+    return answer

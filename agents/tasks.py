@@ -4,7 +4,8 @@ Run by `hangar-agent run` as a child process:
 
     python -m agents.tasks --state-dir DIR [--simulate N]
 
-The broker is the one named at enrollment (credential.json). The worker
+The broker is the one named at enrollment (credential.json), reached as this
+node's own broker identity, under its own key prefix. The worker
 consumes `node.<id>` and nothing else: remote control (which would add a
 broadcast queue), gossip and mingle are off, since a fleet of a thousand
 agents chatting with each other on the console's Redis helps nobody.
@@ -51,7 +52,12 @@ def make_app(
 ) -> Celery:
     app = Celery("hangar-agent", broker=credential["broker_url"], backend=credential["broker_url"])
     queue = credential["queue"]
+    # Every key and channel this worker touches lives under the node's own prefix,
+    # the only part of Redis its broker identity may reach (docs/agent.md).
+    scoped = {"global_keyprefix": credential.get("broker_key_prefix", "")}
     app.conf.update(
+        broker_transport_options=scoped,
+        result_backend_transport_options=scoped,
         task_queues=[Queue(queue)],
         task_default_queue=queue,
         # A command in flight when the agent restarts is redelivered, and the
@@ -61,7 +67,9 @@ def make_app(
         worker_enable_remote_control=False,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        # What arrives on the queue is data: never unpickle it.
         accept_content=["json"],
+        result_accept_content=["json"],
         task_serializer="json",
         result_serializer="json",
         result_expires=3600,

@@ -187,8 +187,14 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "console"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Nothing from a queue or a result is unpickled, on any app (agents are not trusted).
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
 CELERY_BEAT_SCHEDULE = {
     "mark-offline-nodes": {"task": "inventory.mark_offline_nodes", "schedule": 5.0},
+    "sync-broker-identities": {"task": "inventory.sync_broker_identities", "schedule": 5.0},
     "reconcile-deployments": {"task": "deployments.reconcile", "schedule": 5.0},
     "judge-availability": {"task": "deployments.judge_availability", "schedule": 30.0},
     "prune-telemetry": {"task": "telemetry.prune_history", "schedule": timedelta(hours=1)},
@@ -201,7 +207,13 @@ NODE_GRACE_SECONDS = config.integer("NODE_GRACE_SECONDS", 15, minimum=2)
 TELEMETRY_DAYS = config.integer("TELEMETRY_DAYS", 30, minimum=1)
 AUDIT_HOT_DAYS = config.integer("AUDIT_HOT_DAYS", 180, minimum=1)
 AUDIT_ARCHIVE_DIR = DATA_DIR / "audit-archive"
+# Where agents reach the console's Redis (host, port, database); who they are there
+# is each node's own ACL user (apps/inventory/broker.py), never the console's.
 AGENT_BROKER_URL = config.raw("AGENT_BROKER_URL", REDIS_URL)
+# Keeps node users and channels of consoles sharing one Redis server apart.
+AGENT_BROKER_NAMESPACE = config.raw(
+    "AGENT_BROKER_NAMESPACE", f"db{parse_redis_url(REDIS_URL).get('db', 0)}"
+)
 LOGIN_FAILURE_LIMIT = config.integer("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_LOCK_MINUTES = config.integer("LOGIN_LOCK_MINUTES", 15, minimum=1)
 API_TOKEN_MAX_DAYS = config.integer("API_TOKEN_MAX_DAYS", 365, minimum=1)

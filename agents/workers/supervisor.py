@@ -52,7 +52,7 @@ ACTIVE_STATES = frozenset(
 MUTATING_VERBS = frozenset({"start_worker", "stop_worker", "restart_worker"})
 READ_VERBS = frozenset({"tail_logs", "list_workers", "list_runs"})
 MAX_OPERATIONS = 1000
-MAX_TAIL_LINES = 5000
+MAX_TAIL_LINES = protocol.MAX_TAIL_LINES
 LAST_LOG_LINES = protocol.MAX_LOG_LINES
 
 

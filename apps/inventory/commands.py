@@ -1,30 +1,79 @@
-"""Commands to a node's agent: Celery tasks on the node's own queue `node.<id>`."""
+"""Commands to a node's agent: Celery tasks on the node's own queue `node.<id>`.
+
+The queue, its bookkeeping and the results live under the node's key prefix
+(apps/inventory/broker.py), where only that node's broker identity and the
+console can reach them. The console publishes with a connection that carries
+the prefix, and reads answers itself: a JSON result under the prefix, checked
+against the protocol before anyone uses it (agents/protocol.py), never
+unpickled and never trusted for more than its shape.
+"""
 
 from __future__ import annotations
 
-from celery.exceptions import TimeoutError as CeleryTimeout
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
 from django.utils.translation import gettext_lazy as _
 
+from agents.protocol import ProtocolError, validate_command_answer
 from apps.core.i18n import lazy_message
+from apps.inventory import broker
 from console.celery import app
+
+RESULT_KEY = "celery-task-meta-"
 
 
 class NodeUnreachable(Exception):
     """The node's agent did not answer in time."""
 
 
-def send_to_node(node, verb: str, kwargs: dict | None = None):
-    """Queue `hangar.agent.<verb>` for the node; returns the AsyncResult."""
-    return app.send_task(f"hangar.agent.{verb}", kwargs=kwargs or {}, queue=f"node.{node.pk}")
+class BadAnswer(ProtocolError):
+    """The node's agent answered something that is not a valid answer to the command."""
+
+
+def send_to_node(node, verb: str, kwargs: dict | None = None, **options: Any):
+    """Queue `hangar.agent.<verb>` on the node's own queue; returns the task id."""
+    connection = app.connection_for_write(
+        transport_options={"global_keyprefix": broker.key_prefix(node.pk)}
+    )
+    with connection:
+        result = app.send_task(
+            f"hangar.agent.{verb}",
+            kwargs=kwargs or {},
+            queue=broker.node_queue(node.pk),
+            connection=connection,
+            **options,
+        )
+    return result.id
 
 
 def ask_node(node, verb: str, timeout: float = 10.0, kwargs: dict | None = None):
-    """Send a command and wait for its answer (for quick, read-only verbs)."""
-    result = send_to_node(node, verb, kwargs)
+    """Send a command and wait for its answer (for quick, read-only verbs).
+
+    The command expires with the wait, so an agent that comes back later does not
+    run a question nobody waits for any more.
+    """
+    task_id = str(uuid.uuid4())
+    key = broker.key_prefix(node.pk) + RESULT_KEY + task_id
+    client = broker.admin_client()
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
-        return result.get(timeout=timeout)
-    except CeleryTimeout:
-        result.revoke()
+        pubsub.subscribe(key)  # before sending, so the answer can't slip past
+        send_to_node(node, verb, kwargs, task_id=task_id, expires=timeout)
+        raw = _wait_for_message(pubsub, timeout)
+        client.delete(key)
+    except redis.RedisError as exc:
+        raise NodeUnreachable(
+            lazy_message(
+                _("Cannot reach the broker for %(node)s: %(error)s"), node=str(node), error=str(exc)
+            )
+        ) from None
+    finally:
+        pubsub.close()
+    if raw is None:
         raise NodeUnreachable(
             lazy_message(
                 _("%(node)s did not answer %(verb)s within %(seconds).0f s"),
@@ -32,4 +81,33 @@ def ask_node(node, verb: str, timeout: float = 10.0, kwargs: dict | None = None)
                 verb=verb,
                 seconds=timeout,
             )
-        ) from None
+        )
+    return read_answer(verb, raw)
+
+
+def _wait_for_message(pubsub, timeout: float) -> bytes | None:
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=min(left, 1.0))
+        if message is not None and message.get("type") == "message":
+            return message["data"]
+    return None
+
+
+def read_answer(verb: str, raw: bytes | str) -> Any:
+    """A Celery result stored by an agent, as JSON, checked against the protocol."""
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadAnswer(f"the answer to {verb} is not JSON") from None
+    if not isinstance(meta, dict) or meta.get("status") not in ("SUCCESS", "FAILURE"):
+        raise BadAnswer(f"the answer to {verb} is not a finished task result")
+    if meta["status"] == "FAILURE":
+        failure = meta.get("result") if isinstance(meta.get("result"), dict) else {}
+        kind = str(failure.get("exc_type", "error"))[:100]
+        message = str(failure.get("exc_message", ""))[:300]
+        raise BadAnswer(f"{verb} failed on the node: {kind}: {message}")
+    try:
+        return validate_command_answer(verb, meta.get("result"))
+    except ProtocolError as exc:
+        raise BadAnswer(f"the answer to {verb} is invalid: {exc}") from None

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from django.conf import settings
-
 from apps.audit import recorder
+from apps.inventory import broker
 from apps.inventory.models import Cluster
 from apps.inventory.services import create_enrollment_token, enroll_node, node_for_credential
 
@@ -27,7 +26,13 @@ def enroll_local_agent(state_dir: Path, console_url: str) -> bool:
         existing = read_credential(state_dir)
     except EnrollError:
         existing = None
-    if existing and node_for_credential(existing["credential"]) is not None:
+    node = node_for_credential(existing["credential"]) if existing else None
+    if node is not None:
+        # Still valid: bring its broker fields up to date (the embedded Redis may have
+        # moved, or the file predates node-scoped broker identities).
+        fields = broker.credential_fields(node.pk, existing["credential"])
+        if any(existing.get(key) != value for key, value in fields.items()):
+            write_credential(state_dir, {**existing, **fields})
         return False
     cluster, _ = Cluster.objects.get_or_create(
         name=LOCAL_CLUSTER, defaults={"description": "The machine the console runs on."}
@@ -44,8 +49,7 @@ def enroll_local_agent(state_dir: Path, console_url: str) -> bool:
             "console": console_url,
             "node_id": node.pk,
             "credential": credential,
-            "queue": f"node.{node.pk}",
-            "broker_url": settings.AGENT_BROKER_URL,
+            **broker.credential_fields(node.pk, credential),
         },
     )
     return True

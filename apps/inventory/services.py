@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 
@@ -13,10 +14,12 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit import recorder
 from apps.core.i18n import lazy_message
+from apps.inventory import broker
 from apps.inventory.models import GPU, EnrollmentToken, Node, NodeState
 
 ENROLLMENT_PREFIX = "hge_"
 CREDENTIAL_PREFIX = "hnc_"
+log = logging.getLogger(__name__)
 # States the agent's reports may move a node between; the rest are set by people.
 AGENT_STATES = {NodeState.PENDING, NodeState.ONLINE, NodeState.DEGRADED, NodeState.OFFLINE}
 
@@ -77,6 +80,7 @@ def enroll_node(
     token.used_at = timezone.now()
     token.used_by_node = node
     token.save(update_fields=["used_at", "used_by_node"])
+    transaction.on_commit(lambda: grant_broker_identity(node))
     recorder.describe(
         action="inventory.enroll",
         target=node,
@@ -98,10 +102,27 @@ def node_for_credential(credential: str) -> Node | None:
     return node
 
 
+def grant_broker_identity(node: Node) -> None:
+    """The node's own Redis user; if Redis can't be reached now, beat's sync makes it."""
+    try:
+        broker.ensure_identity(node)
+    except broker.BrokerIdentityError as exc:
+        log.warning("%s; the next sync will retry", exc)
+
+
+def withdraw_broker_identity(node: Node) -> None:
+    """Cut the node off the broker now: its user goes and its connections close."""
+    try:
+        broker.remove_identity(node.pk)
+    except broker.BrokerIdentityError as exc:
+        log.error("%s; the next sync will retry", exc)
+
+
 def revoke_node_credential(node: Node) -> None:
     node.credential_revoked_at = timezone.now()
     node.save(update_fields=["credential_revoked_at"])
     recorder.describe(target=node, changes={"agent_access": "revoked"})
+    withdraw_broker_identity(node)
     from apps.telemetry.live import disconnect_agent
 
     disconnect_agent(node.pk)
@@ -163,6 +184,8 @@ def transition_node(node: Node, state: str, reason: str = "", by_person: bool = 
         node.refresh_from_db(fields=["state", "state_reason"])
         return False
     node.state, node.state_reason = state, reason[:255]
+    if state == NodeState.RETIRED:
+        withdraw_broker_identity(node)
     changes = {"state": [old, state], "reason": reason}
     if by_person:
         recorder.describe(target=node, changes=changes)

@@ -148,6 +148,10 @@ class WorkerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, HangarView
                 {"detail": str(exc), "code": "node_unreachable"},
                 status=status.HTTP_504_GATEWAY_TIMEOUT,
             )
+        except commands.BadAnswer as exc:
+            return None, Response(
+                {"detail": str(exc), "code": "bad_agent_answer"}, status=status.HTTP_502_BAD_GATEWAY
+            )
         if not answer.get("ok", True):
             return None, Response(
                 {

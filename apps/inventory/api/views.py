@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.conf import settings
 from django.db.models import Prefetch
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -16,7 +15,7 @@ from apps.accounts.policy import PUBLIC, can, can_globally
 from apps.audit import recorder
 from apps.audit.middleware import client_address
 from apps.core.viewsets import HangarViewSet, snapshot
-from apps.inventory import commands, services
+from apps.inventory import broker, commands, services
 from apps.inventory.api.serializers import (
     ClusterSerializer,
     EnrollmentTokenCreatedSerializer,
@@ -154,6 +153,10 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
             return Response(
                 {"detail": str(exc), "code": "node_unreachable"},
                 status=status.HTTP_504_GATEWAY_TIMEOUT,
+            )
+        except commands.BadAnswer as exc:
+            return Response(
+                {"detail": str(exc), "code": "bad_agent_answer"}, status=status.HTTP_502_BAD_GATEWAY
             )
         return Response(answer)
 
@@ -295,8 +298,7 @@ class EnrollAgentView(APIView):
             {
                 "node_id": node.pk,
                 "credential": credential,
-                "queue": f"node.{node.pk}",
-                "broker_url": settings.AGENT_BROKER_URL,
+                **broker.credential_fields(node.pk, credential),
                 "protocol": 1,
                 "enrolled_at": timezone.now().isoformat(),
             },
