@@ -27,7 +27,7 @@ check: $(STAMP)
 	$(BIN)/python manage.py check --fail-level WARNING
 	HANGAR_DATABASE_URL=sqlite:///:memory: $(BIN)/python manage.py makemigrations --check --dry-run
 	HANGAR_SECRET_KEY=$$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=') HANGAR_HTTPS=true \
-	  HANGAR_ALLOWED_HOSTS=hangar.example.org \
+	  HANGAR_ALLOWED_HOSTS=hangar.example.org HANGAR_REDIS_URL=redis://hangar:example@127.0.0.1:6379/0 \
 	  $(BIN)/python manage.py check --deploy --fail-level WARNING
 
 test: export HANGAR_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hangar

@@ -20,6 +20,7 @@ apart: ACL users and pub/sub channels are server-wide, not per database.
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
@@ -121,6 +122,7 @@ def acl_rules(node_id: int, credential_hash: str) -> list[str]:
     prefix = key_prefix(node_id)
     return [
         "reset",
+        "resetchannels",  # Redis 6.2's reset leaves every channel open
         "on",
         f"#{credential_hash}",
         f"~{prefix}*",
@@ -128,6 +130,25 @@ def acl_rules(node_id: int, credential_hash: str) -> list[str]:
         "-@all",
         *(f"+{command}" for command in ALLOWED_COMMANDS),
     ]
+
+
+# Commands this Redis server's ACL doesn't know (QUIT on 6.2, CLIENT SETINFO before
+# 7.2) are left out of the rules; found once per process.
+_unknown_to_server: set[str] = set()
+_UNKNOWN = re.compile(r"modifier '\+([^']+)': Unknown command")
+
+
+def set_user(client: redis.Redis, node_id: int, credential_hash: str) -> None:
+    for _attempt in range(len(ALLOWED_COMMANDS)):
+        rules = [r for r in acl_rules(node_id, credential_hash) if r[1:] not in _unknown_to_server]
+        try:
+            client.execute_command("ACL", "SETUSER", username(node_id), *rules)
+            return
+        except redis.ResponseError as exc:
+            unknown = _UNKNOWN.search(str(exc))
+            if unknown is None or unknown.group(1) not in ALLOWED_COMMANDS:
+                raise
+            _unknown_to_server.add(unknown.group(1))
 
 
 def admin_client() -> redis.Redis:
@@ -164,8 +185,7 @@ def ensure_identity(node, client: redis.Redis | None = None) -> None:
     """Create or refresh the node's ACL user (idempotent)."""
     client = client or admin_client()
     try:
-        rules = acl_rules(node.pk, node.credential_hash)
-        client.execute_command("ACL", "SETUSER", username(node.pk), *rules)
+        set_user(client, node.pk, node.credential_hash)
     except redis.RedisError as exc:
         raise BrokerIdentityError(
             f"cannot create the broker identity of node {node.pk}: {exc}"
@@ -210,7 +230,7 @@ def sync_identities() -> dict[str, int]:
     present = existing_identities(client)
     created = 0
     for pk in wanted.keys() - present:
-        client.execute_command("ACL", "SETUSER", username(pk), *acl_rules(pk, wanted[pk]))
+        set_user(client, pk, wanted[pk])
         created += 1
     removed = 0
     for pk in present - wanted.keys():

