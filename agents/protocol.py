@@ -387,6 +387,7 @@ EXIT_CAUSES = frozenset(
         "exited",
         "unknown",
         "gpu-held",
+        "unexpected-listener",
     }
 )
 ENGINES = frozenset({"vllm", "sglang", "llama.cpp", "generic", "reference"})

@@ -30,6 +30,7 @@ import math
 import os
 import re
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -547,6 +548,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait this long before reporting ready, as a larger model's loading would",
     )
+    parser.add_argument(
+        "--extra-listener-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also open a plain TCP socket on 0.0.0.0:PORT (0: any free port), as an engine "
+        "with an internal RPC port would: for trying the agent's unexpected-listener check",
+    )
     return parser
 
 
@@ -585,6 +594,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
 
+    extra = None
+    if args.extra_listener_port is not None:
+        extra = socket.create_server(("0.0.0.0", args.extra_listener_port))  # noqa: S104 (on purpose)
+        print(f"reference engine: extra listener on 0.0.0.0:{extra.getsockname()[1]}", flush=True)
+
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
@@ -604,6 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop.wait()
     server.shutdown()
     server.server_close()
+    if extra is not None:
+        extra.close()
     print("reference engine: stopped", flush=True)
     return 0
 

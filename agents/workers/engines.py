@@ -67,6 +67,10 @@ class Engine:
     refused: Mapping[str, str]
     health_path: str | None  # None: the spec declares it (generic)
     metrics: PrometheusNames | None  # None: latency by probing the health path
+    # Sockets the worker's processes may listen on besides its declared port on its
+    # declared address: (address, port), port None for any port on that address.
+    # Anything else fails the worker (`unexpected-listener`); admins add entries here.
+    extra_listeners: tuple[tuple[str, int | None], ...] = ()
 
 
 ENGINES: dict[str, Engine] = {
@@ -190,6 +194,7 @@ ENGINES: dict[str, Engine] = {
         flags={
             "--backend": _choice("auto", "stand-in"),
             "--startup-delay": _float(0.0, 3600.0),
+            "--extra-listener-port": _int(0, 65535),
         },
         refused={
             "--model": _OWNED_BY_AGENT,
@@ -362,3 +367,29 @@ def build_argv(spec: dict[str, Any], host: str = "127.0.0.1") -> list[str]:
 
 def health_path(spec: dict[str, Any]) -> str:
     return spec.get("health_path") or ENGINES[spec["engine"]].health_path or "/health"
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
+def unexpected_listeners(
+    spec: dict[str, Any], host: str, listening: list[tuple[str, int, int, str]]
+) -> list[tuple[str, int, int, str]]:
+    """The sockets a worker listens on that neither its spec nor its engine allows.
+
+    `listening` is (address, port, pid, process name) for every listening socket of
+    the worker's process tree. The declared port is allowed on the declared host
+    (and on loopback, where the agent's health checks reach it).
+    """
+    allowed = ENGINES[spec["engine"]].extra_listeners
+    wanted = {host, *LOOPBACK}
+    found = []
+    for entry in listening:
+        address, port = entry[0], entry[1]
+        anywhere = host in ("0.0.0.0", "::")  # noqa: S104 (comparing, not binding)
+        if port == spec["port"] and (address in wanted or anywhere):
+            continue
+        if any(a == address and p in (None, port) for a, p in allowed):
+            continue
+        found.append(entry)
+    return found

@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
+
+import psutil
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -122,3 +125,30 @@ def end_group(
 
 def boot_seconds(ticks: int) -> float:
     return ticks / CLOCK_TICKS
+
+
+def listening_sockets(pids: list[int]) -> list[tuple[str, int, int, str]]:
+    """(address, port, pid, name) of every TCP listener and bound UDP socket of `pids`
+    and their descendants."""
+    tree: dict[int, psutil.Process] = {}
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            tree[pid] = process
+            for child in process.children(recursive=True):
+                tree[child.pid] = child
+        except psutil.Error:
+            continue
+    found = []
+    for pid, process in tree.items():
+        try:
+            name = process.name()
+            sockets = process.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        for conn in sockets:
+            listening = conn.status == psutil.CONN_LISTEN
+            bound_udp = conn.type == socket.SOCK_DGRAM and not conn.raddr
+            if (listening or bound_udp) and conn.laddr:
+                found.append((conn.laddr.ip, conn.laddr.port, pid, name))
+    return sorted(set(found))

@@ -487,6 +487,8 @@ class WorkerRunner:
         try:
             outcome = self._watch() if adopted else "fresh"
             while not self._cancelled():
+                if outcome == "failed":  # ended for cause; a person starts it again
+                    return
                 if outcome == "exited" and not self._sleep_until(self.next_start):
                     continue
                 if not self._prepare():
@@ -697,7 +699,8 @@ class WorkerRunner:
             self.logs.keep_under_cap(self.run)
             now = time.monotonic()
             if now >= next_health:
-                self._check_health()
+                if self._check_health() == "failed":
+                    return "failed"
                 # Until the engine first answers, look often: readiness is what a
                 # rollout waits on, and engines come up at any moment.
                 starting = self.status["state"] == "starting"
@@ -732,7 +735,8 @@ class WorkerRunner:
     def _url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.spec['port']}{path}"
 
-    def _check_health(self) -> None:
+    def _check_health(self) -> str | None:
+        """Probe the engine; "failed" when the worker was ended for what it listens on."""
         if self.pid is not None:
             self.pids_seen.update(procs.group_members(self.pid, self.start_ticks))
         started = time.monotonic()
@@ -749,15 +753,55 @@ class WorkerRunner:
             self.window.add(time.time(), seconds if healthy else None)
         if healthy:
             self.health_failures = 0
+            if self._fail_on_unexpected_listener():
+                return "failed"
             if state != "ready":
                 self.was_ready = True
                 self._set(state="ready")
                 self._persist()
-            return
+            return None
         self.health_failures += 1
         if state == "ready" and self.health_failures >= self.cfg.unhealthy_after:
             self._set(state="unhealthy")
             self._persist()
+
+    def _fail_on_unexpected_listener(self) -> bool:
+        """An engine that opens more than its declared port is an open door: end it.
+
+        Checked on every health check that answered, from the first one on, over the
+        sockets of the worker's whole process tree (engines' internal ZeroMQ or RPC
+        ports on 0.0.0.0 are how engine-port bypasses happen).
+        """
+        if self.pid is None:
+            return False
+        members = procs.group_members(self.pid, self.start_ticks) or [self.pid]
+        found = engines.unexpected_listeners(
+            self.spec, self.cfg.host, procs.listening_sockets(members)
+        )
+        if not found:
+            return False
+        evidence = "listens beyond its declared port: " + ", ".join(
+            f"{addr}:{port} (pid {pid} {name})" for addr, port, pid, name in found[:8]
+        )
+        log.error("worker %s: %s; ending it", self.id, evidence)
+        proc = self.proc
+        self.pids_seen |= procs.end_group(
+            self.pid, self.start_ticks, self.cfg.stop_grace_s, lambda: proc and proc.poll()
+        )
+        self.logs.record(
+            self._run_entry(ended=time.time(), cause="unexpected-listener", evidence=evidence)
+        )
+        self.proc = None
+        self.pid = None
+        self._set(
+            state="failed",
+            pid=None,
+            cause="unexpected-listener",
+            evidence=evidence[:1000],
+            error=f"{evidence}; allow the port in the engine table or fix the engine's flags",
+        )
+        self._persist()
+        return True
 
     def _scrape(self) -> None:
         if self.status["state"] not in ("ready", "unhealthy"):

@@ -337,3 +337,49 @@ def test_commands_without_an_operation_id_or_with_an_unknown_verb_are_refused(no
     assert not sup.handle({"verb": "format_disk", "operation_id": op()})["ok"]
     listed = sup.handle({"verb": "list_workers", "operation_id": op()})
     assert listed["ok"] and listed["workers"] == []
+
+
+def reference_spec(model, *engine_args: str) -> dict:
+    return fake_spec(
+        model, engine="reference", engine_args=list(engine_args), command=None, health_path=None
+    )
+
+
+def test_an_engine_listening_beyond_its_port_fails_with_the_socket_as_evidence(node):
+    sup = node.supervisor()
+    start(sup, reference_spec(node.model, "--extra-listener-port", "0"))
+    failed = wait_state(sup, "failed")
+    assert failed["cause"] == "unexpected-listener"
+    assert "0.0.0.0:" in failed["evidence"] and "pid" in failed["evidence"]
+    extra = int(failed["evidence"].split("0.0.0.0:")[1].split()[0])
+    assert extra != failed["port"]
+    assert failed["pid"] is None
+    ended = runs_index(sup)[-1]
+    assert ended["cause"] == "unexpected-listener" and "0.0.0.0:" in ended["evidence"]
+    # The whole group went with it, and nothing restarts it behind the operator's back.
+    assert procs.group_members(ended["pid"]) == []
+    assert wait_state(sup, "failed")["run"] == 1
+
+
+def test_an_engine_on_its_declared_port_only_stays_ready(node):
+    sup = node.supervisor()
+    start(sup, reference_spec(node.model))
+    ready = wait_state(sup, "ready")
+    assert ready["cause"] is None
+    runner = sup.runners[1]
+    assert runner._fail_on_unexpected_listener() is False
+    assert wait_state(sup, "ready")["pid"] == ready["pid"]
+
+
+def test_the_engine_table_can_allow_an_extra_listener(node, monkeypatch):
+    from dataclasses import replace
+
+    from agents.workers import engines
+
+    allowed = replace(engines.ENGINES["reference"], extra_listeners=(("0.0.0.0", None),))
+    monkeypatch.setitem(engines.ENGINES, "reference", allowed)
+    sup = node.supervisor()
+    start(sup, reference_spec(node.model, "--extra-listener-port", "0"))
+    ready = wait_state(sup, "ready")
+    assert sup.runners[1]._fail_on_unexpected_listener() is False
+    assert ready["state"] == "ready"
