@@ -11,6 +11,7 @@ import redis
 from django.conf import settings
 
 from apps.deployments.models import Worker
+from apps.inventory import broker
 from apps.inventory.models import GPU, Node, NodeState
 from apps.registry.models import Model, ModelVersion, VersionState
 from tests.inventory.test_enrollment import agent_enroll
@@ -21,7 +22,8 @@ def queued_commands(node) -> list[tuple[str, dict]]:
     """(task name, kwargs) of every command waiting on the node's real Redis queue."""
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     out = []
-    for raw in reversed(client.lrange(f"node.{node.pk}", 0, -1)):  # LPUSH: newest first
+    queue = broker.key_prefix(node.pk) + broker.node_queue(node.pk)  # as the agent sees it
+    for raw in reversed(client.lrange(queue, 0, -1)):  # LPUSH: newest first
         message = json.loads(raw)
         _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
         out.append((message["headers"]["task"].rsplit(".", 1)[-1], kwargs))
@@ -31,7 +33,7 @@ def queued_commands(node) -> list[tuple[str, dict]]:
 @pytest.fixture(autouse=True)
 def _empty_node_queues(settings):
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    for key in client.scan_iter("node.*"):
+    for key in client.scan_iter(f"hangar-node:{broker.namespace()}:*"):
         client.delete(key)
 
 

@@ -195,3 +195,16 @@ def test_operators_scale_and_stop_but_viewers_cannot(
     assert response.status_code == expected
     assert Deployment.objects.get().replicas == (2 if expected == 200 else 1)
     assert api.post(f"/api/v1/deployments/{deployment_id}/stop/").status_code == expected
+
+
+def test_a_worker_failed_for_an_unexpected_listener_is_audited_with_the_socket(
+    admin_api, cluster, version, gpu_node
+):
+    assert deploy(admin_api, cluster, version, gpu_node, replicas=1).status_code == 201
+    worker = Worker.objects.get()
+    evidence = "listens beyond its declared port: 0.0.0.0:41234 (pid 4242 python3)"
+    report(worker, "failed", cause="unexpected-listener", evidence=evidence)
+    event = AuditEvent.objects.get(action="deployments.worker-failed", target_id=str(worker.pk))
+    assert event.changes["cause"] == "unexpected-listener"
+    assert "0.0.0.0:41234" in event.changes["evidence"]
+    assert event.actor_type == "node"
