@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from apps.accounts.models import RoleBinding
+from apps.inventory import broker
 from apps.inventory.models import Cluster
 from tests.support import processes
 
@@ -26,6 +27,9 @@ def _clean_redis_state(settings):
     if keys:
         client.delete(*keys)
     yield
+    # Node broker identities (ACL users) are server-wide: none outlives its test.
+    for node_id in broker.existing_identities(client):
+        broker.remove_identity(node_id, client)
 
 
 @pytest.fixture
