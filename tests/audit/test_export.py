@@ -8,12 +8,12 @@ import json
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.utils import timezone
 
 from apps.audit import recorder
 from apps.audit.chain import append_event
 from apps.audit.export import FIELDS
+from tests.support.responses import body_of
 
 pytestmark = pytest.mark.django_db
 
@@ -95,14 +95,8 @@ def test_a_malformed_time_filter_is_a_clear_400(auditor_api, log):
 
 
 def _body(response) -> str:
-    """Read the export as Daphne does: the stream is async (so under ASGI it is sent
-    as it is read, never gathered into a list first)."""
-    assert response.is_async
-
-    async def read() -> bytes:
-        return b"".join([part async for part in response.streaming_content])
-
-    return async_to_sync(read)().decode()
+    assert response.is_async  # so under ASGI it is sent as it is read, never gathered
+    return body_of(response).decode()
 
 
 def test_export_as_json_lines_oldest_first_with_hashes(auditor_api, log):
