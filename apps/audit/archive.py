@@ -18,7 +18,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from apps.audit.chain import verify_events
-from apps.audit.export import event_dict
+from apps.audit.export import jsonl_line
 from apps.audit.models import ArchiveSegment, AuditEvent, ChainHead
 
 # Events per archive file and per transaction. Writers are never held up by the
@@ -87,7 +87,7 @@ def _write_segment(events: list[AuditEvent], directory: Path) -> ArchiveSegment:
     path = directory / f"audit-{first.seq:012d}-{last.seq:012d}.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as handle:
         for event in events:
-            handle.write(json.dumps(event_dict(event), sort_keys=True, default=str) + "\n")
+            handle.write(jsonl_line(event))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     segment = ArchiveSegment.objects.create(
         path=str(path),
