@@ -21,6 +21,7 @@ from apps.deployments.models import Deployment
 from apps.inventory.models import Cluster, Node
 from apps.registry.models import Model, ModelVersion
 from tests.accounts.helpers import fast_password_hashing, login, use_ldap
+from tests.support.responses import body_of
 
 __all__ = ["fast_password_hashing"]
 
@@ -116,7 +117,7 @@ def test_ldap_operator_of_one_cluster_sees_and_acts_only_there_and_all_is_on_rec
     dave_browser = APIClient()
     assert login(dave_browser, "dave", "dave-pw").status_code == 302
     export = dave_browser.get("/api/v1/audit-events/export/?as=jsonl&actor=alice")
-    exported = [json.loads(line) for line in b"".join(export.streaming_content).splitlines()]
+    exported = [json.loads(line) for line in body_of(export).splitlines()]
     assert [(e["action"], e["outcome"]) for e in exported] == [a[:2] for a in alices]
 
     # ...and the chain is intact.

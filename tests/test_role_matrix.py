@@ -24,6 +24,7 @@ from tests.endpoints import (
     route_of,
     wheres,
 )
+from tests.support.responses import body_of
 
 __all__ = ["fast_password_hashing"]
 
@@ -54,7 +55,7 @@ def test_role_matrix(row, subject, where, make_user, monkeypatch):
             f"{response.status_code}: {getattr(response, 'content', b'')[:300]!r}"
         )
     if subject == "cluster-operator" and response.status_code == 200 and not row.page:
-        body = b"".join(response.streaming_content) if response.streaming else response.content
+        body = body_of(response)
         for name in OUTSIDE_NAMES:
             assert name.encode() not in body, f"{row.id} shows {name} outside the caller's scope"
     assert_audited(row, subject, expected, response, events)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import time
 import urllib.error
@@ -75,13 +76,25 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def send(delivery: Delivery) -> None:
+    """Send one delivery; any failure, foreseen or not, is raised as DeliveryFailed.
+
+    The deliver task records and retries DeliveryFailed only, so an error that
+    escaped here would leave the delivery queued forever with no attempt recorded.
+    """
     receiver = delivery.receiver
-    if receiver.kind == Receiver.Kind.WEBHOOK:
-        post_webhook(receiver, delivery)
-    elif receiver.kind == Receiver.Kind.EMAIL:
-        send_email(receiver, delivery.payload)
-    else:
-        raise DeliveryFailed(f"unknown receiver kind {receiver.kind!r}")
+    try:
+        if receiver.kind == Receiver.Kind.WEBHOOK:
+            post_webhook(receiver, delivery)
+        elif receiver.kind == Receiver.Kind.EMAIL:
+            send_email(receiver, delivery.payload)
+        else:
+            raise DeliveryFailed(f"unknown receiver kind {receiver.kind!r}")
+    except DeliveryFailed:
+        raise
+    except Exception as exc:
+        raise DeliveryFailed(
+            f"sending to {receiver.name} failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def post_webhook(receiver: Receiver, delivery: Delivery) -> None:
@@ -105,6 +118,10 @@ def post_webhook(receiver: Receiver, delivery: Delivery) -> None:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DeliveryFailed(f"could not reach {receiver.url}: {reason}") from exc
+    except http.client.HTTPException as exc:  # BadStatusLine, LineTooLong, too many headers
+        raise DeliveryFailed(
+            f"{receiver.url} did not answer in HTTP: {type(exc).__name__}: {exc}"
+        ) from exc
     if not 200 <= status < 300:
         raise DeliveryFailed(f"HTTP {status} from {receiver.url}")
 

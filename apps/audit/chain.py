@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import datetime
 
 from django.db import transaction
@@ -13,7 +12,34 @@ from django.utils import timezone
 from apps.audit.models import AuditEvent, ChainHead
 
 GENESIS = "0" * 64
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential|key|hash", re.IGNORECASE)
+# The exact names (any case) under which a secret, or a hash that stands for one,
+# can reach `changes`: model fields that snapshots copy (User.password,
+# Receiver.secret, ApiToken.secret_hash, EnrollmentToken.token_hash,
+# Node.credential_hash) and the names of secrets callers handle. Exact names, not
+# substrings: `credential_prefix` (which identifies a refused agent),
+# `credential_revoked_at`, a token's `prefix` and a login lock's `key` are evidence.
+SECRET_FIELDS = frozenset(
+    {
+        "password",
+        "bind_password",
+        "passphrase",
+        "secret",
+        "client_secret",
+        "secret_hash",
+        "secret_key",
+        "token",
+        "api_token",
+        "access_token",
+        "refresh_token",
+        "token_hash",
+        "credential",
+        "credential_hash",
+        "api_key",
+        "private_key",
+        "authorization",
+        "session_key",
+    }
+)
 REDACTED = "[redacted]"
 
 HASHED_FIELDS = (
@@ -35,10 +61,11 @@ HASHED_FIELDS = (
 
 
 def redact(value):
-    """Replace values under secret-looking keys, at any depth."""
+    """Replace the values under SECRET_FIELDS names, at any depth."""
     if isinstance(value, dict):
         return {
-            k: (REDACTED if _SECRET_KEY.search(str(k)) else redact(v)) for k, v in value.items()
+            k: (REDACTED if str(k).lower() in SECRET_FIELDS else redact(v))
+            for k, v in value.items()
         }
     if isinstance(value, list):
         return [redact(v) for v in value]

@@ -5,5 +5,4 @@ from apps.audit.archive import archive_old_events
 
 @shared_task(name="audit.archive_old_events")
 def archive_old_events_task() -> int:
-    segment = archive_old_events()
-    return 0 if segment is None else segment.last_seq - segment.first_seq + 1
+    return sum(s.last_seq - s.first_seq + 1 for s in archive_old_events())

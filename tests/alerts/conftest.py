@@ -100,6 +100,43 @@ def webhook():
     server.server_close()
 
 
+class GarbageServer:
+    """A local HTTP endpoint that reads each request and answers `reply`, which is not
+    HTTP: the receiver behind a broken proxy, or something else on the port."""
+
+    def __init__(self, reply: bytes):
+        self.reply = reply
+        self.requests = 0
+        self.lock = threading.Lock()
+
+
+@pytest.fixture
+def garbage_webhook(request):
+    """`garbage_webhook.url` answers every POST with b"garbage\\r\\n" (http.client's
+    BadStatusLine), or with the bytes a test parametrizes it with indirectly."""
+    garbage = GarbageServer(getattr(request, "param", b"garbage\r\n"))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with garbage.lock:
+                garbage.requests += 1
+            self.wfile.write(garbage.reply)
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    garbage.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    yield garbage
+    server.shutdown()
+    server.server_close()
+
+
 def signature_valid(record: dict, secret: str = SECRET) -> bool:
     header = record["headers"]["X-Hangar-Signature"]
     parts = dict(part.split("=", 1) for part in header.split(","))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.utils import timezone
 
 from apps.audit import recorder
-from apps.audit.chain import GENESIS, REDACTED, verify_database
+from apps.audit.chain import GENESIS, REDACTED, SECRET_FIELDS, verify_database
 from apps.audit.models import AuditEvent, AuditImmutable
 
 pytestmark = pytest.mark.django_db
@@ -145,6 +149,94 @@ def test_secrets_are_redacted_at_any_depth_before_hashing():
     assert stored["bind_password"] == REDACTED
     assert stored["name"] == "kept"
     assert "chain intact" in _verify()
+
+
+def test_fields_that_only_mention_a_credential_are_kept_and_each_secret_is_redacted():
+    kept = {
+        "credential_prefix": "hgn_abcd",  # how a refused agent is identified
+        "credential_revoked_at": "2026-01-31T08:00:00+00:00",
+        "prefix": "hgr_1234",
+        "key": "ann",  # a login lock's subject
+        "keyboard_layout": "de",
+        "hash_algorithm": "sha256",
+    }
+    secrets = {name: f"value of {name}" for name in SECRET_FIELDS}
+    upper = {"PASSWORD": "shouted", "Api_Key": "mixed case"}
+
+    event = recorder.record("test.secrets", changes={**kept, **secrets, "nested": [upper]})
+
+    stored = AuditEvent.objects.get(pk=event.pk).changes
+    assert {name: stored[name] for name in kept} == kept
+    assert {name: stored[name] for name in secrets} == dict.fromkeys(secrets, REDACTED)
+    assert stored["nested"] == [dict.fromkeys(upper, REDACTED)]
+    assert "chain intact" in _verify()
+
+
+def test_snapshots_of_rows_holding_secrets_keep_their_evidence_and_lose_their_secrets(
+    cluster, make_user
+):
+    from django.forms.models import model_to_dict  # what the audit snapshots copy
+
+    from apps.accounts.models import ApiToken
+    from apps.alerts.models import Receiver
+    from apps.inventory.models import EnrollmentToken, Node
+
+    later = timezone.now() + timedelta(days=1)
+    user = make_user("ann")
+    receiver = Receiver.objects.create(name="hook", kind="webhook", secret="s3")
+    api_token = ApiToken.objects.create(
+        user=user, name="ci", prefix="hgr_ci", secret_hash="a" * 64, expires_at=later
+    )
+    enrollment = EnrollmentToken.objects.create(
+        cluster=cluster, token_hash="b" * 64, prefix="hge_x", expires_at=later
+    )
+    node = Node.objects.create(
+        cluster=cluster,
+        hostname="gpu-a1",
+        credential_hash="c" * 64,
+        credential_revoked_at=timezone.now(),
+    )
+    rows = [
+        (user, "password"),
+        (receiver, "secret"),
+        (api_token, "secret_hash"),
+        (enrollment, "token_hash"),
+        (node, "credential_hash"),
+    ]
+    for row, secret in rows:
+        event = recorder.record("test.snapshot", changes={"deleted": model_to_dict(row)})
+
+        stored = AuditEvent.objects.get(pk=event.pk).changes["deleted"]
+        assert stored[secret] == REDACTED, row
+        assert [k for k, v in stored.items() if v == REDACTED] == [secret], row
+    assert stored["credential_revoked_at"] is not None and stored["hostname"] == "gpu-a1"
+
+
+# Fields whose names mention a secret without being one.
+NOT_SECRETS = {
+    "credential_revoked_at",  # when a node's access ended
+    "key",  # LoginLock: the locked username or client address
+    "hash",  # the audit chain's own links, never in `changes`
+    "prev_hash",
+    "last_hash",
+    "archived_through_hash",
+    "first_prev_hash",
+}
+
+
+def test_every_model_field_named_like_a_secret_is_redacted_or_known_not_to_be_one():
+    from django.apps import apps
+
+    looks_secret = re.compile(r"pass|secret|token|credential|key|hash", re.IGNORECASE)
+    unclassified = [
+        f"{model._meta.label}.{field.name}"
+        for model in apps.get_models()
+        for field in model._meta.concrete_fields
+        if looks_secret.search(field.name)
+        and field.name.lower() not in SECRET_FIELDS
+        and field.name not in NOT_SECRETS
+    ]
+    assert unclassified == []
 
 
 def test_a_nul_byte_is_stored_escaped_and_the_chain_still_verifies():

@@ -12,6 +12,8 @@ from django.utils import timezone
 
 from apps.audit import recorder
 from apps.audit.chain import append_event
+from apps.audit.export import FIELDS
+from tests.support.responses import body_of
 
 pytestmark = pytest.mark.django_db
 
@@ -93,7 +95,8 @@ def test_a_malformed_time_filter_is_a_clear_400(auditor_api, log):
 
 
 def _body(response) -> str:
-    return b"".join(response.streaming_content).decode()
+    assert response.is_async  # so under ASGI it is sent as it is read, never gathered
+    return body_of(response).decode()
 
 
 def test_export_as_json_lines_oldest_first_with_hashes(auditor_api, log):
@@ -117,6 +120,24 @@ def test_export_as_csv_with_filters_and_formula_cells_neutralised(auditor_api, l
     assert [r["seq"] for r in rows] == ["1", "3"]
     assert json.loads(rows[0]["changes"]) == {"name": ["a", "b"]}
     assert rows[1]["actor_name"].startswith("'=")
+
+
+def test_an_export_of_nothing_as_csv_is_its_header(auditor_api, log):
+    response = auditor_api.get("/api/v1/audit-events/export/?as=csv&actor=nobody")
+
+    assert _body(response).splitlines() == [",".join(FIELDS)]
+
+
+def test_an_export_longer_than_a_chunk_has_every_event_once(auditor_api, log, monkeypatch):
+    from apps.audit import export
+
+    for n in range(6):
+        recorder.record("test.more", changes={"n": n})
+    monkeypatch.setattr(export, "CHUNK_EVENTS", 4)
+
+    body = _body(auditor_api.get("/api/v1/audit-events/export/?as=jsonl"))
+
+    assert [json.loads(line)["seq"] for line in body.splitlines()] == list(range(1, 10))
 
 
 def test_export_filters_by_actor(auditor_api, log):

@@ -8,12 +8,12 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 
 from apps.audit.api.serializers import AuditEventSerializer
-from apps.audit.export import csv_lines, jsonl_lines
+from apps.audit.export import csv_stream, jsonl_stream
 from apps.audit.filters import filter_events
 from apps.audit.models import AuditEvent
 from apps.core.viewsets import HangarViewSet
 
-EXPORTS = {"jsonl": (jsonl_lines, "application/x-ndjson"), "csv": (csv_lines, "text/csv")}
+EXPORTS = {"jsonl": (jsonl_stream, "application/x-ndjson"), "csv": (csv_stream, "text/csv")}
 
 
 class AuditEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, HangarViewSet):
@@ -38,8 +38,8 @@ class AuditEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Hangar
         kind = request.query_params.get("as", "jsonl")
         if kind not in EXPORTS:
             raise ValidationError({"as": _("Choose jsonl or csv.")})
-        write, content_type = EXPORTS[kind]
-        events = self.get_queryset().order_by("seq").iterator(chunk_size=2000)
-        response = StreamingHttpResponse(write(events), content_type=content_type)
+        stream, content_type = EXPORTS[kind]
+        # An async stream: Daphne sends each chunk as it is read (apps/audit/export.py).
+        response = StreamingHttpResponse(stream(self.get_queryset()), content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="hangar-audit.{kind}"'
         return response

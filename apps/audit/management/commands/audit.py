@@ -23,10 +23,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, verb, **options):
         if verb == "archive":
-            segment = archive_old_events(options.get("days"))
-            if segment is None:
+            segments = archive_old_events(options.get("days"))
+            if not segments:
                 self.stdout.write("Nothing to archive.")
-            else:
+            for segment in segments:
                 self.stdout.write(
                     f"Archived #{segment.first_seq}-#{segment.last_seq} to {segment.path}"
                 )
