@@ -18,7 +18,6 @@ from apps.accounts.permissions import requires
 from apps.accounts.policy import can, restrict
 from apps.audit import recorder
 from apps.core.pages import visible_or_404
-from apps.core.viewsets import snapshot
 from apps.inventory import services
 from apps.inventory.api.serializers import EnrollmentTokenSerializer
 from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState
@@ -270,7 +269,7 @@ def enrollment(request):
                 form.validated_data["hours"],
                 form.validated_data.get("description", ""),
             )
-            recorder.describe(target=token, changes={"created": snapshot(token)})
+            recorder.describe(target=token, changes={"created": recorder.snapshot(token)})
             context.update(created=token, command=enrollment_command(request, secret))
             context["form"] = {"hours": 24}
         else:

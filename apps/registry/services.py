@@ -22,12 +22,11 @@ class VersionInUse(Exception):
 
 
 def register_version(serializer) -> ModelVersion:
-    """Save a validated new version as draft and checksum it on the console's worker."""
-    from apps.core.viewsets import snapshot
+    """Save a validated new version as draft and checksum it on the console's worker
+    (the request's audit event records it from the serializer: recorder.watch_form)."""
     from apps.registry.tasks import hash_version_task
 
     version = serializer.save()
-    recorder.describe(target=version, changes={"created": snapshot(version)})
     transaction.on_commit(lambda: hash_version_task.delay(version.pk))
     return version
 

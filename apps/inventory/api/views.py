@@ -15,7 +15,7 @@ from agents.protocol import ProtocolError, validate_facts
 from apps.accounts.policy import PUBLIC, can, can_globally
 from apps.audit import recorder
 from apps.audit.middleware import client_address
-from apps.core.viewsets import HangarViewSet, snapshot
+from apps.core.viewsets import HangarViewSet
 from apps.inventory import commands, services
 from apps.inventory.api.serializers import (
     ClusterSerializer,
@@ -177,9 +177,9 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
                 },
                 status=status.HTTP_502_BAD_GATEWAY,
             )
-        before = snapshot(node)
+        before = recorder.snapshot(node)
         services.apply_facts(node, facts)
-        recorder.describe(target=node, changes=recorder.diff(before, snapshot(node)))
+        recorder.describe(target=node, changes=recorder.diff(before, recorder.snapshot(node)))
         return Response(NodeSerializer(node).data)
 
     @extend_schema(
@@ -241,7 +241,7 @@ class EnrollmentTokenViewSet(
             serializer.validated_data["hours"],
             serializer.validated_data.get("description", ""),
         )
-        recorder.describe(target=token, changes={"created": snapshot(token)})
+        recorder.describe(target=token, changes={"created": recorder.snapshot(token)})
         console = request.build_absolute_uri("/").rstrip("/")
         data = EnrollmentTokenCreatedSerializer(token).data | {
             "secret": secret,
