@@ -41,6 +41,22 @@ def move_node(node, state: str, reason: str) -> None:
     transition_node(node, state, reason, by_person=True)
 
 
+def retire_node(node: Node, reason: str) -> None:
+    """Retire the node for good: its credential stops working and it takes no more work.
+
+    One transaction, the node's row locked: an already-retired node (or one another
+    request retires meanwhile) is refused before anything changes, so a refusal
+    leaves its credential and the audit log as they were. The API and the page both
+    call this."""
+    with transaction.atomic():
+        current = Node.objects.select_for_update().only("state", "state_reason").get(pk=node.pk)
+        node.state, node.state_reason = current.state, current.state_reason
+        if node.state == NodeState.RETIRED:
+            raise NodeRetired(lazy_message(_("%(node)s is retired."), node=str(node)))
+        revoke_node_credential(node)
+        transition_node(node, NodeState.RETIRED, reason, by_person=True)
+
+
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

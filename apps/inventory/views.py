@@ -220,10 +220,10 @@ def node_undrain(request, pk: int):
 @requires("inventory.enroll", methods=("POST",))
 def node_retire(request, pk: int):
     node = _node_for_action(request, pk, "inventory.enroll")
-    if node.state == NodeState.RETIRED:
-        return _refuse(request, node, _("The node is retired."), "retired")
-    services.revoke_node_credential(node)
-    services.transition_node(node, NodeState.RETIRED, f"retired by {request.user}", by_person=True)
+    try:
+        services.retire_node(node, f"retired by {request.user}")
+    except services.NodeRetired as exc:
+        return _refuse(request, node, str(exc), "retired")
     messages.success(
         request, _("%(node)s is retired; its credential no longer works.") % {"node": node}
     )

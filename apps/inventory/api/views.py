@@ -132,8 +132,11 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
     def retire(self, request, pk=None):
         """Retire the node for good: its credential stops working."""
         node = self.get_object()
-        services.revoke_node_credential(node)
-        return self._transition(NodeState.RETIRED, f"retired by {request.user}")
+        try:
+            services.retire_node(node, f"retired by {request.user}")
+        except services.NodeRetired as exc:
+            raise serializers.ValidationError({"detail": str(exc)}) from None
+        return Response(NodeSerializer(node).data)
 
     @extend_schema(request=None, responses=NodeSerializer)
     @action(detail=True, methods=["post"], url_path="revoke-credential")
