@@ -81,8 +81,13 @@ def hash_version(version_id: int) -> ModelVersion:
 
 
 def retire_version(version: ModelVersion) -> None:
-    from apps.deployments.models import Deployment
+    """Retire a ready version that no deployment uses.
 
+    Every deployment on the version counts, stopped ones too: deployments are
+    never deleted (their version is PROTECTed), and starting a stopped one runs
+    its version again without asking the registry. The deployments app's own
+    relation (`version.deployments`) answers, so the registry imports nothing of it.
+    """
     if version.state != VersionState.READY:
         raise VersionInUse(
             lazy_message(
@@ -91,7 +96,7 @@ def retire_version(version: ModelVersion) -> None:
                 state=version.state,
             )
         )
-    users = Deployment.objects.filter(model_version=version).exclude(desired_state="deleted")
+    users = version.deployments.order_by("name")
     if users.exists():
         names = ", ".join(users.values_list("name", flat=True)[:5])
         raise VersionInUse(
