@@ -22,6 +22,7 @@ from apps.accounts.services import deactivate_user
 from apps.accounts.tokens import create_api_token, revoke_api_token
 from apps.audit import recorder
 from apps.core.pages import found_or_404, visible_or_404
+from apps.core.templatetags.console import role_label
 from apps.inventory.models import Cluster
 
 LANGUAGE_COOKIE_DAYS = 365
@@ -88,8 +89,6 @@ def api_token_revoke(request, pk: int):
 
 def describe_binding(binding: RoleBinding) -> str:
     """ "Operator for group cn=…, in campus-a", in the reader's language."""
-    from apps.core.templatetags.console import role_label
-
     subject = binding.user.username if binding.user_id else binding.ldap_group
     if binding.cluster_id:
         return _("%(role)s for %(subject)s in %(cluster)s") % {

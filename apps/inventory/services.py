@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit import recorder
 from apps.core.i18n import lazy_message
+from apps.inventory import signals
 from apps.inventory.models import GPU, EnrollmentToken, Node, NodeState
 
 ENROLLMENT_PREFIX = "hge_"
@@ -118,9 +119,7 @@ def revoke_node_credential(node: Node) -> None:
     node.credential_revoked_at = timezone.now()
     node.save(update_fields=["credential_revoked_at"])
     recorder.describe(target=node, changes={"agent_access": "revoked"})
-    from apps.telemetry.live import disconnect_agent
-
-    disconnect_agent(node.pk)
+    signals.node_credential_revoked.send(sender=Node, node=node)
 
 
 FACT_FIELDS = (
@@ -184,11 +183,7 @@ def transition_node(node: Node, state: str, reason: str = "", by_person: bool = 
         recorder.describe(target=node, changes=changes)
     else:
         recorder.record("inventory.node-state", target=node, changes=changes)
-    from apps.alerts.services import node_state_changed
-    from apps.telemetry.live import publish_node_state
-
-    publish_node_state(node)
-    node_state_changed(node, old)
+    signals.node_state_changed.send(sender=Node, node=node, old_state=old)
     return True
 
 

@@ -16,8 +16,10 @@ from django.utils.translation import gettext as _
 
 from apps.accounts.permissions import requires
 from apps.accounts.policy import can, restrict
+from apps.alerts.models import Alert
 from apps.audit import recorder
 from apps.core.pages import visible_or_404
+from apps.deployments.models import Worker
 from apps.inventory import services
 from apps.inventory.api.serializers import EnrollmentTokenSerializer
 from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState
@@ -50,8 +52,6 @@ def _gpus_in_order():
 
 def firing_alerts_by_cluster(user) -> dict[int, int]:
     """{cluster id: firing alerts} among the alerts `user` may see (one query)."""
-    from apps.alerts.models import Alert
-
     rows = (
         restrict(Alert.objects.filter(state=Alert.State.FIRING), user, "alerts.view")
         .values_list("cluster_id")
@@ -163,8 +163,6 @@ def _workers_on(user, node) -> list:
     """The deployment workers placed on `node`, if the user may see deployments there."""
     if not can(user, "deployments.view", node):
         return []
-    from apps.deployments.models import Worker
-
     return list(
         Worker.objects.filter(node=node)
         .exclude(desired_state="stopped", state="stopped")
