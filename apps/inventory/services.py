@@ -65,6 +65,7 @@ def sha256(text: str) -> str:
 def create_enrollment_token(
     cluster, user, hours: int = 24, description: str = ""
 ) -> tuple[EnrollmentToken, str]:
+    """A one-time token and its secret (only its hash is kept), on the request's record."""
     secret = ENROLLMENT_PREFIX + secrets.token_urlsafe(24)
     token = EnrollmentToken.objects.create(
         cluster=cluster,
@@ -74,6 +75,7 @@ def create_enrollment_token(
         prefix=secret[len(ENROLLMENT_PREFIX) :][:8],
         expires_at=timezone.now() + timedelta(hours=hours),
     )
+    recorder.describe(target=token, changes={"created": recorder.snapshot(token)})
     return token, secret
 
 

@@ -267,7 +267,6 @@ def enrollment(request):
                 form.validated_data["hours"],
                 form.validated_data.get("description", ""),
             )
-            recorder.describe(target=token, changes={"created": recorder.snapshot(token)})
             context.update(created=token, command=enrollment_command(request, secret))
             context["form"] = {"hours": 24}
         else:

@@ -244,7 +244,6 @@ class EnrollmentTokenViewSet(
             serializer.validated_data["hours"],
             serializer.validated_data.get("description", ""),
         )
-        recorder.describe(target=token, changes={"created": recorder.snapshot(token)})
         console = request.build_absolute_uri("/").rstrip("/")
         data = EnrollmentTokenCreatedSerializer(token).data | {
             "secret": secret,
