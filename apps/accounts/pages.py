@@ -22,7 +22,7 @@ from apps.accounts.services import deactivate_user
 from apps.accounts.tokens import create_api_token, revoke_api_token
 from apps.audit import recorder
 from apps.core.pages import found_or_404, visible_or_404
-from apps.core.viewsets import snapshot
+from apps.core.templatetags.console import role_label
 from apps.inventory.models import Cluster
 
 LANGUAGE_COOKIE_DAYS = 365
@@ -69,7 +69,7 @@ def api_tokens(request):
             "days": [_("Choose between 1 and %(max)d days.") % {"max": settings.API_TOKEN_MAX_DAYS}]
         }
         return _tokens_page(request, {"form": request.POST, "errors": errors}, status=400)
-    recorder.describe(target=token, changes={"created": snapshot(token)})
+    recorder.describe(target=token, changes={"created": recorder.snapshot(token)})
     # The secret is in this one response only: never stored, never shown again.
     return _tokens_page(request, {"created": token, "secret": secret})
 
@@ -89,8 +89,6 @@ def api_token_revoke(request, pk: int):
 
 def describe_binding(binding: RoleBinding) -> str:
     """ "Operator for group cn=…, in campus-a", in the reader's language."""
-    from apps.core.templatetags.console import role_label
-
     subject = binding.user.username if binding.user_id else binding.ldap_group
     if binding.cluster_id:
         return _("%(role)s for %(subject)s in %(cluster)s") % {
@@ -141,7 +139,7 @@ def user_create(request):
         context = {"user_form": request.POST, "user_errors": form.errors}
         return _users_page(request, context, status=400)
     user = form.save()
-    recorder.describe(target=user, changes={"created": snapshot(user)})
+    recorder.describe(target=user, changes={"created": recorder.snapshot(user)})
     messages.success(request, _("User %(name)s is created.") % {"name": user.username})
     return redirect("user-list")
 
@@ -166,7 +164,7 @@ def binding_create(request):
         context = {"binding_form": request.POST, "binding_errors": form.errors}
         return _users_page(request, context, status=400)
     binding = form.save()
-    recorder.describe(target=binding, changes={"created": snapshot(binding)})
+    recorder.describe(target=binding, changes={"created": recorder.snapshot(binding)})
     if binding.user_id:
         forget_rights(binding.user)
     messages.success(
@@ -178,7 +176,7 @@ def binding_create(request):
 @requires("accounts.manage", methods=("POST",))
 def binding_delete(request, pk: int):
     binding = visible_or_404(RoleBinding.objects.all(), request.user, "accounts.view", pk)
-    recorder.describe(target=binding, changes={"deleted": snapshot(binding)})
+    recorder.describe(target=binding, changes={"deleted": recorder.snapshot(binding)})
     text = describe_binding(binding)
     binding.delete()
     messages.success(request, _("Role binding removed: %(binding)s.") % {"binding": text})

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.utils.translation import gettext as _
 
 from apps.accounts.roles import ALL_ACTIONS, GLOBAL_ONLY_ACTIONS, ROLE_ACTIONS
@@ -164,3 +164,20 @@ def effective_rights(user) -> dict:
 
 def declared(actions: Iterable[str]) -> bool:
     return all(a in ALL_ACTIONS or a in (PUBLIC, AUTHENTICATED) for a in actions)
+
+
+def allowed_in_scope(user, action: str, cluster) -> bool:
+    """May `user` do `action` in `cluster`? None means every cluster: that needs
+    the right everywhere (a rule or silence for every cluster is a global act)."""
+    return can(user, action, cluster.pk if cluster is not None else None) and (
+        cluster is not None or action in rights_of(user).actions_in(None)
+    )
+
+
+def with_global_rows(restricted: QuerySet, unrestricted: QuerySet, user, viewing: str) -> QuerySet:
+    """`restricted` (restrict()ed to `viewing`) plus the rows without a cluster
+    (rules and silences for everywhere), which everyone who may view at all sees."""
+    if not can(user, viewing) or viewing in rights_of(user).actions_in(None):
+        return restricted
+    clusters = rights_of(user).clusters_with(viewing)
+    return unrestricted.all().filter(Q(cluster__isnull=True) | Q(cluster__in=clusters))

@@ -22,6 +22,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from apps.alerts.api.serializers import AlertSerializer
 from apps.alerts.evaluation import (
     FIRING,
     PENDING,
@@ -36,6 +37,8 @@ from apps.alerts.models import Alert, AlertRule, Delivery, Receiver, Silence
 from apps.alerts.series import NODE_OFFLINE, alert_series
 from apps.audit import recorder
 from apps.core.i18n import lazy_message
+from apps.inventory.models import Node, NodeState
+from apps.telemetry.live import cluster_group
 
 log = logging.getLogger(__name__)
 # Rules are cached per process; an edit reaches the stream within this many seconds.
@@ -77,14 +80,17 @@ class RuleCache:
 
 
 def workers_by_deployment(deployment_ids: set[int]) -> dict[int, frozenset[int]]:
-    """Worker ids of each deployment (for deployment-scoped rules): one query."""
-    from apps.deployments.models import Worker
+    """Worker ids of each deployment (for deployment-scoped rules): one query.
 
+    Read across the rule's own foreign key: deployments sits above alerts in the
+    import map (it feeds crash runs and availability to evaluate_values)."""
     found: dict[int, set[int]] = {d: set() for d in deployment_ids}
     if deployment_ids:
-        rows = Worker.objects.filter(deployment_id__in=deployment_ids)
-        for deployment_id, worker_id in rows.values_list("deployment_id", "pk"):
-            found[deployment_id].add(worker_id)
+        rows = AlertRule.objects.filter(deployment_id__in=deployment_ids)
+        pairs = rows.values_list("deployment_id", "deployment__workers").distinct()
+        for deployment_id, worker_id in pairs:
+            if worker_id is not None:
+                found[deployment_id].add(worker_id)
     return {d: frozenset(ids) for d, ids in found.items()}
 
 
@@ -224,9 +230,8 @@ def evaluate_values_of_nodes(items, ts: float | None = None) -> dict[int, list[C
 
 
 def node_state_changed(node, old_state: str) -> None:
-    """inventory.transition_node's hook: evaluate node.offline rules on entering or leaving it."""
-    from apps.inventory.models import NodeState
-
+    """inventory.transition_node's hook (apps.alerts.receivers): evaluate node.offline
+    rules on entering or leaving it."""
     if NodeState.OFFLINE not in (old_state, node.state):
         return
     if not any(r.metric == NODE_OFFLINE for r in rules.get().rules):
@@ -444,9 +449,6 @@ def notify_receivers(alert: Alert, event: str) -> list[Delivery]:
 
 def publish(alert: Alert) -> None:
     """The console's own receiver: the live alert list in every subscribed browser."""
-    from apps.alerts.api.serializers import AlertSerializer
-    from apps.telemetry.live import cluster_group
-
     async_to_sync(get_channel_layer().group_send)(
         cluster_group(alert.cluster_id),
         {
@@ -461,8 +463,6 @@ def publish(alert: Alert) -> None:
 def sweep(now: datetime | None = None) -> dict[str, int]:
     """Beat, every few seconds: notify firing alerts whose silence ended, and promote
     pending node.offline alerts whose duration passed (no sample will arrive for them)."""
-    from apps.inventory.models import Node, NodeState
-
     now = now or timezone.now()
     released = 0
     held = Alert.objects.filter(state=Alert.State.FIRING, notified_at__isnull=True)

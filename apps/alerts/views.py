@@ -4,8 +4,9 @@ silences, receivers and their deliveries.
 Forms are validated with the API's serializers and saved through the same
 functions the API's viewsets call (apps.alerts.services: acknowledge,
 update_rule, delete_rule, create_silence, expire_silence); scope checks are the
-API's (`allowed_in_scope`, `with_global_rows`). The request's audit event is
-described here or in those services, as in the API."""
+policy's (`allowed_in_scope`, `with_global_rows`). The request's audit event
+gets its target and changes as the API's do: found_or_404 watches the object,
+`recorder.watch_form` the form that saves it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from apps.accounts.permissions import requires
-from apps.accounts.policy import can, restrict
+from apps.accounts.policy import allowed_in_scope, can, restrict, with_global_rows
 from apps.alerts import services
 from apps.alerts.api.serializers import (
     AcknowledgeSerializer,
@@ -26,7 +27,6 @@ from apps.alerts.api.serializers import (
     ReceiverSerializer,
     SilenceSerializer,
 )
-from apps.alerts.api.views import allowed_in_scope, with_global_rows
 from apps.alerts.models import (
     Alert,
     AlertRule,
@@ -40,7 +40,6 @@ from apps.alerts.models import (
 from apps.audit import recorder
 from apps.core.i18n import in_english
 from apps.core.pages import found_or_404, visible_or_404
-from apps.core.viewsets import snapshot
 from apps.deployments.models import Deployment
 from apps.inventory.models import Cluster, Node
 
@@ -92,7 +91,6 @@ def alert_list(request):
 @requires("alerts.acknowledge", methods=("POST",))
 def alert_acknowledge(request, pk: int):
     alert = visible_or_404(Alert.objects.all(), request.user, "alerts.view", pk)
-    recorder.describe(target=alert)
     if not can(request.user, "alerts.acknowledge", alert):
         raise PermissionDenied
     body = AcknowledgeSerializer(data=request.POST)
@@ -196,7 +194,6 @@ def _require_scope(user, action: str, cluster) -> None:
 
 def _rule_or_404(user, pk: int) -> AlertRule:
     rule = found_or_404(visible_rules(user), pk)
-    recorder.describe(target=rule)
     if not can(user, MANAGE, rule):
         raise PermissionDenied
     return rule
@@ -210,6 +207,7 @@ def rule_list(request):
 @requires(MANAGE, methods=("POST",))
 def rule_create(request):
     form = AlertRuleSerializer(data=request.POST)
+    recorder.watch_form(form)
     if not form.is_valid():
         context = {
             "form": request.POST,
@@ -219,7 +217,6 @@ def rule_create(request):
         return _rules_page(request, context, status=400)
     _require_scope(request.user, MANAGE, form.validated_data.get("cluster"))
     rule = form.save()
-    recorder.describe(target=rule, changes={"created": snapshot(rule)})
     messages.success(request, _("Rule %(name)s is created.") % {"name": rule.name})
     return redirect("alert-rule-list")
 
@@ -233,15 +230,14 @@ def rule_edit(request, pk: int):
         context.update(form=_rule_values(rule), errors={}, selected=selected)
         return render(request, "alerts/rule_edit.html", context)
     form = AlertRuleSerializer(rule, data=request.POST)
+    recorder.watch_form(form)
     if not form.is_valid():
         context.update(
             form=request.POST, errors=form.errors, selected=_posted_receivers(request.POST)
         )
         return render(request, "alerts/rule_edit.html", context, status=400)
     _require_scope(request.user, MANAGE, form.validated_data.get("cluster"))
-    before = snapshot(rule)
     rule = services.update_rule(form)
-    recorder.describe(target=rule, changes=recorder.diff(before, snapshot(rule)))
     messages.success(request, _("Rule %(name)s is saved.") % {"name": rule.name})
     return redirect("alert-rule-list")
 
@@ -251,12 +247,11 @@ def rule_enable(request, pk: int):
     """Enable or disable (`enabled` = true / false); disabling resolves its open alerts."""
     rule = _rule_or_404(request.user, pk)
     form = AlertRuleSerializer(rule, data={"enabled": request.POST.get("enabled")}, partial=True)
+    recorder.watch_form(form)
     if not form.is_valid():
         messages.error(request, _("Say whether the rule is enabled: true or false."))
         return redirect("alert-rule-list")
-    before = snapshot(rule)
     rule = services.update_rule(form)
-    recorder.describe(target=rule, changes=recorder.diff(before, snapshot(rule)))
     if rule.enabled:
         messages.success(request, _("Rule %(name)s is enabled.") % {"name": rule.name})
     else:
@@ -270,7 +265,6 @@ def rule_enable(request, pk: int):
 @requires(MANAGE, methods=("POST",))
 def rule_delete(request, pk: int):
     rule = _rule_or_404(request.user, pk)
-    recorder.describe(changes={"deleted": snapshot(rule)})
     name = rule.name
     services.delete_rule(rule)
     messages.success(request, _("Rule %(name)s is deleted.") % {"name": name})
@@ -322,11 +316,11 @@ def silence_list(request):
 def silence_create(request):
     data = {k: v for k, v in request.POST.items() if k != "csrfmiddlewaretoken" and v != ""}
     form = SilenceSerializer(data=data)
+    recorder.watch_form(form)
     if not form.is_valid():
         return _silences_page(request, {"form": request.POST, "errors": form.errors}, status=400)
     _require_scope(request.user, ACKNOWLEDGE, form.validated_data.get("cluster"))
     silence = services.create_silence(form, request.user)
-    recorder.describe(target=silence, changes={"created": snapshot(silence)})
     messages.success(request, _("Silence created until %(end)s.") % {"end": silence.ends_at})
     return redirect("silence-list")
 
@@ -334,7 +328,6 @@ def silence_create(request):
 @requires(ACKNOWLEDGE, methods=("POST",))
 def silence_expire(request, pk: int):
     silence = found_or_404(visible_silences(request.user), pk)
-    recorder.describe(target=silence)
     if not allowed_in_scope(request.user, ACKNOWLEDGE, silence.cluster):
         raise PermissionDenied
     services.expire_silence(silence)
@@ -381,9 +374,7 @@ def _receivers_page(request, context: dict | None = None, status: int = 200):
 
 
 def _receiver_or_404(request, pk: int) -> Receiver:
-    receiver = visible_or_404(Receiver.objects.all(), request.user, MANAGE, pk)
-    recorder.describe(target=receiver)
-    return receiver
+    return visible_or_404(Receiver.objects.all(), request.user, MANAGE, pk)
 
 
 @requires(MANAGE)
@@ -394,11 +385,11 @@ def receiver_list(request):
 @requires(MANAGE, methods=("POST",))
 def receiver_create(request):
     form = ReceiverSerializer(data=_receiver_data(request.POST))
+    recorder.watch_form(form)
     if not form.is_valid():
         context = {"form": _receiver_form(request.POST), "errors": form.errors}
         return _receivers_page(request, context, status=400)
     receiver = form.save()
-    recorder.describe(target=receiver, changes={"created": snapshot(receiver)})
     messages.success(request, _("Receiver %(name)s is created.") % {"name": receiver.name})
     return redirect("receiver-list")
 
@@ -417,12 +408,11 @@ def receiver_edit(request, pk: int):
         }
         return render(request, "alerts/receiver_edit.html", {**context, "form": form})
     form = ReceiverSerializer(receiver, data=_receiver_data(request.POST, receiver))
+    recorder.watch_form(form)
     if not form.is_valid():
         context.update(form=_receiver_form(request.POST), errors=form.errors)
         return render(request, "alerts/receiver_edit.html", context, status=400)
-    before = snapshot(receiver)
     receiver = form.save()
-    recorder.describe(target=receiver, changes=recorder.diff(before, snapshot(receiver)))
     messages.success(request, _("Receiver %(name)s is saved.") % {"name": receiver.name})
     return redirect("receiver-list")
 
@@ -430,7 +420,6 @@ def receiver_edit(request, pk: int):
 @requires(MANAGE, methods=("POST",))
 def receiver_delete(request, pk: int):
     receiver = _receiver_or_404(request, pk)
-    recorder.describe(changes={"deleted": snapshot(receiver)})
     name = receiver.name
     receiver.delete()
     messages.success(request, _("Receiver %(name)s is deleted.") % {"name": name})

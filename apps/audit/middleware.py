@@ -50,6 +50,8 @@ class AuditMiddleware:
         pending, token = recorder.begin_request()
         try:
             response = self.get_response(request)
+            if response.status_code < 400:
+                recorder.describe_write()
         finally:
             recorder.end_request(token)
         # After the view: DRF's token authentication sets the user only inside it.

@@ -2,8 +2,14 @@
 
 Inside a request, AuditMiddleware writes exactly one event per mutating request;
 the permission layer names the action, and services add the target and the
-changes with `describe()`. Outside a request (Celery, the agent socket, system
-transitions), services call `record()` directly. Nothing else writes events.
+changes with `describe()`. What a write did to its object is found the same way
+for the API and the pages: the code that loads the object names it (`watch`,
+from HangarViewSet.get_object and apps.core.pages.found_or_404), the form that
+saves it is named (`watch_form`, from HangarViewSet.get_serializer and the
+pages), and on success the middleware describes target and changes from them
+(`describe_write`) unless the request's code already did. Outside a request
+(Celery, the agent socket, system transitions), services call `record()`
+directly. Nothing else writes events.
 """
 
 from __future__ import annotations
@@ -11,8 +17,12 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from django.db.models import Model
+from django.forms.models import model_to_dict
+
 from apps.audit.chain import append_event
 from apps.audit.models import AuditEvent
+from apps.core.context import request_id_var
 
 Actor = AuditEvent.ActorType
 Outcome = AuditEvent.Outcome
@@ -29,6 +39,11 @@ class PendingEvent:
     changes: dict = field(default_factory=dict)
     outcome: str | None = None
     actor_name: str | None = None
+    # What the write acted on (see watch / watch_form), for describe_write.
+    watched: object = None
+    watched_before: dict | None = None
+    form: object = None
+    form_before: dict | None = None
 
 
 _pending: ContextVar[PendingEvent | None] = ContextVar("hangar_audit_pending", default=None)
@@ -110,8 +125,6 @@ def record(
     of one that is not the caller's own action (a lock after failed logins, an alert
     that fires). Inside a request it carries that request's id, linking the two."""
     if not request_id:
-        from apps.core.context import request_id_var
-
         request_id = request_id_var.get() or ""
     return append_event(
         action=action,
@@ -126,6 +139,48 @@ def record(
     )
 
 
+def snapshot(instance) -> dict:
+    """A row's fields as the audit log records them (secrets are redacted by the chain)."""
+    return {k: v for k, v in model_to_dict(instance).items() if not k.startswith("_")}
+
+
 def diff(before: dict, after: dict) -> dict:
     """{field: [old, new]} for the fields that changed."""
     return {k: [before.get(k), after.get(k)] for k in after if before.get(k) != after.get(k)}
+
+
+def watch(instance) -> None:
+    """The object this request loaded to act on, as it was before: a deletion
+    is recorded from it. A no-op outside a mutating request."""
+    pending = _pending.get()
+    if pending is None or instance is None:
+        return
+    pending.watched, pending.watched_before = instance, snapshot(instance)
+    describe_default(target=instance)
+
+
+def watch_form(serializer) -> None:
+    """The serializer (API body or page form) that will save the object: a
+    create is recorded as its saved row, an update as the fields it changed."""
+    pending = _pending.get()
+    if pending is None:
+        return
+    instance = getattr(serializer, "instance", None)
+    before = snapshot(instance) if isinstance(instance, Model) and instance.pk is not None else None
+    pending.form, pending.form_before = serializer, before
+
+
+def describe_write() -> None:
+    """Describe a successful write from what was watched, unless described already."""
+    pending = _pending.get()
+    if pending is None:
+        return
+    form = pending.form
+    saved = getattr(form, "instance", None)
+    if isinstance(saved, Model) and saved.pk is not None and getattr(form, "_errors", None) == {}:
+        after = snapshot(saved)
+        before = pending.form_before
+        changes = {"created": after} if before is None else diff(before, after)
+        describe_default(target=saved, changes=changes)
+    elif pending.watched is not None and pending.watched.pk is None:
+        describe_default(changes={"deleted": pending.watched_before})

@@ -11,9 +11,11 @@ from apps.audit import recorder
 
 def found_or_404(scoped: QuerySet, pk):
     """The row `pk` of an already narrowed queryset, else 404; a row that exists
-    outside the narrowing is recorded as a denial, as the API records it."""
+    outside the narrowing is recorded as a denial, as the API records it. The row
+    found is what a mutating request acts on (recorder.watch, as the API's get_object)."""
     found = scoped.filter(pk=pk).first()
     if found is not None:
+        recorder.watch(found)
         return found
     model = scoped.model
     if model._base_manager.filter(pk=pk).exists():

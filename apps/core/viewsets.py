@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.forms.models import model_to_dict
 from django.http import Http404
 from rest_framework import viewsets
 
 from apps.accounts.policy import restrict
 from apps.audit import recorder
-
-MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
-
-
-def snapshot(instance) -> dict:
-    return {k: v for k, v in model_to_dict(instance).items() if not k.startswith("_")}
 
 
 class HangarViewSet(viewsets.GenericViewSet):
@@ -23,11 +16,12 @@ class HangarViewSet(viewsets.GenericViewSet):
     Rows are always narrowed to what the caller may *view* (policy["list"]);
     objects outside that set answer 404, inside it but without the right 403.
 
-    Writes are described on the request's audit event here, from the hooks DRF's
-    mixins call but never override (get_object, get_serializer, finalize_response):
-    subclasses list the mixins first, so mixin methods such as perform_create
-    would shadow anything defined on this class. A view that describes its own
-    changes (recorder.describe) keeps them; this only fills in what is missing.
+    Writes are described on the request's audit event the way pages describe
+    theirs (recorder.watch / watch_form, then the middleware's describe_write),
+    from the hooks DRF's mixins call but never override (get_object,
+    get_serializer): subclasses list the mixins first, so mixin methods such as
+    perform_create would shadow anything defined on this class. A view that
+    describes its own changes (recorder.describe) keeps them.
     """
 
     def get_queryset(self):
@@ -40,32 +34,13 @@ class HangarViewSet(viewsets.GenericViewSet):
         except Http404:
             self._note_hidden_object()
             raise
-        if self.request.method in MUTATING:
-            self._audit_before = snapshot(instance)
+        recorder.watch(instance)
         return instance
 
     def get_serializer(self, *args, **kwargs):
         serializer = super().get_serializer(*args, **kwargs)
-        if self.request.method in MUTATING:
-            self._audit_serializer = serializer
+        recorder.watch_form(serializer)
         return serializer
-
-    def finalize_response(self, request, response, *args, **kwargs):
-        response = super().finalize_response(request, response, *args, **kwargs)
-        if request.method in MUTATING and 200 <= response.status_code < 300:
-            self._describe_write()
-        return response
-
-    def _describe_write(self) -> None:
-        before = getattr(self, "_audit_before", None)
-        serializer = getattr(self, "_audit_serializer", None)
-        instance = getattr(serializer, "instance", None)
-        if instance is not None and instance.pk is not None and serializer._errors == {}:
-            after = snapshot(instance)
-            changes = {"created": after} if before is None else recorder.diff(before, after)
-            recorder.describe_default(target=instance, changes=changes)
-        elif before is not None and self.request.method == "DELETE":
-            recorder.describe_default(changes={"deleted": before})
 
     def _note_hidden_object(self) -> None:
         """A 404 for an object that exists but is outside the caller's scope is a denial."""

@@ -23,6 +23,8 @@ from datetime import datetime, timedelta
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
+from apps.alerts.models import Alert
+from apps.alerts.services import evaluate_values_of_nodes, resolve_alerts
 from apps.deployments.models import DesiredState, Worker, WorkerState, WorkerStateChange
 
 WINDOW = timedelta(hours=1)
@@ -68,8 +70,6 @@ def ready_percent(
 
 def judge_availability(now: datetime | None = None) -> dict[str, int]:
     """Compute, store and alert on every running worker's availability; prune."""
-    from apps.alerts.services import evaluate_values_of_nodes
-
     now = now or timezone.now()
     window_start = now - WINDOW
     before_window = WorkerStateChange.objects.filter(
@@ -116,9 +116,6 @@ def _release_stopped(now: datetime) -> int:
 
     Directly, not by feeding a value: a removed worker is no longer covered by
     its deployment's rules, so no value would reach the alert."""
-    from apps.alerts.models import Alert
-    from apps.alerts.services import resolve_alerts
-
     open_alerts = Alert.objects.filter(series__endswith=".availability", state__in=Alert.OPEN)
     running = set(
         Worker.objects.filter(desired_state=DesiredState.RUNNING).values_list("pk", flat=True)

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from apps.alerts.services import evaluate_values
 from apps.audit import recorder
 from apps.core.i18n import lazy_message
 from apps.deployments.availability import record_state_change, start_afresh
@@ -380,8 +381,6 @@ def apply_worker_status(node, status: dict) -> Worker | None:
 
 def _crashloop_changed(node, worker: Worker) -> None:
     """Feed worker.<id>.crashloop to the alert rules, with the last run's cause."""
-    from apps.alerts.services import evaluate_values
-
     series = f"worker.{worker.pk}.crashloop"
     cause = f"last run ended: {worker.cause or 'unknown'}"
     if worker.evidence:

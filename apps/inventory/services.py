@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit import recorder
 from apps.core.i18n import lazy_message
-from apps.inventory import broker
+from apps.inventory import broker, signals
 from apps.inventory.models import GPU, EnrollmentToken, Node, NodeState
 
 ENROLLMENT_PREFIX = "hge_"
@@ -44,6 +44,22 @@ def move_node(node, state: str, reason: str) -> None:
     transition_node(node, state, reason, by_person=True)
 
 
+def retire_node(node: Node, reason: str) -> None:
+    """Retire the node for good: its credential stops working and it takes no more work.
+
+    One transaction, the node's row locked: an already-retired node (or one another
+    request retires meanwhile) is refused before anything changes, so a refusal
+    leaves its credential and the audit log as they were. The API and the page both
+    call this."""
+    with transaction.atomic():
+        current = Node.objects.select_for_update().only("state", "state_reason").get(pk=node.pk)
+        node.state, node.state_reason = current.state, current.state_reason
+        if node.state == NodeState.RETIRED:
+            raise NodeRetired(lazy_message(_("%(node)s is retired."), node=str(node)))
+        revoke_node_credential(node)
+        transition_node(node, NodeState.RETIRED, reason, by_person=True)
+
+
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -51,6 +67,7 @@ def sha256(text: str) -> str:
 def create_enrollment_token(
     cluster, user, hours: int = 24, description: str = ""
 ) -> tuple[EnrollmentToken, str]:
+    """A one-time token and its secret (only its hash is kept), on the request's record."""
     secret = ENROLLMENT_PREFIX + secrets.token_urlsafe(24)
     token = EnrollmentToken.objects.create(
         cluster=cluster,
@@ -60,6 +77,7 @@ def create_enrollment_token(
         prefix=secret[len(ENROLLMENT_PREFIX) :][:8],
         expires_at=timezone.now() + timedelta(hours=hours),
     )
+    recorder.describe(target=token, changes={"created": recorder.snapshot(token)})
     return token, secret
 
 
@@ -123,9 +141,7 @@ def revoke_node_credential(node: Node) -> None:
     node.save(update_fields=["credential_revoked_at"])
     recorder.describe(target=node, changes={"agent_access": "revoked"})
     withdraw_broker_identity(node)
-    from apps.telemetry.live import disconnect_agent
-
-    disconnect_agent(node.pk)
+    signals.node_credential_revoked.send(sender=Node, node=node)
 
 
 FACT_FIELDS = (
@@ -191,11 +207,7 @@ def transition_node(node: Node, state: str, reason: str = "", by_person: bool = 
         recorder.describe(target=node, changes=changes)
     else:
         recorder.record("inventory.node-state", target=node, changes=changes)
-    from apps.alerts.services import node_state_changed
-    from apps.telemetry.live import publish_node_state
-
-    publish_node_state(node)
-    node_state_changed(node, old)
+    signals.node_state_changed.send(sender=Node, node=node, old_state=old)
     return True
 
 

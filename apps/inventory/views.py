@@ -16,9 +16,10 @@ from django.utils.translation import gettext as _
 
 from apps.accounts.permissions import requires
 from apps.accounts.policy import can, restrict
+from apps.alerts.models import Alert
 from apps.audit import recorder
 from apps.core.pages import visible_or_404
-from apps.core.viewsets import snapshot
+from apps.deployments.models import Worker
 from apps.inventory import services
 from apps.inventory.api.serializers import EnrollmentTokenSerializer
 from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState
@@ -51,8 +52,6 @@ def _gpus_in_order():
 
 def firing_alerts_by_cluster(user) -> dict[int, int]:
     """{cluster id: firing alerts} among the alerts `user` may see (one query)."""
-    from apps.alerts.models import Alert
-
     rows = (
         restrict(Alert.objects.filter(state=Alert.State.FIRING), user, "alerts.view")
         .values_list("cluster_id")
@@ -164,8 +163,6 @@ def _workers_on(user, node) -> list:
     """The deployment workers placed on `node`, if the user may see deployments there."""
     if not can(user, "deployments.view", node):
         return []
-    from apps.deployments.models import Worker
-
     return list(
         Worker.objects.filter(node=node)
         .exclude(desired_state="stopped", state="stopped")
@@ -221,10 +218,10 @@ def node_undrain(request, pk: int):
 @requires("inventory.enroll", methods=("POST",))
 def node_retire(request, pk: int):
     node = _node_for_action(request, pk, "inventory.enroll")
-    if node.state == NodeState.RETIRED:
-        return _refuse(request, node, _("The node is retired."), "retired")
-    services.revoke_node_credential(node)
-    services.transition_node(node, NodeState.RETIRED, f"retired by {request.user}", by_person=True)
+    try:
+        services.retire_node(node, f"retired by {request.user}")
+    except services.NodeRetired as exc:
+        return _refuse(request, node, str(exc), "retired")
     messages.success(
         request, _("%(node)s is retired; its credential no longer works.") % {"node": node}
     )
@@ -270,7 +267,6 @@ def enrollment(request):
                 form.validated_data["hours"],
                 form.validated_data.get("description", ""),
             )
-            recorder.describe(target=token, changes={"created": snapshot(token)})
             context.update(created=token, command=enrollment_command(request, secret))
             context["form"] = {"hours": 24}
         else:

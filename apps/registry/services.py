@@ -22,12 +22,11 @@ class VersionInUse(Exception):
 
 
 def register_version(serializer) -> ModelVersion:
-    """Save a validated new version as draft and checksum it on the console's worker."""
-    from apps.core.viewsets import snapshot
+    """Save a validated new version as draft and checksum it on the console's worker
+    (the request's audit event records it from the serializer: recorder.watch_form)."""
     from apps.registry.tasks import hash_version_task
 
     version = serializer.save()
-    recorder.describe(target=version, changes={"created": snapshot(version)})
     transaction.on_commit(lambda: hash_version_task.delay(version.pk))
     return version
 
@@ -82,8 +81,13 @@ def hash_version(version_id: int) -> ModelVersion:
 
 
 def retire_version(version: ModelVersion) -> None:
-    from apps.deployments.models import Deployment
+    """Retire a ready version that no deployment uses.
 
+    Every deployment on the version counts, stopped ones too: deployments are
+    never deleted (their version is PROTECTed), and starting a stopped one runs
+    its version again without asking the registry. The deployments app's own
+    relation (`version.deployments`) answers, so the registry imports nothing of it.
+    """
     if version.state != VersionState.READY:
         raise VersionInUse(
             lazy_message(
@@ -92,7 +96,7 @@ def retire_version(version: ModelVersion) -> None:
                 state=version.state,
             )
         )
-    users = Deployment.objects.filter(model_version=version).exclude(desired_state="deleted")
+    users = version.deployments.order_by("name")
     if users.exists():
         names = ", ".join(users.values_list("name", flat=True)[:5])
         raise VersionInUse(

@@ -15,7 +15,6 @@ from apps.accounts.policy import can, restrict
 from apps.audit import recorder
 from apps.core.i18n import in_english
 from apps.core.pages import visible_or_404
-from apps.core.viewsets import snapshot
 from apps.registry import services
 from apps.registry.api.serializers import ModelSerializer, ModelVersionSerializer
 from apps.registry.models import ArtifactFormat, Model, ModelVersion, Task, VersionState
@@ -48,12 +47,12 @@ def model_list(request):
 @requires("models.manage", methods=("POST",))
 def model_create(request):
     form = ModelSerializer(data=request.POST)
+    recorder.watch_form(form)
     if not form.is_valid():
         return _models_page(
             request, {"model_form": request.POST, "model_errors": form.errors}, status=400
         )
     model = form.save()
-    recorder.describe(target=model, changes={"created": snapshot(model)})
     messages.success(request, _("Model %(name)s is registered.") % {"name": model.name})
     return redirect("model-list")
 
@@ -62,6 +61,7 @@ def model_create(request):
 def version_create(request):
     data = {k: v for k, v in request.POST.items() if k != "csrfmiddlewaretoken" and v != ""}
     form = ModelVersionSerializer(data=data)
+    recorder.watch_form(form)
     if not form.is_valid():
         return _models_page(
             request, {"version_form": request.POST, "version_errors": form.errors}, status=400
@@ -80,7 +80,6 @@ def version_retire(request, pk: int):
     version = visible_or_404(
         ModelVersion.objects.select_related("model"), request.user, "models.view", pk
     )
-    recorder.describe(target=version)
     try:
         services.retire_version(version)
     except services.VersionInUse as exc:

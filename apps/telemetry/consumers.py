@@ -23,7 +23,7 @@ from apps.accounts.policy import can, visible_cluster_ids
 from apps.alerts.services import evaluate_samples, forget_evaluator
 from apps.audit import recorder
 from apps.deployments.services import apply_worker_status
-from apps.inventory.models import Node
+from apps.inventory.models import Cluster, Node
 from apps.inventory.services import node_for_credential
 from apps.telemetry import grid, live
 from apps.telemetry.batcher import batcher_for_this_loop
@@ -306,8 +306,6 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
                 raise PermissionError("no such cluster, or not yours to see")
             return [cluster_id], {cluster_id: None}
         visible = visible_cluster_ids(self.user, "telemetry.view")
-        from apps.inventory.models import Cluster
-
         ids = (
             list(Cluster.objects.values_list("pk", flat=True))
             if visible is None

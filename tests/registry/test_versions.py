@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from apps.deployments.models import Deployment, DesiredState
 from apps.registry.models import Model, ModelVersion, VersionState
 from apps.registry.paths import PathRefused, check_model_path
 from apps.registry.services import hash_version
@@ -150,3 +151,33 @@ def test_sha256_of_a_large_file_matches_hashlib(tmp_path):
     seen = []
     assert sha256_file(path, seen.append) == hashlib.sha256(data).hexdigest()
     assert sum(seen) == len(data)
+
+
+def test_a_version_a_stopped_deployment_uses_cannot_be_retired_until_it_moves_on(
+    admin_api, model, cluster
+):
+    """Stopped is not gone: starting the deployment again would run the version."""
+    v1, v2 = (
+        ModelVersion.objects.create(
+            model=model, label=label, format="safetensors", path=f"/m/{label}", state="ready"
+        )
+        for label in ("v1", "v2")
+    )
+    deployment = Deployment.objects.create(
+        name="embed",
+        cluster=cluster,
+        model_version=v1,
+        engine="vllm",
+        port=8000,
+        desired_state=DesiredState.STOPPED,
+    )
+
+    refused = admin_api.post(f"/api/v1/model-versions/{v1.pk}/retire/")
+
+    assert refused.status_code == 400
+    assert "embed" in refused.json()["detail"]
+    assert ModelVersion.objects.get(pk=v1.pk).state == VersionState.READY
+    deployment.model_version = v2
+    deployment.save(update_fields=["model_version"])
+    assert admin_api.post(f"/api/v1/model-versions/{v1.pk}/retire/").status_code == 200
+    assert ModelVersion.objects.get(pk=v1.pk).state == VersionState.RETIRED

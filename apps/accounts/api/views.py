@@ -19,7 +19,7 @@ from apps.accounts.policy import AUTHENTICATED, effective_rights
 from apps.accounts.services import deactivate_user
 from apps.accounts.tokens import create_api_token, revoke_api_token
 from apps.audit import recorder
-from apps.core.viewsets import HangarViewSet, snapshot
+from apps.core.viewsets import HangarViewSet
 
 READ = {"list": "accounts.view", "retrieve": "accounts.view"}
 MANAGE = "accounts.manage"
@@ -112,7 +112,9 @@ class ApiTokenViewSet(
         except ValueError as exc:
             raise serializers.ValidationError({"days": str(exc)}) from None
         recorder.describe(
-            action="accounts.token.create", target=token, changes={"created": snapshot(token)}
+            action="accounts.token.create",
+            target=token,
+            changes={"created": recorder.snapshot(token)},
         )
         data = ApiTokenCreatedSerializer(token).data | {"secret": secret}
         return Response(data, status=status.HTTP_201_CREATED)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema
@@ -9,7 +8,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
-from apps.accounts.policy import can, rights_of
+from apps.accounts.policy import allowed_in_scope, with_global_rows
 from apps.alerts import services
 from apps.alerts.api.serializers import (
     AcknowledgeSerializer,
@@ -52,23 +51,6 @@ class GlobalRowsVisible:
         return with_global_rows(
             super().get_queryset(), self.queryset, self.request.user, self.policy["list"]
         )
-
-
-def with_global_rows(restricted, unrestricted, user, viewing: str):
-    """`restricted` (restrict()ed to `viewing`) plus the rows without a cluster;
-    the API's viewsets and the pages list rules and silences with it."""
-    if not can(user, viewing) or viewing in rights_of(user).actions_in(None):
-        return restricted
-    clusters = rights_of(user).clusters_with(viewing)
-    return unrestricted.all().filter(Q(cluster__isnull=True) | Q(cluster__in=clusters))
-
-
-def allowed_in_scope(user, action: str, cluster) -> bool:
-    """May `user` do `action` in `cluster`? None means every cluster: that needs
-    the right everywhere."""
-    return can(user, action, cluster.pk if cluster is not None else None) and (
-        cluster is not None or action in rights_of(user).actions_in(None)
-    )
 
 
 def _require_in_scope(user, action: str, cluster) -> None:

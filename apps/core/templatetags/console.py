@@ -6,6 +6,8 @@ from __future__ import annotations
 from django import template
 from django.utils.translation import gettext_lazy as _
 
+from apps.inventory.models import Cluster
+
 register = template.Library()
 
 # Stored values are English identifiers (also in the API); people read these.
@@ -85,8 +87,6 @@ def user_roles(rights: dict) -> list[tuple[str, str | None]]:
     roles: list[tuple[str, str | None]] = [(role_label(r), None) for r in rights.get("global", [])]
     scoped = rights.get("clusters") or {}
     if scoped:
-        from apps.inventory.models import Cluster
-
         names = dict(Cluster.objects.filter(pk__in=scoped).values_list("pk", "name"))
         for cluster_id, cluster_roles in scoped.items():
             name = names.get(int(cluster_id), f"#{cluster_id}")

@@ -14,7 +14,7 @@ from agents.protocol import ProtocolError, validate_facts
 from apps.accounts.policy import PUBLIC, can, can_globally
 from apps.audit import recorder
 from apps.audit.middleware import client_address
-from apps.core.viewsets import HangarViewSet, snapshot
+from apps.core.viewsets import HangarViewSet
 from apps.inventory import broker, commands, services
 from apps.inventory.api.serializers import (
     ClusterSerializer,
@@ -131,8 +131,11 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
     def retire(self, request, pk=None):
         """Retire the node for good: its credential stops working."""
         node = self.get_object()
-        services.revoke_node_credential(node)
-        return self._transition(NodeState.RETIRED, f"retired by {request.user}")
+        try:
+            services.retire_node(node, f"retired by {request.user}")
+        except services.NodeRetired as exc:
+            raise serializers.ValidationError({"detail": str(exc)}) from None
+        return Response(NodeSerializer(node).data)
 
     @extend_schema(request=None, responses=NodeSerializer)
     @action(detail=True, methods=["post"], url_path="revoke-credential")
@@ -180,9 +183,9 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
                 },
                 status=status.HTTP_502_BAD_GATEWAY,
             )
-        before = snapshot(node)
+        before = recorder.snapshot(node)
         services.apply_facts(node, facts)
-        recorder.describe(target=node, changes=recorder.diff(before, snapshot(node)))
+        recorder.describe(target=node, changes=recorder.diff(before, recorder.snapshot(node)))
         return Response(NodeSerializer(node).data)
 
     @extend_schema(
@@ -244,7 +247,6 @@ class EnrollmentTokenViewSet(
             serializer.validated_data["hours"],
             serializer.validated_data.get("description", ""),
         )
-        recorder.describe(target=token, changes={"created": snapshot(token)})
         console = request.build_absolute_uri("/").rstrip("/")
         data = EnrollmentTokenCreatedSerializer(token).data | {
             "secret": secret,

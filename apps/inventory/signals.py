@@ -1,0 +1,10 @@
+"""What inventory tells the apps above it, without importing them (docs/architecture.md,
+"Imports"): telemetry pushes node states to browsers and drops revoked agents'
+sockets, alerts judges node.offline. Their AppConfig.ready() connects the receivers."""
+
+from django.dispatch import Signal
+
+# After transition_node moved a node: sender=Node, node (its new state set), old_state.
+node_state_changed = Signal()
+# After revoke_node_credential: sender=Node, node. The agent's socket must close now.
+node_credential_revoked = Signal()
