@@ -18,6 +18,7 @@ import http.client
 import importlib.util
 import json
 import math
+import os
 import re
 import signal
 import socket
@@ -770,6 +771,49 @@ def test_an_unusable_key_exits_2_with_a_one_line_error(tmp_path, key_file_text, 
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert words in line
+
+
+def test_the_openai_client_unchanged_gets_answers_streamed_and_not(keyed_engine, monkeypatch):
+    openai = pytest.importorskip("openai")
+    for name in [name for name in os.environ if "proxy" in name.lower()]:
+        monkeypatch.delenv(name)
+    base_url = f"http://127.0.0.1:{keyed_engine.port}/v1"
+    client = openai.OpenAI(base_url=base_url, api_key=WORKER_KEY, max_retries=0)
+    model = str(keyed_engine.model_dir)
+    messages = [{"role": "user", "content": "Hello from the openai client"}]
+
+    assert [m.id for m in client.models.list()] == [model]
+    completion = client.completions.create(model="any", prompt="Say hi", max_tokens=4)
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 4
+    chat = client.chat.completions.create(model="any", messages=messages)
+    answer = chat.choices[0].message.content
+    assert answer.startswith(STAND_IN_LABEL)
+
+    pieces, usage = [], None
+    for chunk in client.chat.completions.create(
+        model="any", messages=messages, stream=True, stream_options={"include_usage": True}
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        usage = chunk.usage or usage
+    assert "".join(pieces) == answer
+    assert usage.completion_tokens == chat.usage.completion_tokens == len(pieces)
+    assert usage.prompt_tokens == len(stand_in_tokens("user: Hello from the openai client"))
+
+    streamed_text = "".join(
+        chunk.choices[0].text
+        for chunk in client.completions.create(model="any", prompt="Say hi", stream=True)
+    )
+    assert streamed_text == client.completions.create(model="any", prompt="Say hi").choices[0].text
+
+    embedding = client.embeddings.create(model="any", input=["one text"])
+    assert len(embedding.data[0].embedding) == 384
+
+    wrong = openai.OpenAI(base_url=base_url, api_key="not-the-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        wrong.chat.completions.create(model="any", messages=messages)
+    assert refused.value.code == "invalid_api_key"
 
 
 # --- Metrics --------------------------------------------------------------------
