@@ -41,7 +41,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -651,6 +651,9 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "HangarReferenceEngine/1"
+    # TCP_NODELAY: a stream's small events leave at once instead of waiting in the
+    # kernel for the previous one's acknowledgement.
+    disable_nagle_algorithm = True
     engine: Engine  # set on the subclass made by make_server
 
     def do_GET(self) -> None:
@@ -685,24 +688,38 @@ class Handler(BaseHTTPRequestHandler):
             status = HTTPStatus.INTERNAL_SERVER_ERROR
             response = error_body(f"The engine failed: {failure}", status)
         if isinstance(response, Stream):
-            self._send_stream(path, response)
-        else:
-            if path in COMPLETION_ENDPOINTS and status == HTTPStatus.OK:
-                self.engine.metrics.generated(path, response["usage"]["completion_tokens"])
-            self._send_json(status, response)
+            self._send_stream(path, response, started)
+            return
+        # Counted before the answer leaves, so a client that has it sees it counted.
+        if path in COMPLETION_ENDPOINTS and status == HTTPStatus.OK:
+            self.engine.metrics.generated(path, response["usage"]["completion_tokens"])
         if path in API_ENDPOINTS:
             elapsed = time.perf_counter() - started
             self.engine.metrics.observe(path, elapsed, error=status >= 400)
+        try:
+            self._send_json(status, response)
+        except ConnectionError:  # the client gave up waiting (a slow --token-delay answer)
+            self.close_connection = True
 
-    def _send_stream(self, path: str, stream: Stream) -> None:
+    def _send_stream(self, path: str, stream: Stream, started: float) -> None:
         """Write `stream` as server-sent events, each chunk as soon as it is made.
 
         HTTP/1.1 clients get chunked transfer encoding (the connection stays
         usable); an HTTP/1.0 client gets the events until the connection closes.
         A client that goes away stops the generation: the next write fails.
+        The stream is counted before [DONE] (a cut one: before it counts as cut),
+        so a client that has seen the end sees the numbers.
         """
         chunked = self.request_version != "HTTP/1.0"
         sent = 0
+        counted = False
+
+        def count(cancelled: bool) -> None:
+            nonlocal counted
+            counted = True
+            self.engine.metrics.observe(path, time.perf_counter() - started, error=False)
+            self.engine.metrics.generated(path, sent, cancelled=cancelled)
+
         try:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -717,21 +734,22 @@ class Handler(BaseHTTPRequestHandler):
             for chunk, tokens in stream.chunks:
                 self._write_event(json.dumps(chunk).encode(), chunked)
                 sent += tokens
+            count(cancelled=False)
             self._write_event(b"[DONE]", chunked)
             if chunked:
                 self.wfile.write(b"0\r\n\r\n")
         except ConnectionError:  # BrokenPipeError, ConnectionResetError: the client left
             self.close_connection = True
-            self.engine.metrics.generated(path, sent, cancelled=True)
+            if counted:  # it left after the last token: the stream was whole
+                return
+            count(cancelled=True)
             print(
                 f"reference engine: the client left a stream on {path} after {sent} of "
                 f"{stream.planned_tokens} tokens; generation stopped",
                 flush=True,
             )
-            return
         finally:
             stream.chunks.close()
-        self.engine.metrics.generated(path, sent)
 
     def _write_event(self, data: bytes, chunked: bool) -> None:
         event = b"data: " + data + b"\n\n"
@@ -869,7 +887,7 @@ class ApiKeyError(Exception):
     """The API key cannot be read; the message is the engine's one line on stderr."""
 
 
-def read_api_key(key_file: str | None, environ: dict[str, str]) -> bytes | None:
+def read_api_key(key_file: str | None, environ: Mapping[str, str]) -> bytes | None:
     """The key every API request must carry, or None for an open engine."""
     from_env = environ.get(API_KEY_ENV)
     if key_file is not None and from_env is not None:
@@ -897,7 +915,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("reference engine: error: --token-delay must be 0..3600 seconds", file=sys.stderr)
         return 2
     try:
-        api_key = read_api_key(args.api_key_file, dict(os.environ))
+        api_key = read_api_key(args.api_key_file, os.environ)
     except ApiKeyError as problem:
         print(f"reference engine: error: {problem}", file=sys.stderr)
         return 2
