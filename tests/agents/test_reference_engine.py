@@ -520,7 +520,8 @@ def test_each_chunk_is_sent_while_the_rest_is_still_being_generated(tmp_path):
     paced = start_engine(tmp_path, "--backend", "stand-in", "--token-delay", "0.5")
     endpoint = "/v1/chat/completions"
     try:
-        client, reader = open_raw_stream(paced.port, endpoint, {**CHAT, "max_tokens": 4})
+        # Seven tokens still to come, 0.5 s each: ample time to read /metrics meanwhile.
+        client, reader = open_raw_stream(paced.port, endpoint, {**CHAT, "max_tokens": 8})
         with client, reader:
             events = sse_data(reader)
             assert next(events)["choices"][0]["delta"]["role"] == "assistant"
