@@ -194,12 +194,14 @@ ENGINES: dict[str, Engine] = {
         flags={
             "--backend": _choice("auto", "stand-in"),
             "--startup-delay": _float(0.0, 3600.0),
+            "--token-delay": _float(0.0, 10.0),
             "--extra-listener-port": _int(0, 65535),
         },
         refused={
             "--model": _OWNED_BY_AGENT,
             "--port": _OWNED_BY_AGENT,
             "--host": _OWNED_BY_AGENT,
+            "--api-key-file": "the agent passes each worker its own secret",
         },
         health_path="/health",
         metrics=PrometheusNames(
