@@ -16,7 +16,6 @@ from apps.inventory.services import apply_facts, transition_node
 from apps.telemetry.models import NodeMetricMinute
 from apps.telemetry.series import MinuteRollup, flatten
 
-
 # What may change on a node while its agent is connected, other than its facts.
 PEOPLE_FIELDS = ["name", "cluster", "labels", "state", "state_reason", "credential_revoked_at"]
 
