@@ -8,6 +8,7 @@ instead, the hold gives up after a few seconds and the threads finish in turn.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -60,10 +61,9 @@ def in_threads(*jobs):
 
 def barrier_gate(barrier: threading.Barrier):
     def gate():
-        try:
+        # Broken when the other thread waits for our lock: go on and release it.
+        with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait(timeout=HOLD_SECONDS)
-        except threading.BrokenBarrierError:
-            pass  # the other thread waits for our lock: go on and release it
 
     return gate
 

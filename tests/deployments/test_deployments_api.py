@@ -5,6 +5,7 @@ import pytest
 from apps.audit.models import AuditEvent
 from apps.deployments.models import Deployment, RolloutState, Worker, WorkerState
 from apps.deployments.services import apply_worker_status, reconcile
+from apps.inventory.models import Node
 from apps.telemetry import live
 from tests.deployments.conftest import make_node, queued_commands, ready_version
 
@@ -195,3 +196,49 @@ def test_operators_scale_and_stop_but_viewers_cannot(
     assert response.status_code == expected
     assert Deployment.objects.get().replicas == (2 if expected == 200 else 1)
     assert api.post(f"/api/v1/deployments/{deployment_id}/stop/").status_code == expected
+
+
+@pytest.mark.parametrize("state", ["draining", "offline", "retired"])
+def test_pinned_work_on_a_node_that_takes_none_is_refused_naming_node_and_state(
+    admin_api, cluster, version, gpu_node, state
+):
+    Node.objects.filter(pk=gpu_node.pk).update(state=state)
+
+    refused = deploy(admin_api, cluster, version, gpu_node)
+
+    assert refused.status_code == 400
+    assert refused.json()["detail"] == (
+        f"gpu-a is {state} and takes no new work; pin another node."
+    )
+    assert not Deployment.objects.exists() and not Worker.objects.exists()
+
+
+def test_starting_again_after_the_node_was_drained_is_refused_for_pinned_work(
+    admin_api, cluster, version, gpu_node
+):
+    deployment = Deployment.objects.get(
+        pk=deploy(admin_api, cluster, version, gpu_node).json()["id"]
+    )
+    admin_api.post(f"/api/v1/deployments/{deployment.pk}/stop/")
+    admin_api.post(f"/api/v1/nodes/{gpu_node.pk}/drain/")
+
+    refused = admin_api.post(f"/api/v1/deployments/{deployment.pk}/start/")
+
+    assert refused.status_code == 400
+    assert "gpu-a is draining and takes no new work" in refused.json()["detail"]
+    assert not deployment.workers.filter(desired_state="running").exists()
+
+
+def test_starting_again_does_not_reuse_gpus_another_deployment_took_meanwhile(
+    admin_api, cluster, version
+):
+    node = make_node(cluster, "gpu-b", gpus=2)
+    auto = {"mode": "auto", "gpus_per_replica": 1}
+    first = deploy(admin_api, cluster, version, node, replicas=1, placement=auto).json()
+    admin_api.post(f"/api/v1/deployments/{first['id']}/stop/")
+    deploy(admin_api, cluster, version, node, replicas=1, placement=auto, name="second", port=8200)
+
+    assert admin_api.post(f"/api/v1/deployments/{first['id']}/start/").status_code == 200
+
+    running = Worker.objects.filter(desired_state="running").order_by("deployment__name")
+    assert [(w.deployment.name, w.gpus) for w in running] == [("chat", [1]), ("second", [0])]
