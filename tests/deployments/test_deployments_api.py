@@ -1,6 +1,7 @@
 """Deployment operations through the API, with commands landing on real node queues."""
 
 import pytest
+from django.db import connection
 
 from apps.audit.models import AuditEvent
 from apps.deployments.models import Deployment, RolloutState, Worker, WorkerState
@@ -242,3 +243,32 @@ def test_starting_again_does_not_reuse_gpus_another_deployment_took_meanwhile(
 
     running = Worker.objects.filter(desired_state="running").order_by("deployment__name")
     assert [(w.deployment.name, w.gpus) for w in running] == [("chat", [1]), ("second", [0])]
+
+
+def test_reconcile_sends_no_start_for_a_worker_stopped_after_it_read_the_workers(
+    admin_api, cluster, version, gpu_node, django_capture_on_commit_callbacks
+):
+    """Reconcile reads every worker, then acts on each; a stop made in between
+    (here right after that read) is not answered with a start."""
+    from apps.deployments.services import stop_deployment
+
+    deployment_id = deploy(admin_api, cluster, version, gpu_node, replicas=1).json()["id"]
+    report(Worker.objects.get(), "stopped")  # e.g. the engine exited: reconcile restarts it
+    Worker.objects.update(dispatched_at=None)
+    stopped = []
+
+    def stop_after_reconcile_reads(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not stopped and sql.startswith('SELECT "deployments_worker"."id"'):
+            stopped.append(True)
+            stop_deployment(Deployment.objects.get(pk=deployment_id))
+        return result
+
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        connection.execute_wrapper(stop_after_reconcile_reads),
+    ):
+        resent = reconcile()
+
+    assert stopped and resent["start"] == 0
+    assert [verb for verb, _ in queued_commands(gpu_node)] == ["stop_worker"]
