@@ -272,3 +272,17 @@ def test_reconcile_sends_no_start_for_a_worker_stopped_after_it_read_the_workers
 
     assert stopped and resent["start"] == 0
     assert [verb for verb, _ in queued_commands(gpu_node)] == ["stop_worker"]
+
+
+def test_a_rollout_started_from_an_old_copy_keeps_a_scale_made_meanwhile(
+    admin_api, cluster, version, gpu_node
+):
+    from apps.deployments.services import roll_out, scale_deployment
+
+    deployment_id = deploy(admin_api, cluster, version, gpu_node, replicas=2).json()["id"]
+    loaded_before = Deployment.objects.get(pk=deployment_id)
+    scale_deployment(Deployment.objects.get(pk=deployment_id), 1)
+
+    roll_out(loaded_before, ready_version(label="v2"))
+
+    assert Deployment.objects.get(pk=deployment_id).replicas == 1
