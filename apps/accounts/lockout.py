@@ -53,7 +53,7 @@ def lift_lock(lock: LoginLock, by=None) -> None:
     """End a lock, on expiry (actor system) or by an admin (the request's actor)."""
     lock.unlocked_at = timezone.now()
     lock.save(update_fields=["unlocked_at"])
-    cache.delete(_counter_key(lock.scope, lock.key))
+    _forget_failures(lock.scope, lock.key)
     changes = {"scope": lock.scope, "subject": lock.key, "reason": "admin" if by else "expired"}
     if by is not None and recorder.in_request():
         recorder.describe(action="auth.unlock", target=lock, changes=changes)
@@ -64,6 +64,41 @@ def lift_lock(lock: LoginLock, by=None) -> None:
 def _counter_key(scope: str, key: str) -> str:
     # Hashed: a typed username can be any length or character; cache keys cannot.
     return f"login-failures:{scope}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _last_failure_key(scope: str, key: str) -> str:
+    return _counter_key(scope, key) + ":last"
+
+
+def failures(scope: str, key: str) -> tuple[int, float]:
+    """(failures in the window, Unix time of the last one) for a username or address."""
+    counter, last = _counter_key(scope, key), _last_failure_key(scope, key)
+    values = cache.get_many([counter, last])
+    return int(values.get(counter, 0)), float(values.get(last, 0))
+
+
+def _count_failure(scope: str, key: str) -> int:
+    """One more failure; returns the new count.
+
+    An atomic increment (Redis INCR through the cache): parallel attempts each
+    count, where a read and a write would let them overwrite each other's. The
+    window runs from the latest failure.
+    """
+    counter = _counter_key(scope, key)
+    while True:
+        cache.add(counter, 0, WINDOW_SECONDS)
+        try:
+            count = cache.incr(counter)
+            break
+        except ValueError:  # expired between add and incr
+            continue
+    cache.touch(counter, WINDOW_SECONDS)
+    cache.set(_last_failure_key(scope, key), time.time(), WINDOW_SECONDS)
+    return count
+
+
+def _forget_failures(scope: str, key: str) -> None:
+    cache.delete_many([_counter_key(scope, key), _last_failure_key(scope, key)])
 
 
 def check_login_allowed(username: str, address: str | None) -> Refusal | None:
@@ -77,11 +112,10 @@ def check_login_allowed(username: str, address: str | None) -> Refusal | None:
                 f"Try again in {wait // 60 + 1} minutes or ask an administrator.",
                 wait,
             )
-        failures = cache.get(_counter_key(scope, key)) or {}
-        count = failures.get("count", 0)
+        count, last = failures(scope, key)
         if count >= THROTTLE_AFTER:
             delay = 2 ** (count - THROTTLE_AFTER + 1)
-            remaining = int(failures.get("last", 0) + delay - time.time()) + 1
+            remaining = int(last + delay - time.time()) + 1
             if remaining > 0:
                 return Refusal(f"Too many failed logins. Wait {remaining} seconds.", remaining)
     return None
@@ -90,11 +124,9 @@ def check_login_allowed(username: str, address: str | None) -> Refusal | None:
 def note_login_failure(username: str, address: str | None) -> None:
     limit = settings.LOGIN_FAILURE_LIMIT
     for scope, key in _subjects(username, address):
-        counter_key = _counter_key(scope, key)
-        failures = cache.get(counter_key) or {"count": 0}
-        failures = {"count": failures["count"] + 1, "last": time.time()}
-        cache.set(counter_key, failures, WINDOW_SECONDS)
-        if failures["count"] >= limit and _active_lock(scope, key) is None:
+        count = _count_failure(scope, key)
+        # Exactly one attempt reaches the limit, so parallel ones make one lock.
+        if count == limit or (count > limit and _active_lock(scope, key) is None):
             lock = LoginLock.objects.create(
                 scope=scope,
                 key=key,
@@ -107,7 +139,7 @@ def note_login_failure(username: str, address: str | None) -> None:
                 changes={
                     "scope": scope,
                     "subject": key,
-                    "failures": failures["count"],
+                    "failures": count,
                     "minutes": settings.LOGIN_LOCK_MINUTES,
                 },
             )
@@ -116,4 +148,4 @@ def note_login_failure(username: str, address: str | None) -> None:
 def note_login_success(username: str, address: str | None) -> None:
     for scope, key in _subjects(username, address):
         if scope == LoginLock.Scope.USERNAME:
-            cache.delete(_counter_key(scope, key))
+            _forget_failures(scope, key)

@@ -352,8 +352,13 @@ def resolve_rule_alerts(rule: AlertRule, reason: str) -> int:
 def resolve_alerts(alerts, reason: str) -> int:
     """Close the open ones of `alerts` for a reason other than their condition clearing."""
     count = 0
-    for alert in alerts.filter(state__in=Alert.OPEN):
+    for pk in list(alerts.filter(state__in=Alert.OPEN).values_list("pk", flat=True)):
         with transaction.atomic():
+            # Re-read under its lock: an acknowledgement or a notification since
+            # the list was read must not be written back as it was then.
+            alert = Alert.objects.select_for_update().filter(pk=pk, state__in=Alert.OPEN).first()
+            if alert is None:
+                continue  # resolved meanwhile
             before = alert.state
             alert.state, alert.resolved_at = Alert.State.RESOLVED, timezone.now()
             alert.resolved_reason = reason[:200]

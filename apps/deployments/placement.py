@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+from django.db import transaction
 from django.utils.translation import gettext_lazy as _
 
 from apps.core.i18n import lazy_message
 from apps.deployments.models import DesiredState, Worker
-from apps.inventory.models import GPU, Node, NodeState
+from apps.inventory.models import GPU, Cluster, Node, NodeState
 from apps.telemetry import live
 
 GiB = 1024**3
+# Draining promises no new work; offline and retired nodes cannot take it.
+TAKES_NO_WORK = {NodeState.DRAINING, NodeState.OFFLINE, NodeState.RETIRED}
 
 
 class PlacementError(ValueError):
     """The placement cannot be satisfied; the message says why."""
+
+
+def lock_cluster_placement(cluster_id: int) -> None:
+    """Placements in one cluster take turns until their transaction ends.
+
+    Each placement reads the GPUs in use and then claims some with new Worker
+    rows; two at once would both see the same GPUs free. On PostgreSQL this holds
+    the cluster row (FOR NO KEY UPDATE: rows referencing the cluster can still be
+    inserted) until the caller's transaction commits with its workers. SQLite's
+    transactions are IMMEDIATE (console/config.py), so writers already take turns.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("placement must run inside the transaction that creates its workers")
+    list(Cluster.objects.select_for_update(no_key=True).filter(pk=cluster_id).values_list("pk"))
 
 
 def gpus_in_use(deployment=None, slots=()) -> dict[int, set[int]]:
@@ -50,6 +67,14 @@ def place_pinned(cluster, placement: dict, slots: list[int], held) -> dict[int, 
                     _("Node %(node)s is not in cluster %(cluster)s."),
                     node=target.get("node"),
                     cluster=str(cluster),
+                )
+            )
+        if node.state in TAKES_NO_WORK:
+            raise PlacementError(
+                lazy_message(
+                    _("%(node)s is %(state)s and takes no new work; pin another node."),
+                    node=str(node),
+                    state=node.state,
                 )
             )
         gpus = target.get("gpus") or []
@@ -130,6 +155,9 @@ def _free_bytes(reading: dict | None, gpu: GPU) -> float:
 
 
 def place(deployment, slots: list[int]) -> dict[int, tuple[Node, list]]:
+    """Nodes and GPUs for `slots`; the caller creates their workers in the same
+    transaction (the cluster stays locked until it ends)."""
+    lock_cluster_placement(deployment.cluster_id)
     held = gpus_in_use(deployment, slots)
     mode = deployment.placement.get("mode")
     if mode == "pinned":

@@ -27,7 +27,7 @@ from apps.deployments.models import (
     Worker,
     WorkerState,
 )
-from apps.deployments.placement import place
+from apps.deployments.placement import TAKES_NO_WORK, gpus_in_use, lock_cluster_placement, place
 from apps.inventory.commands import send_to_node
 from apps.inventory.models import NodeState
 from apps.registry.models import VersionState
@@ -82,6 +82,17 @@ def dispatch(worker: Worker, verb: str) -> str:
     return operation_id
 
 
+def _lock(deployment: Deployment) -> Deployment:
+    """Re-read `deployment` under its row lock, inside the caller's transaction.
+
+    People's operations, reconcile and workers' reports all change a deployment
+    and its workers; with the lock they take turns, and each decides from the
+    row as the one before left it rather than from the copy it loaded earlier.
+    """
+    deployment.refresh_from_db(from_queryset=Deployment.objects.select_for_update())
+    return deployment
+
+
 def _note(action: str, deployment: Deployment, operations: list[str], **changes) -> None:
     recorder.describe(
         action=action, target=deployment, changes={"operation_ids": operations, **changes}
@@ -133,6 +144,7 @@ def live_workers(deployment: Deployment):
 
 @transaction.atomic
 def stop_deployment(deployment: Deployment) -> list[str]:
+    _lock(deployment)
     deployment.desired_state = DesiredState.STOPPED
     deployment.save(update_fields=["desired_state", "updated_at"])
     operations = []
@@ -152,14 +164,22 @@ def _stop_worker(worker: Worker) -> str:
 
 @transaction.atomic
 def start_deployment(deployment: Deployment) -> list[str]:
+    _lock(deployment)
     deployment.desired_state = DesiredState.RUNNING
     deployment.save(update_fields=["desired_state", "updated_at"])
     operations = []
+    slots = list(range(deployment.replicas))
+    # A stopped worker holds no GPUs: while it was stopped another deployment may
+    # have taken them, or its node may have been drained. Such a slot is placed
+    # afresh (its old worker, superseded, is removed by reconcile).
+    lock_cluster_placement(deployment.cluster_id)
+    held = gpus_in_use(deployment, slots)
     current = {
         w.slot: w
         for w in deployment.workers.filter(
             model_version=deployment.model_version, slot__lt=deployment.replicas
-        )
+        ).select_related("node")
+        if w.node.state not in TAKES_NO_WORK and not set(w.gpus) & held.get(w.node_id, set())
     }
     start_afresh([w.pk for w in current.values()])
     for worker in current.values():
@@ -167,7 +187,7 @@ def start_deployment(deployment: Deployment) -> list[str]:
             desired_state=DesiredState.RUNNING, state=WorkerState.PENDING
         )
         operations.append(dispatch(worker, "start_worker"))
-    missing = [s for s in range(deployment.replicas) if s not in current]
+    missing = [s for s in slots if s not in current]
     if missing:
         operations += _add_workers(deployment, missing)
     _note("deployments.start", deployment, operations)
@@ -178,6 +198,7 @@ def start_deployment(deployment: Deployment) -> list[str]:
 def scale_deployment(deployment: Deployment, replicas: int) -> list[str]:
     if not 0 < replicas <= 64:
         raise DeploymentError(_("replicas must be between 1 and 64."))
+    _lock(deployment)
     if deployment.rollout_state == RolloutState.ROLLING:
         raise DeploymentError(_("Wait for the rollout to finish before scaling."))
     old = deployment.replicas
@@ -195,6 +216,7 @@ def scale_deployment(deployment: Deployment, replicas: int) -> list[str]:
 
 @transaction.atomic
 def restart_worker(worker: Worker) -> str:
+    worker.refresh_from_db(from_queryset=Worker.objects.select_for_update())
     if worker.desired_state != DesiredState.RUNNING:
         raise DeploymentError(_("The worker is stopped; start its deployment instead."))
     start_afresh([worker.pk])
@@ -208,6 +230,7 @@ def restart_worker(worker: Worker) -> str:
 @transaction.atomic
 def roll_out(deployment: Deployment, version, action: str = "deployments.rollout") -> list[str]:
     """Replace workers one at a time with `version`; each must be ready before the next."""
+    _lock(deployment)
     if version.state != VersionState.READY:
         raise DeploymentError(
             lazy_message(
@@ -226,7 +249,15 @@ def roll_out(deployment: Deployment, version, action: str = "deployments.rollout
     deployment.model_version = version
     deployment.rollout_state = RolloutState.ROLLING
     deployment.rollout_error = ""
-    deployment.save()
+    deployment.save(
+        update_fields=[
+            "previous_version",
+            "model_version",
+            "rollout_state",
+            "rollout_error",
+            "updated_at",
+        ]
+    )
     operations = advance_rollout(deployment)
     _note(action, deployment, operations, version=[str(deployment.previous_version), str(version)])
     return operations
@@ -239,7 +270,17 @@ def roll_back(deployment: Deployment) -> list[str]:
 
 
 def advance_rollout(deployment: Deployment) -> list[str]:
-    """One step of a rolling update, called on every worker report and by reconcile."""
+    """One step of a rolling update, called on every worker report and by reconcile.
+
+    Under the deployment's lock: two callers at once would otherwise both see the
+    same old worker and both start a replacement for its slot.
+    """
+    with transaction.atomic():
+        _lock(deployment)
+        return _rollout_step(deployment)
+
+
+def _rollout_step(deployment: Deployment) -> list[str]:
     if deployment.rollout_state != RolloutState.ROLLING:
         return []
     target = deployment.model_version_id
@@ -338,10 +379,20 @@ def apply_worker_status(node, status: dict) -> Worker | None:
     A status for a worker of another node is ignored: an agent speaks for its own
     node only. A worker the console no longer wants is told to stop.
     """
-    worker = (
-        Worker.objects.select_related("deployment", "node").filter(pk=status["worker_id"]).first()
-    )
-    if worker is None or worker.node_id != node.pk:
+    with transaction.atomic():
+        # Locked and read now: stop, scale and start change desired_state,
+        # dispatched_at and first_ready_at of this row at any moment.
+        worker = (
+            Worker.objects.select_for_update(of=("self",))
+            .select_related("deployment", "node")
+            .filter(pk=status["worker_id"])
+            .first()
+        )
+        ours = worker is not None and worker.node_id == node.pk
+        if ours:
+            old_state = worker.state
+            _store_status(worker, status)
+    if not ours:
         if worker is None and status.get("state") not in (WorkerState.STOPPED, WorkerState.FAILED):
             send_to_node(
                 node,
@@ -349,15 +400,6 @@ def apply_worker_status(node, status: dict) -> Worker | None:
                 {"operation_id": str(uuid.uuid4()), "worker_id": status["worker_id"]},
             )
         return None
-    old_state = worker.state
-    for name in STATUS_FIELDS:
-        if name in status:
-            value = status[name]
-            setattr(worker, name, EMPTY.get(name) if value is None else value)
-    worker.reported_at = timezone.now()
-    if worker.state != old_state:
-        record_state_change(worker, worker.reported_at)
-    worker.save()
     if worker.state != old_state and worker.state in (WorkerState.FAILED, WorkerState.CRASHLOOP):
         recorder.record(
             f"deployments.worker-{worker.state}",
@@ -377,6 +419,23 @@ def apply_worker_status(node, status: dict) -> Worker | None:
     if worker.deployment.rollout_state == RolloutState.ROLLING:
         advance_rollout(worker.deployment)
     return worker
+
+
+def _store_status(worker: Worker, status: dict) -> None:
+    """Write the reported columns only; the rest of the row is people's and reconcile's."""
+    old_state, first_ready = worker.state, worker.first_ready_at
+    fields = ["reported_at"]
+    for name in STATUS_FIELDS:
+        if name in status:
+            value = status[name]
+            setattr(worker, name, EMPTY.get(name) if value is None else value)
+            fields.append(name)
+    worker.reported_at = timezone.now()
+    if worker.state != old_state:
+        record_state_change(worker, worker.reported_at)
+    if worker.first_ready_at != first_ready:
+        fields.append("first_ready_at")
+    worker.save(update_fields=fields)
 
 
 def _crashloop_changed(node, worker: Worker) -> None:
@@ -419,19 +478,43 @@ def reconcile() -> dict:
             )
             if node_up and waited and missing:
                 with transaction.atomic():
-                    dispatch(worker, "start_worker")
-                resent["start"] += 1
+                    if _unchanged_since_read(worker):
+                        dispatch(worker, "start_worker")
+                        resent["start"] += 1
         elif worker.state == WorkerState.STOPPED:
             superseded = (worker.deployment_id, worker.slot) in running_slots
             if superseded or worker.slot >= worker.deployment.replicas:
-                worker.delete()
-                resent["removed"] += 1
+                # Only if still stopped and unwanted: a start meanwhile reuses it.
+                gone, _kinds = Worker.objects.filter(
+                    pk=worker.pk, state=WorkerState.STOPPED, desired_state=worker.desired_state
+                ).delete()
+                resent["removed"] += 1 if gone else 0
         elif worker.state != WorkerState.FAILED and node_up and waited:
             # (a failed worker has no process to stop; it stays on record)
             with transaction.atomic():
-                dispatch(worker, "stop_worker")
-            resent["stop"] += 1
+                if _unchanged_since_read(worker):
+                    dispatch(worker, "stop_worker")
+                    resent["stop"] += 1
     for deployment in Deployment.objects.filter(rollout_state=RolloutState.ROLLING):
-        with transaction.atomic():
-            advance_rollout(deployment)
+        advance_rollout(deployment)
     return resent
+
+
+def _unchanged_since_read(worker: Worker) -> bool:
+    """Lock the worker's row; True if what reconcile decided from is still so.
+
+    Reconcile reads every worker first and acts on each in turn; a stop, start or
+    report in between must not be answered with a command for the old state.
+    """
+    return (
+        Worker.objects.select_for_update()
+        .filter(
+            pk=worker.pk,
+            desired_state=worker.desired_state,
+            state=worker.state,
+            dispatched_at=worker.dispatched_at,
+        )
+        .values_list("pk")
+        .first()
+        is not None
+    )

@@ -16,6 +16,7 @@ from apps.audit import recorder
 from apps.core.i18n import lazy_message
 from apps.inventory import broker, signals
 from apps.inventory.models import GPU, EnrollmentToken, Node, NodeState
+from apps.telemetry.live import tell_agent_node_changed
 
 ENROLLMENT_PREFIX = "hge_"
 CREDENTIAL_PREFIX = "hnc_"
@@ -156,14 +157,29 @@ FACT_FIELDS = (
 )
 
 
-def apply_facts(node: Node, facts: dict, agent_version: str = "") -> None:
-    """Store what the agent reports about its host and GPUs (validated upstream)."""
+def apply_facts(
+    node: Node, facts: dict, agent_version: str = "", seen_at: datetime | None = None
+) -> None:
+    """Store what the agent reports about its host and GPUs (validated upstream).
+
+    Writes the fact columns only: `node` may be old (the agent's socket keeps
+    the Node it loaded at connect for its whole life, collect_facts waits up to
+    30 s for the agent), and a whole-row save would put back the state, cluster,
+    labels and revocation it had then, undoing a drain, a move or a revocation.
+    """
+    changed = []
     for name in FACT_FIELDS:
-        if name in facts:
-            setattr(node, name, facts[name] if facts[name] is not None else getattr(node, name))
+        if facts.get(name) is not None:
+            setattr(node, name, facts[name])
+            changed.append(name)
     if agent_version:
         node.agent_version = agent_version[:64]
-    node.save()
+        changed.append("agent_version")
+    if seen_at is not None:
+        node.last_seen = seen_at
+        changed.append("last_seen")
+    if changed:
+        node.save(update_fields=changed)
     seen = set()
     for gpu in facts.get("gpus", []):
         seen.add(gpu["index"])
@@ -182,6 +198,16 @@ def apply_facts(node: Node, facts: dict, agent_version: str = "") -> None:
             },
         )
     node.gpus.exclude(index__in=seen).update(state=GPU.State.MISSING, fault="not reported")
+
+
+def edit_node(node: Node, changes: dict) -> None:
+    """A person's edit of name, labels or cluster: only those columns are written
+    (the row may have changed since `node` was loaded), and the node's agent
+    socket re-reads them (a cluster move changes who sees its telemetry)."""
+    for name, value in changes.items():
+        setattr(node, name, value)
+    node.save(update_fields=list(changes))
+    tell_agent_node_changed(node.pk)
 
 
 def transition_node(node: Node, state: str, reason: str = "", by_person: bool = False) -> bool:

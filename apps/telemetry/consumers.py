@@ -213,6 +213,11 @@ class AgentConsumer(DirectDispatch, AsyncWebsocketConsumer):
     async def agent_revoked(self, event):
         await self.close(code=REFUSED)
 
+    async def node_changed(self, event):
+        """A person or the sweep changed the node (state, cluster): decide from the new."""
+        await database_sync_to_async(self.ingest.reload_node)()
+        self.cluster_group = live.cluster_group(self.ingest.node.cluster_id)
+
 
 class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
     """Browsers: {"action": "subscribe", "cluster": id} or {"..., "node": id}.

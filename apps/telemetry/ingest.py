@@ -16,6 +16,9 @@ from apps.inventory.services import apply_facts, transition_node
 from apps.telemetry.models import NodeMetricMinute
 from apps.telemetry.series import MinuteRollup, flatten
 
+# What may change on a node while its agent is connected, other than its facts.
+PEOPLE_FIELDS = ["name", "cluster", "labels", "state", "state_reason", "credential_revoked_at"]
+
 
 class NodeIngest:
     def __init__(self, node: Node):
@@ -54,20 +57,28 @@ class NodeIngest:
     def hello(self, facts_raw: dict, agent_version: str) -> None:
         facts = validate_facts(facts_raw)
         # Redis has the live last_seen; the beat sweep copies it to the database
-        # (inventory.mark_offline_nodes). apply_facts saves the whole row, so it
-        # must not write back an older value than the sweep's.
-        self.node.last_seen = timezone.now()
-        apply_facts(self.node, facts, agent_version)
+        # (inventory.mark_offline_nodes). Now is never older than the sweep's copy.
+        apply_facts(self.node, facts, agent_version, seen_at=timezone.now())
         self.settle_state(NodeState.ONLINE, "agent connected")
 
+    def reload_node(self) -> None:
+        """Re-read what people and the sweep change: this copy lives as long as the socket."""
+        self.node.refresh_from_db(fields=PEOPLE_FIELDS)
+
     def needs_transition(self, state: str) -> bool:
-        """Agent reports may move a node between pending/online/degraded/offline only."""
+        """Agent reports may move a node between pending/online/degraded/offline only.
+
+        On the hot path this reads the socket's copy (kept current by
+        `node.changed` pushes, apps/telemetry/live.py); settle_state decides again
+        from the database before it writes.
+        """
         return self.node.state != state and self.node.state not in (
             NodeState.DRAINING,
             NodeState.RETIRED,
         )
 
     def settle_state(self, state: str, reason: str) -> None:
+        self.node.refresh_from_db(fields=["state", "state_reason"])
         if self.needs_transition(state):
             transition_node(self.node, state, reason)
 

@@ -3,7 +3,7 @@
 Keys: `hangar:latest:<node>` (the newest sample, JSON, for instant page loads)
 and the hash `hangar:last_seen` (node id -> Unix time of the last message).
 Groups: `telemetry.cluster.<id>` (browsers) and `agent.node.<id>` (the agent's
-own socket, to be told its credential was revoked).
+own socket, to be told its credential was revoked or its node changed).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import transaction
 
 LAST_SEEN = "hangar:last_seen"
 LOST = "hangar:lost_samples"
@@ -64,6 +65,20 @@ def publish_node_state(node) -> None:
             "state": node.state,
             "reason": node.state_reason,
         },
+    )
+    tell_agent_node_changed(node.pk)
+
+
+def tell_agent_node_changed(node_id: int) -> None:
+    """Have the node's agent socket re-read its node (state, cluster, labels).
+
+    The socket keeps the Node it loaded at connect for its whole life and decides
+    node states and fan-out groups from it; after commit, so it reads the change.
+    """
+    transaction.on_commit(
+        lambda: async_to_sync(get_channel_layer().group_send)(
+            agent_group(node_id), {"type": "node.changed"}
+        )
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
+from django.db import connections
 from django.utils import timezone
 
 from apps.accounts import lockout
@@ -29,9 +31,7 @@ def _fail(browser, username: str, times: int, first_address: int = 1) -> list[in
 
 def _let_the_throttle_delay_pass(scope: str, key: str) -> None:
     """Move the last failure into the past instead of sleeping through the delay."""
-    counter_key = lockout._counter_key(scope, key)
-    failures = cache.get(counter_key)
-    cache.set(counter_key, {**failures, "last": time.time() - 3600}, lockout.WINDOW_SECONDS)
+    cache.set(lockout._last_failure_key(scope, key), time.time() - 3600, lockout.WINDOW_SECONDS)
 
 
 def test_repeated_failures_for_a_username_are_throttled_with_retry_after(make_user, browser):
@@ -145,3 +145,27 @@ def test_a_successful_login_resets_the_username_counter(make_user, browser):
         lockout.THROTTLE_AFTER - 1
     )
     assert login(browser, "ann", "wrong", address="10.1.0.90").status_code == 401
+
+
+@pytest.mark.django_db(transaction=True)  # the threads' own connections commit
+def test_parallel_failures_are_each_counted_and_make_one_lock(settings):
+    """Eight threads failing at once: every failure counts, and the one that
+    reaches the limit is the only one to lock (a get-then-set lost counts)."""
+    threads, each = 8, 25
+    settings.LOGIN_FAILURE_LIMIT = threads * each
+    start = threading.Barrier(threads)
+
+    def attempts():
+        start.wait()
+        for _ in range(each):
+            lockout.note_login_failure("ann", None)
+        connections.close_all()
+
+    workers = [threading.Thread(target=attempts) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert lockout.failures("username", "ann")[0] == threads * each
+    assert LoginLock.objects.filter(key="ann").count() == 1

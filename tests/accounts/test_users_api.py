@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 
 from apps.accounts.models import RoleBinding
+from apps.accounts.services import deactivate_user
 from apps.audit.models import AuditEvent
 from tests.accounts.helpers import login
 
@@ -181,3 +183,24 @@ def test_session_cookie_flags_follow_https_and_the_session_lifetime(make_user, b
     assert cookie["httponly"] and cookie["secure"]
     assert cookie["samesite"] == "Lax"
     assert int(cookie["max-age"]) == settings.SESSION_COOKIE_AGE == 8 * 3600
+
+
+def test_an_edit_in_flight_does_not_reactivate_a_user_deactivated_meanwhile(admin_api, make_user):
+    """The edit loaded the user before another admin deactivated them (done here
+    right after the edit's read of the row); its save must not undo that."""
+    ann = make_user("ann", password=STRONG)
+    deactivated = []
+
+    def deactivate_after_the_edit_reads_ann(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not deactivated and sql.startswith('SELECT "auth_user"') and ann.pk in params:
+            deactivated.append(True)
+            deactivate_user(get_user_model().objects.get(pk=ann.pk))
+        return result
+
+    with connection.execute_wrapper(deactivate_after_the_edit_reads_ann):
+        edit = admin_api.patch(f"/api/v1/users/{ann.pk}/", {"first_name": "Ann"}, format="json")
+
+    assert edit.status_code == 200 and deactivated
+    ann.refresh_from_db()
+    assert (ann.first_name, ann.is_active) == ("Ann", False)

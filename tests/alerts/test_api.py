@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.db import connection
 from django.utils import timezone
 
 from apps.alerts import services
@@ -404,3 +405,26 @@ def test_prometheus_exports_firing_alerts_by_severity_and_rule(client, make_user
     body = client.get("/metrics").content.decode()
     assert "# TYPE hangar_alerts_firing gauge" in body
     assert 'hangar_alerts_firing{severity="critical",rule="hot GPU"} 1' in body
+
+
+def test_an_acknowledgement_made_while_a_rule_s_alerts_are_being_resolved_is_kept(make_user, node):
+    """resolve_rule_alerts reads the open alerts first, then closes each: an
+    acknowledgement in between (made here right after that read) must stay."""
+    rule = make_rule()
+    alert = fire(node)
+    olga = make_user("olga", ("operator", node.cluster))
+    acknowledged = []
+
+    def acknowledge_after_the_list_is_read(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not acknowledged and sql.startswith('SELECT "alerts_alert"'):
+            acknowledged.append(True)  # first: acknowledging queries alerts too
+            services.acknowledge(alert, olga, "fan swap at 14:00")
+        return result
+
+    with connection.execute_wrapper(acknowledge_after_the_list_is_read):
+        assert services.resolve_rule_alerts(rule, "rule disabled") == 1
+
+    alert.refresh_from_db()
+    assert acknowledged and alert.state == "resolved"
+    assert (alert.acknowledged_by, alert.note) == (olga, "fan swap at 14:00")

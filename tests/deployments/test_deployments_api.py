@@ -1,10 +1,12 @@
 """Deployment operations through the API, with commands landing on real node queues."""
 
 import pytest
+from django.db import connection
 
 from apps.audit.models import AuditEvent
 from apps.deployments.models import Deployment, RolloutState, Worker, WorkerState
 from apps.deployments.services import apply_worker_status, reconcile
+from apps.inventory.models import Node
 from apps.telemetry import live
 from tests.deployments.conftest import make_node, queued_commands, ready_version
 
@@ -208,3 +210,92 @@ def test_a_worker_failed_for_an_unexpected_listener_is_audited_with_the_socket(
     assert event.changes["cause"] == "unexpected-listener"
     assert "0.0.0.0:41234" in event.changes["evidence"]
     assert event.actor_type == "node"
+
+
+@pytest.mark.parametrize("state", ["draining", "offline", "retired"])
+def test_pinned_work_on_a_node_that_takes_none_is_refused_naming_node_and_state(
+    admin_api, cluster, version, gpu_node, state
+):
+    Node.objects.filter(pk=gpu_node.pk).update(state=state)
+
+    refused = deploy(admin_api, cluster, version, gpu_node)
+
+    assert refused.status_code == 400
+    assert refused.json()["detail"] == (
+        f"gpu-a is {state} and takes no new work; pin another node."
+    )
+    assert not Deployment.objects.exists() and not Worker.objects.exists()
+
+
+def test_starting_again_after_the_node_was_drained_is_refused_for_pinned_work(
+    admin_api, cluster, version, gpu_node
+):
+    deployment = Deployment.objects.get(
+        pk=deploy(admin_api, cluster, version, gpu_node).json()["id"]
+    )
+    admin_api.post(f"/api/v1/deployments/{deployment.pk}/stop/")
+    admin_api.post(f"/api/v1/nodes/{gpu_node.pk}/drain/")
+
+    refused = admin_api.post(f"/api/v1/deployments/{deployment.pk}/start/")
+
+    assert refused.status_code == 400
+    assert "gpu-a is draining and takes no new work" in refused.json()["detail"]
+    assert not deployment.workers.filter(desired_state="running").exists()
+
+
+def test_starting_again_does_not_reuse_gpus_another_deployment_took_meanwhile(
+    admin_api, cluster, version
+):
+    node = make_node(cluster, "gpu-b", gpus=2)
+    auto = {"mode": "auto", "gpus_per_replica": 1}
+    first = deploy(admin_api, cluster, version, node, replicas=1, placement=auto).json()
+    admin_api.post(f"/api/v1/deployments/{first['id']}/stop/")
+    deploy(admin_api, cluster, version, node, replicas=1, placement=auto, name="second", port=8200)
+
+    assert admin_api.post(f"/api/v1/deployments/{first['id']}/start/").status_code == 200
+
+    running = Worker.objects.filter(desired_state="running").order_by("deployment__name")
+    assert [(w.deployment.name, w.gpus) for w in running] == [("chat", [1]), ("second", [0])]
+
+
+def test_reconcile_sends_no_start_for_a_worker_stopped_after_it_read_the_workers(
+    admin_api, cluster, version, gpu_node, django_capture_on_commit_callbacks
+):
+    """Reconcile reads every worker, then acts on each; a stop made in between
+    (here right after that read) is not answered with a start."""
+    from apps.deployments.services import stop_deployment
+
+    deployment_id = deploy(admin_api, cluster, version, gpu_node, replicas=1).json()["id"]
+    report(Worker.objects.get(), "stopped")  # e.g. the engine exited: reconcile restarts it
+    Worker.objects.update(dispatched_at=None)
+    stopped = []
+
+    def stop_after_reconcile_reads(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not stopped and sql.startswith('SELECT "deployments_worker"."id"'):
+            stopped.append(True)
+            stop_deployment(Deployment.objects.get(pk=deployment_id))
+        return result
+
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        connection.execute_wrapper(stop_after_reconcile_reads),
+    ):
+        resent = reconcile()
+
+    assert stopped and resent["start"] == 0
+    assert [verb for verb, _ in queued_commands(gpu_node)] == ["stop_worker"]
+
+
+def test_a_rollout_started_from_an_old_copy_keeps_a_scale_made_meanwhile(
+    admin_api, cluster, version, gpu_node
+):
+    from apps.deployments.services import roll_out, scale_deployment
+
+    deployment_id = deploy(admin_api, cluster, version, gpu_node, replicas=2).json()["id"]
+    loaded_before = Deployment.objects.get(pk=deployment_id)
+    scale_deployment(Deployment.objects.get(pk=deployment_id), 1)
+
+    roll_out(loaded_before, ready_version(label="v2"))
+
+    assert Deployment.objects.get(pk=deployment_id).replicas == 1

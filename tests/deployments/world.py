@@ -1,6 +1,6 @@
 """Registry and deployment objects for the role matrix's World (tests/endpoints.py):
 global {model} {version} {version2} {draft}, and {deployment} {worker} inside and
-outside the scoped role's clusters."""
+outside the scoped role's clusters, on an online {work_node} of each."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import tempfile
 from django.conf import settings
 
 from apps.deployments.models import Deployment, Worker, WorkerState
-from apps.inventory.models import GPU
+from apps.inventory.models import GPU, Node, NodeState
 from apps.registry.models import Model, ModelVersion, VersionState
 
 FILES = [{"path": "weights.safetensors", "sha256": "b" * 64, "size": 10}]
@@ -33,8 +33,13 @@ def deployments_world(world) -> dict[str, dict[str, int]]:
     draft = _version(model, "draft", VersionState.DRAFT)
     placed: dict[str, dict[str, int]] = {"deployment": {}, "worker": {}}
     for place, cluster in world.clusters.items():
-        node = world.nodes[place]
+        # Online: the inventory rows' node is draining, and draining takes no work.
+        node = Node.objects.create(
+            cluster=cluster, hostname=f"work-{place}", state=NodeState.ONLINE
+        )
+        GPU.objects.create(node=node, index=0, name="H100")
         GPU.objects.create(node=node, index=1, name="H100")  # free for a new deployment
+        placed.setdefault("work_node", {})[place] = node.pk
         deployment = Deployment.objects.create(
             name=f"matrix-{place}",
             cluster=cluster,

@@ -300,3 +300,53 @@ def test_a_browser_asking_for_an_unknown_view_gets_an_error(
     browser.send(json.dumps({"action": "subscribe", "view": "full", "cluster": cluster.pk}))
     assert receive_until(browser, lambda m: True)["type"] == "snapshot"
     browser.close()
+
+
+def test_a_node_undrained_while_its_agent_streams_comes_back_online(daphne, enrolled, admin_api):
+    """The socket's copy of the node follows people's changes (a `node.changed` push)."""
+    node, credential = enrolled
+    agent = AgentSocket(daphne.url, credential)
+    agent.send({"type": "hello", "protocol": 1, "agent_version": "1", "facts": FACTS})
+    wait_for(lambda: node_state(node) == NodeState.ONLINE, what="online")
+    assert admin_api.post(f"/api/v1/nodes/{node.pk}/drain/").status_code == 200
+    assert admin_api.post(f"/api/v1/nodes/{node.pk}/undrain/").status_code == 200
+    assert node_state(node) == NodeState.OFFLINE  # until the next heartbeat
+    seq = iter(range(1, 10**6))
+
+    def heartbeat_brings_it_online():
+        agent.send({"type": "telemetry", "sample": sample(next(seq))})
+        return node_state(node) == NodeState.ONLINE
+
+    wait_for(heartbeat_brings_it_online, what="online after the undrain")
+    agent.close()
+
+
+def test_a_node_moved_to_another_cluster_streams_to_that_cluster(
+    daphne, enrolled, admin_api, make_user, other_cluster
+):
+    node, credential = enrolled
+    agent = AgentSocket(daphne.url, credential)
+    agent.send({"type": "hello", "protocol": 1, "agent_version": "1", "facts": FACTS})
+    wait_for(lambda: node_state(node) == NodeState.ONLINE, what="online")
+    viewer = make_user("olga", ("viewer", other_cluster))
+    browser = browser_socket(daphne.url, session_for(viewer))
+    browser.send(json.dumps({"action": "subscribe", "cluster": other_cluster.pk}))
+    receive_until(browser, lambda m: m["type"] == "snapshot")
+
+    moved = admin_api.patch(
+        f"/api/v1/nodes/{node.pk}/", {"cluster": other_cluster.pk}, format="json"
+    )
+    assert moved.status_code == 200
+    seq = iter(range(1, 10**6))
+
+    def a_sample_reaches_the_new_cluster():
+        agent.send({"type": "telemetry", "sample": sample(next(seq))})
+        try:
+            message = receive_until(browser, lambda m: m["type"] == "sample", timeout=1)
+        except (AssertionError, TimeoutError):
+            return False
+        return message["node"] == node.pk
+
+    wait_for(a_sample_reaches_the_new_cluster, what="samples in the new cluster's group")
+    agent.close()
+    browser.close()

@@ -54,12 +54,16 @@ class UserSerializer(serializers.ModelSerializer):
         return user
 
     def update(self, user, validated):
+        # Only the columns this edit sets: a deactivation (or a login) since the
+        # request loaded `user` must not be written back as it was then.
         password = validated.pop("password", None)
+        fields = list(validated)
         for key, value in validated.items():
             setattr(user, key, value)
         if password:
             user.set_password(password)
-        user.save()
+            fields.append("password")
+        user.save(update_fields=fields)
         return user
 
 

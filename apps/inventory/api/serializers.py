@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.utils.translation import gettext as _
 from rest_framework import serializers
 
+from apps.inventory import services
 from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node
 
 LABEL_KEY_MAX = 63
@@ -66,6 +67,10 @@ class NodeSerializer(serializers.ModelSerializer):
         ]
         # The agent reports the facts; people edit only the name, labels and cluster.
         read_only_fields = [f for f in fields if f not in ("name", "labels", "cluster")]
+
+    def update(self, node, validated_data):
+        services.edit_node(node, validated_data)
+        return node
 
     def get_credential_revoked(self, node) -> bool:
         return node.credential_revoked_at is not None
