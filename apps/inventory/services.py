@@ -16,7 +16,6 @@ from apps.audit import recorder
 from apps.core.i18n import lazy_message
 from apps.inventory import broker, signals
 from apps.inventory.models import GPU, EnrollmentToken, Node, NodeState
-from apps.telemetry.live import tell_agent_node_changed
 
 ENROLLMENT_PREFIX = "hge_"
 CREDENTIAL_PREFIX = "hnc_"
@@ -207,7 +206,7 @@ def edit_node(node: Node, changes: dict) -> None:
     for name, value in changes.items():
         setattr(node, name, value)
     node.save(update_fields=list(changes))
-    tell_agent_node_changed(node.pk)
+    signals.node_edited.send(sender=Node, node=node)
 
 
 def transition_node(node: Node, state: str, reason: str = "", by_person: bool = False) -> bool:

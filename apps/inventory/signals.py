@@ -8,3 +8,6 @@ from django.dispatch import Signal
 node_state_changed = Signal()
 # After revoke_node_credential: sender=Node, node. The agent's socket must close now.
 node_credential_revoked = Signal()
+# After edit_node changed a person-editable field (name, labels, cluster): sender=Node,
+# node. The agent's socket re-reads its node (a moved node streams to its new cluster).
+node_edited = Signal()
