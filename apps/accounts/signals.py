@@ -7,7 +7,8 @@ deactivation. Every socket that acts for a user joins the channel group
 (a role binding for them or for one of their LDAP groups, their directory
 groups, their active flag), that group is told `user.rights_changed` once the
 change is committed, and the sockets close. The browser reconnects and its
-subscriptions are checked afresh.
+subscriptions are checked afresh. A new binding or a new user only adds rights,
+which the next subscribe reads anyway, so those close nothing.
 
 Model signals rather than calls in each view: the API, the pages, LDAP login,
 management commands and cascading deletes all change these rows, and all of them
@@ -16,6 +17,7 @@ pass through here without remembering to.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from asgiref.sync import async_to_sync
@@ -26,6 +28,8 @@ from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 
 from apps.accounts.models import DirectoryMembership, RoleBinding
+
+log = logging.getLogger(__name__)
 
 
 def user_group(user_id: int) -> str:
@@ -46,7 +50,12 @@ def end_live_sessions_of(user_ids: Iterable[int]) -> None:
 def _send_rights_changed(user_ids: list[int]) -> None:
     layer = get_channel_layer()
     for user_id in user_ids:
-        async_to_sync(layer.group_send)(user_group(user_id), {"type": "user.rights_changed"})
+        try:
+            async_to_sync(layer.group_send)(user_group(user_id), {"type": "user.rights_changed"})
+        except Exception:
+            # The change is committed either way; a socket that stays open still
+            # has its rights re-read at its next subscribe.
+            log.warning("could not close the live sockets of user %s", user_id, exc_info=True)
 
 
 def _users_of_binding(binding: RoleBinding) -> list[int]:
@@ -62,8 +71,13 @@ def _users_of_binding(binding: RoleBinding) -> list[int]:
 
 
 @receiver(post_save, sender=RoleBinding, dispatch_uid="hangar-rights-binding-saved")
+def _binding_saved(sender, instance: RoleBinding, created: bool, **kwargs) -> None:
+    if not created:
+        end_live_sessions_of(_users_of_binding(instance))
+
+
 @receiver(post_delete, sender=RoleBinding, dispatch_uid="hangar-rights-binding-deleted")
-def _binding_changed(sender, instance: RoleBinding, **kwargs) -> None:
+def _binding_deleted(sender, instance: RoleBinding, **kwargs) -> None:
     end_live_sessions_of(_users_of_binding(instance))
 
 
@@ -76,7 +90,8 @@ def _remember_groups(sender, instance: DirectoryMembership, **kwargs) -> None:
 @receiver(post_save, sender=DirectoryMembership, dispatch_uid="hangar-rights-groups-saved")
 def _groups_changed(sender, instance: DirectoryMembership, **kwargs) -> None:
     # Every LDAP login re-reads the groups; only a change ends the user's sockets.
-    if getattr(instance, "_groups_before", None) != instance.group_dns:
+    before = getattr(instance, "_groups_before", None)
+    if before is not None and before != instance.group_dns:
         end_live_sessions_of([instance.user_id])
 
 
