@@ -16,7 +16,7 @@ from django.views.i18n import set_language as django_set_language
 from apps.accounts.api.serializers import ApiTokenSerializer, RoleBindingSerializer, UserSerializer
 from apps.accounts.models import ApiToken, RoleBinding
 from apps.accounts.permissions import requires
-from apps.accounts.policy import AUTHENTICATED, PUBLIC, can, forget_rights
+from apps.accounts.policy import AUTHENTICATED, PUBLIC, can
 from apps.accounts.roles import Role
 from apps.accounts.services import deactivate_user
 from apps.accounts.tokens import create_api_token, revoke_api_token
@@ -165,8 +165,6 @@ def binding_create(request):
         return _users_page(request, context, status=400)
     binding = form.save()
     recorder.describe(target=binding, changes={"created": recorder.snapshot(binding)})
-    if binding.user_id:
-        forget_rights(binding.user)
     messages.success(
         request, _("Role binding added: %(binding)s.") % {"binding": describe_binding(binding)}
     )

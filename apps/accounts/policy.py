@@ -73,7 +73,11 @@ def rights_of(user) -> Rights:
 
 
 def forget_rights(user) -> None:
-    """Drop the cached rights, e.g. after the user's bindings changed."""
+    """Drop the rights cached on this user object.
+
+    Only this object: a live socket's user is another object, and its sockets are
+    closed by apps/accounts/signals.py when bindings or the active flag change.
+    """
     user.__dict__.pop("_hangar_rights", None)
 
 

@@ -1,10 +1,19 @@
-"""Dependency checks behind /healthz. Each returns (state, detail)."""
+"""Dependency checks behind /healthz. Each returns {"state": ..., details...}."""
 
 from __future__ import annotations
 
+import contextlib
+
 import redis
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
+
+# A Celery ping waits its whole timeout for replies; load balancers and monitors
+# call /healthz every few seconds in every web process, so one answer serves all
+# of them for this long (in the shared cache, so across processes too).
+CELERY_CHECK_SECONDS = 5
+CELERY_CHECK_KEY = "health.celery"
 
 
 def check_database() -> dict:
@@ -29,9 +38,24 @@ def check_redis() -> dict:
 
 
 def check_celery(redis_up: bool) -> dict:
-    """Workers answering a broadcast ping; not fatal: the API works without them."""
+    """Workers answering a broadcast ping, at most once per CELERY_CHECK_SECONDS."""
     if not redis_up:
         return {"state": "unknown", "workers": []}
+    try:
+        cached = cache.get(CELERY_CHECK_KEY)
+    except Exception:
+        cached = None
+    if cached is not None:
+        return cached
+    result = ping_celery()
+    # Redis may have gone away since its check: then the next call pings again.
+    with contextlib.suppress(Exception):
+        cache.set(CELERY_CHECK_KEY, result, CELERY_CHECK_SECONDS)
+    return result
+
+
+def ping_celery() -> dict:
+    """Not fatal when none answer: the API works without workers."""
     from console.celery import app
 
     try:
@@ -43,13 +67,18 @@ def check_celery(redis_up: bool) -> dict:
     return {"state": "up" if console_workers else "none", "workers": workers}
 
 
-def health_report() -> tuple[dict, bool]:
+def health_report(detailed: bool) -> tuple[dict, bool]:
+    """The report and whether the console can serve.
+
+    Only `detailed` reports (for logged-in users) carry more than each check's
+    state: error texts name hosts and databases, and the Celery workers' names
+    name the agents' hosts, none of which is for anonymous callers.
+    """
     database = check_database()
-    cache = check_redis()
-    celery = check_celery(cache["state"] == "up")
-    healthy = database["state"] == "up" and cache["state"] == "up"
-    report = {
-        "status": "ok" if healthy else "unavailable",
-        "checks": {"database": database, "redis": cache, "celery": celery},
-    }
-    return report, healthy
+    redis_check = check_redis()
+    celery = check_celery(redis_check["state"] == "up")
+    healthy = database["state"] == "up" and redis_check["state"] == "up"
+    checks = {"database": database, "redis": redis_check, "celery": celery}
+    if not detailed:
+        checks = {name: {"state": check["state"]} for name, check in checks.items()}
+    return {"status": "ok" if healthy else "unavailable", "checks": checks}, healthy

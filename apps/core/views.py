@@ -12,7 +12,7 @@ from console.api import API_ENDPOINTS
 
 
 def healthz(request):
-    report, healthy = health_report()
+    report, healthy = health_report(detailed=request.user.is_authenticated)
     return JsonResponse(report, status=200 if healthy else 503)
 
 

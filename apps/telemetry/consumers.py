@@ -12,6 +12,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from agents.protocol import (
     MAX_BATCH_SAMPLES,
@@ -20,6 +21,7 @@ from agents.protocol import (
     validate_worker_status,
 )
 from apps.accounts.policy import can, visible_cluster_ids
+from apps.accounts.signals import user_group
 from apps.alerts.services import evaluate_samples, forget_evaluator
 from apps.audit import recorder
 from apps.deployments.services import apply_worker_status
@@ -35,6 +37,7 @@ SNAPSHOT_NODES = 100  # nodes per snapshot message
 GRID_NODES = 1000  # nodes per grid message: 8-GPU rows are ~300 bytes
 VIEWS = ("full", "grid")  # what a browser socket streams (apps/telemetry/grid.py)
 PROTOCOL_ERROR = 4400
+RIGHTS_CHANGED = 4403  # the user's rights changed: reconnect, and subscriptions are re-checked
 _redis: dict[int, aioredis.Redis] = {}
 
 
@@ -226,8 +229,12 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
     pages chart every figure); `"view": "grid"` sends compact tile deltas at most
     every half second (the dashboard: apps/telemetry/grid.py). One view per socket.
 
-    Authorisation happens when joining a group (a cluster), as the policy says;
-    messages within a joined group are then forwarded without per-message checks.
+    Authorisation happens when joining a group (a cluster), as the policy says,
+    with the user and their rights read afresh from the database for each
+    subscribe; messages within a joined group are then forwarded without
+    per-message checks. The socket also joins the user's own group
+    (apps/accounts/signals.py) and closes when their rights change, so a
+    joined group never outlives the rights that let it be joined.
     """
 
     async def connect(self):
@@ -236,6 +243,9 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
             await self.close()  # before accept: the handshake is refused (403)
             return
         self.user = user
+        self.user_id = user.pk
+        # Joined before the first subscribe's fresh read: a change after it closes us.
+        await self.channel_layer.group_add(user_group(self.user_id), self.channel_name)
         self.filters: dict[int, set[int] | None] = {}
         self.view: str | None = None
         self.grid: grid.GridDeltas | None = None
@@ -244,6 +254,8 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
         await self.accept()
 
     async def disconnect(self, code):
+        if getattr(self, "user_id", None) is not None:
+            await self.channel_layer.group_discard(user_group(self.user_id), self.channel_name)
         if getattr(self, "grid_task", None) is not None:
             self.grid_task.cancel()
         for cluster_id in getattr(self, "filters", {}):
@@ -268,6 +280,9 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
             return
         try:
             clusters, nodes = await database_sync_to_async(self._resolve)(content)
+        except UserGone:
+            await self.close(code=RIGHTS_CHANGED)
+            return
         except PermissionError as exc:
             await self.send_json({"type": "error", "detail": str(exc)})
             return
@@ -300,6 +315,11 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
             )
 
     def _resolve(self, content) -> tuple[list[int], dict[int, set[int] | None]]:
+        # Fresh from the database: the object from the handshake carries the
+        # active flag and cached rights of that moment (policy.rights_of).
+        self.user = get_user_model().objects.filter(pk=self.user_id, is_active=True).first()
+        if self.user is None:
+            raise UserGone
         if "node" in content:
             node = Node.objects.filter(pk=_int(content["node"])).only("id", "cluster_id").first()
             if node is None or not can(self.user, "telemetry.view", node):
@@ -402,6 +422,9 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
             event, {"type": "worker", "node": event["node"], "worker": event["worker"]}
         )
 
+    async def user_rights_changed(self, event):
+        await self.close(code=RIGHTS_CHANGED)
+
     def _wants(self, event) -> bool:
         if event["cluster"] not in self.filters:
             return False
@@ -411,6 +434,10 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
     async def _forward(self, event, message):
         if self._wants(event):
             await self.send_json(message)
+
+
+class UserGone(Exception):
+    """The socket's user was deactivated or deleted since the handshake."""
 
 
 def sample_text(item: dict) -> str:

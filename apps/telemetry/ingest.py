@@ -14,7 +14,7 @@ from agents.protocol import validate_facts, validate_sample
 from apps.inventory.models import Node, NodeState
 from apps.inventory.services import apply_facts, transition_node
 from apps.telemetry.models import NodeMetricMinute
-from apps.telemetry.series import MinuteRollup, flatten
+from apps.telemetry.series import MinuteRollup, flatten, merge_minutes
 
 # What may change on a node while its agent is connected, other than its facts.
 PEOPLE_FIELDS = ["name", "cluster", "labels", "state", "state_reason", "credential_revoked_at"]
@@ -97,22 +97,36 @@ class NodeIngest:
         return self.write_rollups(done)
 
     def write_rollups(self, done: list[MinuteRollup]) -> int:
+        """Merge finished minutes into their rows; returns the number of rows written.
+
+        Merged, not replaced: the partial minute a socket flushes when it closes is
+        completed by the next socket's rollup of the same minute, and two sockets
+        of one node may flush the same minute at once. The rows are created first
+        (a conflicting insert waits for the other writer's commit) and then locked
+        in minute order, so neither writer's part is lost.
+        """
         if not done:
             return 0
-        rows = [
-            NodeMetricMinute(
-                node_id=self.node.pk,
-                minute=datetime.fromtimestamp(r.minute * 60, tz=UTC),
-                samples=r.count,
-                series=r.summary(),
-            )
-            for r in done
-        ]
+        parts: dict[datetime, tuple[int, dict]] = {}
+        for rollup in done:  # a replayed buffer can revisit a minute: merged here too
+            minute = datetime.fromtimestamp(rollup.minute * 60, tz=UTC)
+            part = (rollup.count, rollup.summary())
+            parts[minute] = merge_minutes(*parts[minute], *part) if minute in parts else part
+        minutes = sorted(parts)
         with transaction.atomic():
             NodeMetricMinute.objects.bulk_create(
-                rows,
-                update_conflicts=True,
-                unique_fields=["node", "minute"],
-                update_fields=["samples", "series"],
+                [
+                    NodeMetricMinute(node_id=self.node.pk, minute=m, samples=0, series={})
+                    for m in minutes
+                ],
+                ignore_conflicts=True,
             )
+            rows = list(
+                NodeMetricMinute.objects.select_for_update()
+                .filter(node_id=self.node.pk, minute__in=minutes)
+                .order_by("minute")
+            )
+            for row in rows:
+                row.samples, row.series = merge_minutes(row.samples, row.series, *parts[row.minute])
+            NodeMetricMinute.objects.bulk_update(rows, ["samples", "series"])
         return len(rows)

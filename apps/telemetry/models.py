@@ -2,7 +2,9 @@ from django.db import models
 
 
 class NodeMetricMinute(models.Model):
-    """One minute of a node's telemetry: {series: [min, mean, max]}.
+    """One minute of a node's telemetry: {series: [min, mean, max]}, with a 4th
+    item, the series' own sample count, where it differs from `samples`
+    (series.merge_minutes uses it to merge parts of a minute exactly).
 
     One row per node and minute (rather than per series) keeps a 30-day history
     of a 100-node site at about 4 million rows.

@@ -63,6 +63,36 @@ class MinuteRollup:
                 stat[3] += 1
 
     def summary(self) -> dict[str, list[float]]:
+        """{series: [min, mean, max]}, with a 4th item, the series' own count, only
+        where it differs from the minute's sample count (a series that began or
+        ended within the minute): enough to merge two parts of a minute exactly."""
         return {
-            key: [lo, round(total / n, 3), hi] for key, (lo, hi, total, n) in self.stats.items()
+            key: _packed(lo, total / n, hi, n, self.count)
+            for key, (lo, hi, total, n) in self.stats.items()
         }
+
+
+def _packed(lo: float, mean: float, hi: float, n: int, samples: int) -> list[float]:
+    return [lo, round(mean, 3), hi] if n == samples else [lo, round(mean, 3), hi, n]
+
+
+def merge_minutes(
+    samples_a: int, series_a: dict[str, list], samples_b: int, series_b: dict[str, list]
+) -> tuple[int, dict[str, list[float]]]:
+    """One minute's summary from two parts of it (two sockets of one node, or a
+    stored row and a later flush): counts add, min and max combine, means weigh by
+    count. Returns (samples, series)."""
+    samples = samples_a + samples_b
+    merged = {}
+    for key in series_a.keys() | series_b.keys():
+        parts = [
+            (s[0], s[1], s[2], s[3] if len(s) > 3 else count)
+            for s, count in ((series_a.get(key), samples_a), (series_b.get(key), samples_b))
+            if s is not None
+        ]
+        n = sum(part[3] for part in parts)
+        mean = sum(part[1] * part[3] for part in parts) / n if n else parts[0][1]
+        lo = min(part[0] for part in parts)
+        hi = max(part[2] for part in parts)
+        merged[key] = _packed(lo, mean, hi, n, samples)
+    return samples, merged

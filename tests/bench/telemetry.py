@@ -24,6 +24,11 @@ a warm-up, a window of `--seconds` is measured:
   counter (`hangar:lost_samples`);
 - Daphne CPU % (of one core) and RSS, Redis CPU %, and the whole machine's.
 
+With `--slow-command`, an administrator's `POST /api/v1/nodes/<id>/collect-facts/`
+to one node (whose simulated agent runs no command worker, so the ask waits its
+whole 30 s) is in flight from the start of the measured window: a request that
+waits on a node must not move the stream's latency.
+
 Results print as a table; a full run also rewrites the section "Telemetry
 ingest and fan-out" of docs/benchmarks.md (other sections are kept).
 """
@@ -46,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +210,7 @@ class Fixtures:
     cluster_id: int
     nodes: list[tuple[int, str]]  # (node id, credential)
     session_key: str
+    admin_token: str
 
 
 def create_fixtures(node_count: int) -> Fixtures:
@@ -235,10 +242,16 @@ def create_fixtures(node_count: int) -> Fixtures:
     session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.create()
+    from apps.accounts.tokens import create_api_token
+
+    admin = get_user_model().objects.create_user("bench-admin", password=secrets.token_hex(16))
+    RoleBinding.objects.create(role="admin", user=admin)
+    _token, admin_token = create_api_token(admin, "bench", 1)
     return Fixtures(
         cluster.pk,
         [(n.pk, c) for n, c in zip(nodes, credentials, strict=True)],
         session.session_key,
+        admin_token,
     )
 
 
@@ -268,6 +281,7 @@ class Step:
     machine_cpu: float = 0.0
     other_cpu: float = 0.0
     send_lag_p99_ms: float = 0.0
+    slow_command: str = ""  # with --slow-command: how the collect-facts request ended
     problems: list[str] = field(default_factory=list)
 
 
@@ -408,6 +422,32 @@ def start_daphne(
     return daphnes, port
 
 
+class SlowCommand(threading.Thread):
+    """One collect-facts request to a node that never answers: it waits 30 s."""
+
+    def __init__(self, port: int, token: str, node_id: int):
+        super().__init__(daemon=True)
+        self.request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/nodes/{node_id}/collect-facts/",
+            method="POST",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        self.outcome = "still waiting"
+        self.finished_at: float | None = None
+
+    def run(self) -> None:
+        began = time.time()
+        try:
+            with urllib.request.urlopen(self.request, timeout=120) as response:
+                status = response.status
+        except urllib.error.HTTPError as error:
+            status = error.code
+        except OSError as error:
+            status = f"failed: {error}"
+        self.finished_at = time.time()
+        self.outcome = f"HTTP {status} after {self.finished_at - began:.1f} s"
+
+
 def profile(pid: int, args: argparse.Namespace, node_count: int, workdir: Path):
     """py-spy on Daphne for the measured window: collapsed stacks, for flame graphs."""
     args.profile.mkdir(parents=True, exist_ok=True)
@@ -504,6 +544,10 @@ def run_step(
         time.sleep(max(0.0, window[0] - time.time()))
         seqs_before = latest_seqs(redis_client, node_ids)
         probe.start()
+        slow = None
+        if args.slow_command:
+            slow = SlowCommand(port, fixtures.admin_token, node_ids[0])
+            slow.start()
         if args.profile:
             procs.daphnes.append(profile(daphne.pid, args, node_count, workdir))
         while time.time() < window[1]:
@@ -511,6 +555,11 @@ def run_step(
             probe.tick()
         seqs_after = latest_seqs(redis_client, node_ids)
         probe.finish(step)
+        if slow is not None:
+            slow.join(60)
+            step.slow_command = slow.outcome
+            if slow.finished_at is not None and slow.finished_at < window[1]:
+                step.problems.append("the slow command ended before the measured window did")
         ingested = sum(seq - seqs_before.get(node, 0) for node, seq in seqs_after.items())
         step.ingested_per_s = ingested / args.seconds
 
@@ -713,6 +762,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="Daphne processes sharing the port (HANGAR_WEB_PROCESSES under make run)",
     )
+    parser.add_argument(
+        "--slow-command",
+        action="store_true",
+        help="one 30 s collect-facts request in flight during each measured window",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke check: 20 nodes, 5 s")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432")
@@ -767,6 +821,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(steps))
     print(verdict(steps))
     for s in steps:
+        if s.slow_command:
+            print(f"  {s.nodes} nodes: the collect-facts request ended {s.slow_command}")
         for problem in s.problems[:10]:
             print(f"  {s.nodes} nodes: {problem}")
     print(f"took {took / 60:.1f} min")
