@@ -99,15 +99,23 @@ def read_answer(verb: str, raw: bytes | str) -> Any:
     try:
         meta = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise BadAnswer(f"the answer to {verb} is not JSON") from None
+        raise BadAnswer(lazy_message(_("The answer to %(verb)s is not JSON."), verb=verb)) from None
     if not isinstance(meta, dict) or meta.get("status") not in ("SUCCESS", "FAILURE"):
-        raise BadAnswer(f"the answer to {verb} is not a finished task result")
+        raise BadAnswer(
+            lazy_message(_("The answer to %(verb)s is not a finished task result."), verb=verb)
+        )
     if meta["status"] == "FAILURE":
         failure = meta.get("result") if isinstance(meta.get("result"), dict) else {}
         kind = str(failure.get("exc_type", "error"))[:100]
         message = str(failure.get("exc_message", ""))[:300]
-        raise BadAnswer(f"{verb} failed on the node: {kind}: {message}")
+        raise BadAnswer(
+            lazy_message(
+                _("%(verb)s failed on the node: %(error)s"), verb=verb, error=f"{kind}: {message}"
+            )
+        )
     try:
         return validate_command_answer(verb, meta.get("result"))
     except ProtocolError as exc:
-        raise BadAnswer(f"the answer to {verb} is invalid: {exc}") from None
+        raise BadAnswer(
+            lazy_message(_("The answer to %(verb)s is invalid: %(error)s"), verb=verb, error=exc)
+        ) from None

@@ -289,6 +289,10 @@ ENGLISH_ON_PURPOSE = {
     ("alerts/notify.py", "DeliveryFailed"): "the Celery worker stores it as the delivery's "
     "last_error, an operational record written outside any request, like a log line",
     ("audit/models.py", "AuditImmutable"): "a programming guard: audit rows never change",
+    ("deployments/placement.py", "RuntimeError"): "a programming guard: placement runs "
+    "inside the transaction that creates its workers",
+    ("inventory/broker.py", "BrokerIdentityError"): "logged by enrollment, revocation and "
+    "beat's sync of Redis users, never shown to a person",
     ("registry/models.py", "ValueError"): "a programming guard: ready versions never change",
     ("telemetry/consumers.py", "*"): "websocket protocol with agents and live.js, which "
     "has no request language and never shows the text",
