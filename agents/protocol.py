@@ -14,6 +14,7 @@ changes to the message shapes therefore bump PROTOCOL_VERSION.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -194,6 +195,9 @@ _FACTS_KEYS = frozenset(
         "gpus",
     }
 )
+# Optional: where this agent's workers listen (`--worker-host`), so the gateway knows
+# how to reach them. Agents before the gateway don't send it.
+_FACTS_OPTIONAL = frozenset({"worker_host"})
 _GPU_FACT_REQUIRED = frozenset({"index", "uuid"})
 _GPU_FACT_KEYS = frozenset(
     {"index", "uuid", "name", "memory_total", "pci_bus_id", "power_limit", "mig_mode"}
@@ -203,7 +207,7 @@ _GPU_FACT_KEYS = frozenset(
 def validate_facts(d: Any) -> dict[str, Any]:
     """Return a cleaned copy of a FACTS object or raise ProtocolError."""
     d = _require_dict(d, "facts")
-    _check_keys(d, _FACTS_KEYS, _FACTS_KEYS, "facts")
+    _check_keys(d, _FACTS_KEYS, _FACTS_KEYS | _FACTS_OPTIONAL, "facts")
     addresses = []
     for i, raw in enumerate(_list(d["addresses"], "facts.addresses", 256)):
         text = _text(raw, f"facts.addresses[{i}]", max_len=64)
@@ -213,7 +217,14 @@ def validate_facts(d: Any) -> dict[str, Any]:
             raise ProtocolError(f"facts.addresses[{i}] = {text!r} is not an IP address") from None
     gpus = [_gpu_facts(g, i) for i, g in enumerate(_list(d["gpus"], "facts.gpus", MAX_GPUS))]
     _unique_indexes(gpus, "facts.gpus")
+    optional = {}
+    if "worker_host" in d:
+        host = _text(d["worker_host"], "facts.worker_host", max_len=253)
+        if not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
+            raise ProtocolError(f"facts.worker_host = {host!r} is not an address or host name")
+        optional["worker_host"] = host
     return {
+        **optional,
         "hostname": _text(d["hostname"], "facts.hostname", max_len=253),
         "os": _text(d["os"], "facts.os", nullable=True),
         "kernel": _text(d["kernel"], "facts.kernel", nullable=True),

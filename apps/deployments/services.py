@@ -11,6 +11,7 @@ import logging
 import uuid
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -18,6 +19,7 @@ from django.utils.translation import gettext_lazy as _
 from apps.alerts.services import evaluate_values
 from apps.audit import recorder
 from apps.core.i18n import lazy_message
+from apps.deployments import signals
 from apps.deployments.availability import record_state_change, start_afresh
 from apps.deployments.models import (
     IN_PROGRESS,
@@ -77,8 +79,13 @@ def dispatch(worker: Worker, verb: str) -> str:
         last_operation_id=operation_id, dispatched_at=timezone.now()
     )
     worker.last_operation_id = operation_id
+    options = {}
+    if verb == "stop_worker" and worker.state in (WorkerState.READY, WorkerState.UNHEALTHY):
+        # It may be serving through the gateway: routing ends now, the process later.
+        transaction.on_commit(lambda: signals.worker_leaving.send(sender=Worker, worker=worker))
+        options["countdown"] = settings.WORKER_DRAIN_SECONDS
     # After the transaction: a worker row the agent cannot see yet must not be reported on.
-    transaction.on_commit(lambda: send_to_node(worker.node, verb, kwargs))
+    transaction.on_commit(lambda: send_to_node(worker.node, verb, kwargs, **options))
     return operation_id
 
 
