@@ -440,6 +440,19 @@ def test_run_logs_keep_the_last_runs_and_tail_across_the_rotated_part(tmp_path):
     assert logs.tail(5, 2) == ["[hangar-agent] line 19", "[hangar-agent] after rotation"]
 
 
+def test_run_logs_hide_the_engine_key_in_what_leaves_the_node(tmp_path):
+    logs = RunLogs(tmp_path)
+    logs.secret = KEY
+    logs.note(1, f"run 1: python -m sglang.launch_server --api-key {KEY}")
+    with open(logs.log_path(1), "a") as engine_output:  # as SGLang prints its settings
+        engine_output.write(f"server_args=ServerArgs(api_key='{KEY}')\n")
+        engine_output.write(f"{'x' * 980}{KEY}\n")  # cut at 1000 characters, after hiding
+    assert KEY not in logs.log_path(1).read_text().splitlines()[0]  # the agent's note
+    tail = logs.tail(1, 10)
+    assert not any(KEY in line or KEY[:20] in line for line in tail)
+    assert tail[0].endswith("--api-key [engine key hidden]")
+
+
 def test_the_operation_log_keeps_the_last_thousand_on_disk(tmp_path):
     ops = OperationLog(tmp_path / "ops.json")
     for i in range(1005):
