@@ -432,7 +432,9 @@ _WORKER_METRICS_KEYS = frozenset(
 _SPEC_REQUIRED = frozenset(
     {"worker_id", "deployment_id", "engine", "engine_args", "model", "gpus", "port"}
 )
-_SPEC_KEYS = _SPEC_REQUIRED | {"health_path", "command"}
+_SPEC_KEYS = _SPEC_REQUIRED | {"health_path", "command", "api_key"}
+# A worker's secret (the console's `secrets.token_urlsafe(32)` is 43 characters).
+_API_KEY = re.compile(r"^[A-Za-z0-9_-]{16,256}$")
 _MODEL_KEYS = frozenset({"version_id", "path", "files"})
 _MODEL_FILE_KEYS = frozenset({"path", "sha256", "size"})
 
@@ -562,6 +564,10 @@ def validate_worker_spec(d: Any) -> dict[str, Any]:
         )
     if engine != "generic" and command is not None:
         raise ProtocolError(f"spec.command is only for the generic engine, not {engine}")
+    api_key = d.get("api_key")
+    if api_key is not None and (type(api_key) is not str or not _API_KEY.match(api_key)):
+        # The value itself is a secret: never in the message.
+        raise ProtocolError("spec.api_key must be 16..256 URL-safe characters (A-Z a-z 0-9 _ -)")
     return {
         "worker_id": _integer(d["worker_id"], "spec.worker_id", 1, _ID_MAX, nullable=False),
         "deployment_id": _integer(d["deployment_id"], "spec.deployment_id", 1, _ID_MAX),
@@ -576,6 +582,7 @@ def validate_worker_spec(d: Any) -> dict[str, Any]:
         "port": _integer(d["port"], "spec.port", _PORT_MIN, _PORT_MAX, nullable=False),
         "health_path": health_path,
         "command": command,
+        "api_key": api_key,
     }
 
 
