@@ -96,7 +96,7 @@ def build() -> dict:
             {
                 "id": worker.pk,
                 "url": _url(upstream_host(worker.node), worker.port),
-                "secret": getattr(worker, "engine_secret", ""),
+                "secret": worker.engine_secret,
                 "node": worker.node_id,
             }
         )

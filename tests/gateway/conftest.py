@@ -143,15 +143,12 @@ def serving(transactional_db, cluster, engines):
             name=name, cluster=cluster, model_version=version, engine="reference", port=9000
         )
         for slot in range(workers):
-            # Until workers carry a secret, engines run without one.
-            secret = f"secret-{name}-{slot}-" + "x" * 16 if hasattr(Worker, "engine_secret") else ""
+            secret = f"secret-{name}-{slot}-" + "x" * 16
             port, _proc = engines(secret, *flags)
             worker = Worker(
                 deployment=deployment, node=node, model_version=version, slot=slot, port=port,
-                state=WorkerState.READY,
+                state=WorkerState.READY, engine_secret=secret,
             )  # fmt: skip
-            if hasattr(worker, "engine_secret"):
-                worker.engine_secret = secret
             worker.save()
         route, _ = Route.objects.get_or_create(name=route_name, defaults={"fallback": fallback})
         RouteTarget.objects.create(route=route, deployment=deployment, weight=weight)

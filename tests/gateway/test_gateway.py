@@ -229,11 +229,26 @@ def test_a_client_that_leaves_a_stream_cancels_the_upstream(gateway, serving, co
         received = b""
         while received.count(b"data: ") < 3:
             received += sock.recv(65536)
-    # The gateway dropped its upstream request when the client went: the engine says so.
+    # The gateway dropped its upstream request when the client went: the engine says so...
+    cancelled = 'hangar_reference_streams_cancelled_total{endpoint="/v1/chat/completions"} 1'
     processes.wait_for(
-        lambda: (
-            "hangar_reference_streams_cancelled_total 1"
-            in http("GET", f"http://127.0.0.1:{port}/metrics")[1]
-        ),
+        lambda: cancelled in http("GET", f"http://127.0.0.1:{port}/metrics")[1],
         what="the engine to see its stream cancelled",
     )
+    # ...and stopped generating long before the 50 tokens asked for.
+    metrics = http("GET", f"http://127.0.0.1:{port}/metrics")[1]
+    prefix = 'hangar_reference_completion_tokens_total{endpoint="/v1/chat/completions"} '
+    sent = next(line for line in metrics.splitlines() if line.startswith(prefix))
+    assert int(sent.split()[-1]) < 50
+
+
+def test_a_request_straight_to_a_worker_port_is_refused(gateway, serving, consumer_key):
+    deployment = serving("chat")
+    worker = Worker.objects.get(deployment=deployment)
+    key = consumer_key()
+    published(gateway)
+    direct = f"http://127.0.0.1:{worker.port}/v1/chat/completions"
+    # Neither with no key nor with the consumer's own key: only the gateway holds the secret.
+    assert http("POST", direct, CHAT)[0] == 401
+    assert http("POST", direct, CHAT, key)[0] == 401
+    assert http("POST", f"{gateway.url}/v1/chat/completions", CHAT, key)[0] == 200

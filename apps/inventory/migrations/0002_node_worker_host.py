@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inventory', '0001_initial'),
+        ("inventory", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='node',
-            name='worker_host',
-            field=models.CharField(blank=True, default='', max_length=253),
+            model_name="node",
+            name="worker_host",
+            field=models.CharField(blank=True, default="", max_length=253),
         ),
     ]
