@@ -93,3 +93,38 @@ class Metrics:
             f"hangar_gateway_snapshot_generation {generation}",
         ]
         return "\n".join(lines) + "\n"
+
+
+def export(metrics: Metrics) -> dict:
+    """The counters as JSON for the console (cumulative since this process started).
+
+    One entry per (route, deployment): requests by status class, latency and time to
+    first token as histogram bucket counts (BUCKETS, then +Inf) with their sums,
+    tokens by kind, and requests in flight now.
+    """
+    entries: dict[tuple[str, str], dict] = {}
+
+    def entry(route: str, deployment: str) -> dict:
+        return entries.setdefault(
+            (route, deployment),
+            {
+                "route": route,
+                "deployment": deployment,
+                "requests": {},
+                "latency": {"counts": [0] * (len(BUCKETS) + 1), "sum": 0.0},
+                "first_token": {"counts": [0] * (len(BUCKETS) + 1), "sum": 0.0},
+                "tokens": {},
+                "in_flight": 0,
+            },
+        )
+
+    for (route, deployment, code), n in metrics.requests.items():
+        entry(route, deployment)["requests"][code] = n
+    for name, table in (("latency", metrics.latency), ("first_token", metrics.first_token)):
+        for (route, deployment), hist in table.items():
+            entry(route, deployment)[name] = {"counts": list(hist.counts), "sum": hist.sum}
+    for (route, deployment, kind), n in metrics.tokens.items():
+        entry(route, deployment)["tokens"][kind] = n
+    for (route, deployment), n in metrics.in_flight.items():
+        entry(route, deployment)["in_flight"] = n
+    return {"buckets": list(BUCKETS), "entries": list(entries.values())}

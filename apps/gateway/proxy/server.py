@@ -13,7 +13,9 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 
@@ -22,7 +24,7 @@ from aiohttp import web
 
 from apps.gateway.proxy import config as gateway_config
 from apps.gateway.proxy.errors import error
-from apps.gateway.proxy.metrics import Metrics
+from apps.gateway.proxy.metrics import Metrics, export
 from apps.gateway.proxy.state import View
 
 log = logging.getLogger("hangar.gateway")
@@ -396,6 +398,9 @@ async def serve(config: gateway_config.GatewayConfig, ready: asyncio.Event | Non
     ) as session:
         public[SESSION] = session
         follower = asyncio.create_task(view.follow(stop))
+        reporter = f"{socket.gethostname()}:{os.getpid()}"
+        metrics = public[METRICS]
+        reporting = asyncio.create_task(view.report(stop, lambda: export(metrics), reporter))
         runners = []
         for app, host, port in (
             (public, config.host, config.port),
@@ -419,9 +424,10 @@ async def serve(config: gateway_config.GatewayConfig, ready: asyncio.Event | Non
         await stop.wait()
         for runner in runners:
             await runner.cleanup()
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        for task in (follower, reporting):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await view.close()
 
 

@@ -23,6 +23,10 @@ from apps.gateway.proxy.config import GatewayConfig
 log = logging.getLogger("hangar.gateway")
 
 SNAPSHOT_KEY = "hangar:gateway:snapshot"
+# Each gateway process reports its request counters here every second (docs/gateway.md).
+REPORTERS_KEY = "hangar:gateway:reporters"
+STATS_KEY = "hangar:gateway:stats:"
+STATS_TTL_S = 15
 MAX_FALLBACKS = 3
 
 
@@ -184,6 +188,20 @@ class View:
             finally:
                 with contextlib.suppress(aioredis.RedisError, OSError):
                     await pubsub.aclose()
+
+    async def report(self, stop: asyncio.Event, exported, reporter: str) -> None:
+        """Every second: this process's counters into Redis, for the console to add up."""
+        while not stop.is_set():
+            try:
+                body = json.dumps({"reporter": reporter, "at": time.time(), **exported()})
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.set(STATS_KEY + reporter, body, ex=STATS_TTL_S)
+                    pipe.sadd(REPORTERS_KEY, reporter)
+                    await pipe.execute()
+            except (aioredis.RedisError, OSError):
+                pass  # the next second tries again; counters are cumulative
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
     async def close(self) -> None:
         await self._redis.aclose()
