@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit import recorder
 from apps.core.i18n import lazy_message
+from apps.gateway import snapshot
 from apps.gateway.models import ConsumerKey
 
 KEY_PREFIX = "hk-"
@@ -98,3 +99,5 @@ def revoke_consumer_key(key: ConsumerKey) -> None:
     key.refresh_from_db(fields=["revoked_at"])
     if updated:
         recorder.describe(target=key, changes={"revoked": True})
+        # A filtered UPDATE sends no post_save: tell the gateways here.
+        snapshot.publish_on_commit()
