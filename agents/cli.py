@@ -202,7 +202,9 @@ def _run(args: argparse.Namespace) -> int:
         control = None
     feed.snapshot = supervisor.statuses
     collector = Collector(
-        open_source(args.simulate, seed=simulation_seed()), workers_metrics=supervisor.metrics
+        open_source(args.simulate, seed=simulation_seed()),
+        workers_metrics=supervisor.metrics,
+        worker_host=args.worker_host,
     )
     worker = None if args.no_celery else _start_worker(args)
 

@@ -38,8 +38,10 @@ class Collector:
         self,
         source: GpuSource,
         workers_metrics: Callable[[], list[dict[str, Any]]] | None = None,
+        worker_host: str | None = None,
     ) -> None:
         self.source = source
+        self.worker_host = worker_host
         # The supervisor's latency per ready worker (WORKER_METRICS), if any.
         self.workers_metrics = workers_metrics
         self.host = host.HostSampler()
@@ -47,7 +49,10 @@ class Collector:
 
     def facts(self) -> dict[str, Any]:
         gpu_facts = self.source.facts()
-        return {**host.facts(), **gpu_facts, "simulated": self.source.simulated}
+        facts = {**host.facts(), **gpu_facts, "simulated": self.source.simulated}
+        if self.worker_host:
+            facts["worker_host"] = self.worker_host
+        return facts
 
     def sweep(self) -> dict[str, Any]:
         self.seq += 1

@@ -7,12 +7,13 @@ dependencies to what it needs every second.
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from agents.files import write_private
 
 ENROLL_PATH = "/api/v1/agent/enroll/"
 CREDENTIAL_FILE = "credential.json"
@@ -99,18 +100,7 @@ def write_credential(state_dir: Path, credential: dict[str, Any]) -> Path:
     """
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = state_dir / CREDENTIAL_FILE
-    temporary = state_dir / f".{CREDENTIAL_FILE}.{os.getpid()}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(credential, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_private(path, json.dumps(credential, indent=2) + "\n")
     return path
 
 

@@ -14,6 +14,7 @@ changes to the message shapes therefore bump PROTOCOL_VERSION.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -194,6 +195,9 @@ _FACTS_KEYS = frozenset(
         "gpus",
     }
 )
+# Optional: where this agent's workers listen (`--worker-host`), so the gateway knows
+# how to reach them. Agents before the gateway don't send it.
+_FACTS_OPTIONAL = frozenset({"worker_host"})
 _GPU_FACT_REQUIRED = frozenset({"index", "uuid"})
 _GPU_FACT_KEYS = frozenset(
     {"index", "uuid", "name", "memory_total", "pci_bus_id", "power_limit", "mig_mode"}
@@ -203,7 +207,7 @@ _GPU_FACT_KEYS = frozenset(
 def validate_facts(d: Any) -> dict[str, Any]:
     """Return a cleaned copy of a FACTS object or raise ProtocolError."""
     d = _require_dict(d, "facts")
-    _check_keys(d, _FACTS_KEYS, _FACTS_KEYS, "facts")
+    _check_keys(d, _FACTS_KEYS, _FACTS_KEYS | _FACTS_OPTIONAL, "facts")
     addresses = []
     for i, raw in enumerate(_list(d["addresses"], "facts.addresses", 256)):
         text = _text(raw, f"facts.addresses[{i}]", max_len=64)
@@ -213,7 +217,14 @@ def validate_facts(d: Any) -> dict[str, Any]:
             raise ProtocolError(f"facts.addresses[{i}] = {text!r} is not an IP address") from None
     gpus = [_gpu_facts(g, i) for i, g in enumerate(_list(d["gpus"], "facts.gpus", MAX_GPUS))]
     _unique_indexes(gpus, "facts.gpus")
+    optional = {}
+    if "worker_host" in d:
+        host = _text(d["worker_host"], "facts.worker_host", max_len=253)
+        if not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
+            raise ProtocolError(f"facts.worker_host = {host!r} is not an address or host name")
+        optional["worker_host"] = host
     return {
+        **optional,
         "hostname": _text(d["hostname"], "facts.hostname", max_len=253),
         "os": _text(d["os"], "facts.os", nullable=True),
         "kernel": _text(d["kernel"], "facts.kernel", nullable=True),
@@ -421,7 +432,9 @@ _WORKER_METRICS_KEYS = frozenset(
 _SPEC_REQUIRED = frozenset(
     {"worker_id", "deployment_id", "engine", "engine_args", "model", "gpus", "port"}
 )
-_SPEC_KEYS = _SPEC_REQUIRED | {"health_path", "command"}
+_SPEC_KEYS = _SPEC_REQUIRED | {"health_path", "command", "api_key"}
+# A worker's secret (the console's `secrets.token_urlsafe(32)` is 43 characters).
+_API_KEY = re.compile(r"^[A-Za-z0-9_-]{16,256}$")
 _MODEL_KEYS = frozenset({"version_id", "path", "files"})
 _MODEL_FILE_KEYS = frozenset({"path", "sha256", "size"})
 
@@ -551,6 +564,10 @@ def validate_worker_spec(d: Any) -> dict[str, Any]:
         )
     if engine != "generic" and command is not None:
         raise ProtocolError(f"spec.command is only for the generic engine, not {engine}")
+    api_key = d.get("api_key")
+    if api_key is not None and (type(api_key) is not str or not _API_KEY.match(api_key)):
+        # The value itself is a secret: never in the message.
+        raise ProtocolError("spec.api_key must be 16..256 URL-safe characters (A-Z a-z 0-9 _ -)")
     return {
         "worker_id": _integer(d["worker_id"], "spec.worker_id", 1, _ID_MAX, nullable=False),
         "deployment_id": _integer(d["deployment_id"], "spec.deployment_id", 1, _ID_MAX),
@@ -565,6 +582,7 @@ def validate_worker_spec(d: Any) -> dict[str, Any]:
         "port": _integer(d["port"], "spec.port", _PORT_MIN, _PORT_MAX, nullable=False),
         "health_path": health_path,
         "command": command,
+        "api_key": api_key,
     }
 
 

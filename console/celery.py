@@ -27,5 +27,6 @@ app.autodiscover_tasks(
         "apps.registry",
         "apps.deployments",
         "apps.alerts",
+        "apps.gateway",
     ]
 )

@@ -122,9 +122,9 @@ def redis_url() -> str:
     return url
 
 
-def bind() -> tuple[str, int]:
-    value = raw("BIND", "127.0.0.1:8000")
+def bind(name: str = "BIND", default: str = "127.0.0.1:8000") -> tuple[str, int]:
+    value = raw(name, default)
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{PREFIX}BIND={value!r} must be HOST:PORT, e.g. 127.0.0.1:8000")
+        raise ConfigError(f"{PREFIX}{name}={value!r} must be HOST:PORT, e.g. {default}")
     return host.strip("[]"), int(port)

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "apps.registry",
     "apps.deployments",
     "apps.alerts",
+    "apps.gateway",
 ]
 
 MIDDLEWARE = [
@@ -200,6 +201,7 @@ CELERY_BEAT_SCHEDULE = {
     "prune-telemetry": {"task": "telemetry.prune_history", "schedule": timedelta(hours=1)},
     "archive-audit": {"task": "audit.archive_old_events", "schedule": timedelta(hours=6)},
     "sweep-alerts": {"task": "alerts.sweep", "schedule": 5.0},
+    "publish-gateway-snapshot": {"task": "gateway.publish_snapshot", "schedule": 5.0},
 }
 
 # Domain settings (docs/configuration.md).
@@ -228,6 +230,12 @@ EMAIL_HOST_USER = config.raw("EMAIL_USER", "")
 EMAIL_HOST_PASSWORD = config.raw("EMAIL_PASSWORD", "")
 EMAIL_USE_TLS = config.boolean("EMAIL_TLS", False)
 DEFAULT_FROM_EMAIL = config.raw("EMAIL_FROM", "hangar@localhost")
+# The model gateway (docs/gateway.md).
+GATEWAY_BIND_HOST, GATEWAY_BIND_PORT = config.bind("GATEWAY_BIND", "127.0.0.1:8400")
+GATEWAY_KEY_MAX_DAYS = config.integer("GATEWAY_KEY_MAX_DAYS", 365, minimum=1)
+# A worker told to stop leaves the gateway's routes at once, and its process this
+# many seconds later, so requests in flight finish.
+WORKER_DRAIN_SECONDS = config.integer("WORKER_DRAIN_SECONDS", 10, minimum=0)
 # Directories (local or shared storage: NFS, CephFS, Lustre) model files may live under.
 MODEL_ROOTS = config.listing("MODEL_ROOTS", ["/srv/models"])
 

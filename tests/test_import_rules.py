@@ -35,6 +35,7 @@ CORE_IMPORTS: dict[str, set[str]] = {
     "telemetry": {"core", "audit", "accounts", "inventory"},
     "alerts": {"core", "audit", "accounts", "inventory", "telemetry"},
     "deployments": {"core", "audit", "accounts", "inventory", "registry", "telemetry", "alerts"},
+    "gateway": {"core", "audit", "accounts", "inventory", "registry", "deployments"},
 }
 
 # Entry points, by path inside the app (a folder name covers the folder).
@@ -235,3 +236,23 @@ def test_the_rules_see_function_level_imports(tmp_path):
     )
     found = [(i.target, i.in_function) for i in imports_of(sample, "apps.inventory.sample")]
     assert found == [("apps.audit.recorder", False), ("apps.alerts.services", True)]
+
+
+def test_the_gateway_process_imports_nothing_of_django_or_other_apps():
+    """apps/gateway/proxy is the hangar-gateway process: it serves from Redis alone."""
+    root = Path(__file__).resolve().parents[1] / "apps" / "gateway" / "proxy"
+    wrong = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top in ("django", "rest_framework", "channels", "console", "celery") or (
+                    top == "apps" and not name.startswith("apps.gateway.proxy")
+                ):
+                    wrong.append(f"{path.name}:{node.lineno} imports {name}")
+    assert not wrong, wrong

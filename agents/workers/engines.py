@@ -46,6 +46,16 @@ _DTYPES = _choice("auto", "half", "float16", "bfloat16", "float", "float32")
 _OWNED_BY_AGENT = "the agent sets it from the worker spec"
 _REMOTE_CODE = "it runs Python code shipped with the model; Hangar never allows it"
 _PATHS = "it names a file on the node; put files in the model version instead"
+_SECRET = "the agent passes each worker its own secret"
+
+# The engine key (WORKER_SPEC.api_key) reaches an engine through a file or its
+# environment, never its command line, which every user of the node can read
+# (`ps`); SGLang, which takes it on its command line only, is the exception.
+API_KEY_ENV = "HANGAR_ENGINE_API_KEY"  # the reference and generic engines
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
+# Never inherited from the agent's own environment: each worker gets its own or none.
+KEY_VARIABLES = (API_KEY_ENV, VLLM_API_KEY_ENV)
+API_KEY_FILE_PLACEHOLDER = "{api_key_file}"
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,7 @@ ENGINES: dict[str, Engine] = {
             "--download-dir": _PATHS,
             "--chat-template": _PATHS,
             "--tokenizer": _PATHS,
-            "--api-key": "API keys are not part of a deployment",
+            "--api-key": _SECRET,
         },
         health_path="/health",
         metrics=PrometheusNames(
@@ -145,7 +155,7 @@ ENGINES: dict[str, Engine] = {
             "--model-path": _OWNED_BY_AGENT,
             "--tokenizer-path": _PATHS,
             "--chat-template": _PATHS,
-            "--api-key": "API keys are not part of a deployment",
+            "--api-key": _SECRET,
         },
         health_path="/health",
         metrics=None,
@@ -181,7 +191,8 @@ ENGINES: dict[str, Engine] = {
             "-m": _OWNED_BY_AGENT,
             "--lora": _PATHS,
             "--chat-template-file": _PATHS,
-            "--api-key": "API keys are not part of a deployment",
+            "--api-key": _SECRET,
+            "--api-key-file": _SECRET,
         },
         health_path="/health",
         metrics=None,
@@ -201,7 +212,7 @@ ENGINES: dict[str, Engine] = {
             "--model": _OWNED_BY_AGENT,
             "--port": _OWNED_BY_AGENT,
             "--host": _OWNED_BY_AGENT,
-            "--api-key-file": "the agent passes each worker its own secret",
+            "--api-key-file": _SECRET,
         },
         health_path="/health",
         metrics=PrometheusNames(
@@ -334,37 +345,71 @@ def _gguf_file(spec: dict[str, Any]) -> str:
     return names[0]
 
 
-def build_argv(spec: dict[str, Any], host: str = "127.0.0.1") -> list[str]:
-    """The argument vector that starts the worker; never passed to a shell."""
+def build_argv(
+    spec: dict[str, Any], host: str = "127.0.0.1", api_key_file: str | None = None
+) -> list[str]:
+    """The argument vector that starts the worker; never passed to a shell.
+
+    With a key in the spec, `api_key_file` is the file the agent wrote it to
+    (mode 0600); engines that read a key file are given its path, not the key.
+    """
     engine = spec["engine"]
     args = validate_engine_args(engine, spec["engine_args"])
     model = spec["model"]["path"]
     port = str(spec["port"])
-    if engine == "vllm":
+    api_key = spec.get("api_key")
+    key_file_args: list[str] = []
+    if api_key is not None:
+        if api_key_file is None:
+            raise ValueError("a spec with an api_key needs the path of its key file")
+        key_file_args = ["--api-key-file", api_key_file]
+    if engine == "vllm":  # the key: VLLM_API_KEY (key_environment)
         return ["vllm", "serve", model, "--host", host, "--port", port, *args]
     if engine == "sglang":
+        # SGLang reads its key from --api-key only: visible in the node's process
+        # list (docs/agent.md). The supervisor hides it in the logs it passes on.
+        key_args = ["--api-key", api_key] if api_key is not None else []
         return [
             sys.executable, "-m", "sglang.launch_server", "--model-path", model,
-            "--host", host, "--port", port, *args,
+            "--host", host, "--port", port, *key_args, *args,
         ]  # fmt: skip
     if engine == "llama.cpp":
         gguf = f"{model.rstrip('/')}/{_gguf_file(spec)}"
-        return ["llama-server", "-m", gguf, "--host", host, "--port", port, *args]
+        return ["llama-server", "-m", gguf, "--host", host, "--port", port, *key_file_args, *args]
     if engine == "reference":
         return [
             sys.executable, "-m", "agents.reference_engine", "--model", model,
-            "--host", host, "--port", port, *args,
+            "--host", host, "--port", port, *key_file_args, *args,
         ]  # fmt: skip
-    # generic: the spec's argv with {port}, {host} and {model_path} filled in.
+    # generic: the spec's argv with {port}, {host}, {model_path} and {api_key_file}
+    # filled in; the key is also in its environment (key_environment).
     values = {"{port}": port, "{host}": host, "{model_path}": model}
     argv = []
     for item in spec["command"] or []:
+        if API_KEY_FILE_PLACEHOLDER in item:
+            if api_key_file is None or api_key is None:
+                raise EngineArgsError(
+                    "the command names {api_key_file} but this worker has no API key"
+                )
+            item = item.replace(API_KEY_FILE_PLACEHOLDER, api_key_file)
         for placeholder, value in values.items():
             item = item.replace(placeholder, value)
         argv.append(item)
     if not argv:
         raise EngineArgsError("a generic worker needs a command")
     return argv
+
+
+def key_environment(spec: dict[str, Any]) -> dict[str, str]:
+    """The environment variables that give the worker its key (none without one)."""
+    api_key = spec.get("api_key")
+    if api_key is None:
+        return {}
+    if spec["engine"] == "vllm":
+        return {VLLM_API_KEY_ENV: api_key}
+    if spec["engine"] == "generic":
+        return {API_KEY_ENV: api_key}
+    return {}  # the reference engine and llama.cpp read the file; SGLang its argv
 
 
 def health_path(spec: dict[str, Any]) -> str:

@@ -21,20 +21,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from agents.files import write_private
+
 DEFAULT_CAP_BYTES = 10 * 2**20
 DEFAULT_KEEP_RUNS = 10
 _TAIL_READ = 256 * 1024
+HIDDEN = "[engine key hidden]"
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomically: a crash leaves the old file or the new one, never half of one."""
-    # One temporary name per thread: two writers never share a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomically and private: a worker's spec carries its engine key."""
+    write_private(path, json.dumps(data))
 
 
 def read_json(path: Path, default: Any) -> Any:
@@ -56,6 +53,9 @@ class RunLogs:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cap_bytes = cap_bytes
         self.keep_runs = keep_runs
+        # The worker's engine key: an engine that prints its settings (SGLang's
+        # server_args) must not carry it into status messages and the console.
+        self.secret: str | None = None
         self._lock = threading.Lock()
 
     def log_path(self, run: int) -> Path:
@@ -68,7 +68,10 @@ class RunLogs:
     def note(self, run: int, text: str) -> None:
         """A line from the agent itself into a run's log (e.g. why it could not start)."""
         with open(self.log_path(run), "a") as f:
-            f.write(f"[hangar-agent] {text}\n")
+            f.write(f"[hangar-agent] {self.hide(text)}\n")
+
+    def hide(self, text: str) -> str:
+        return text.replace(self.secret, HIDDEN) if self.secret else text
 
     def keep_under_cap(self, run: int) -> None:
         path = self.log_path(run)
@@ -84,7 +87,7 @@ class RunLogs:
         """The last `lines` lines of a run, from its older part too when needed."""
         out: list[str] = []
         for path in (self.log_path(run), self.dir / f"{run}.log.1"):
-            out = _tail_file(path, lines - len(out)) + out
+            out = [self.hide(line)[:1000] for line in _tail_file(path, lines - len(out))] + out
             if len(out) >= lines:
                 break
         return out[-lines:] if lines > 0 else []
@@ -122,4 +125,4 @@ def _tail_file(path: Path, lines: int) -> list[str]:
     result = text.splitlines()
     if size > _TAIL_READ and result:
         result = result[1:]  # the first line is probably cut
-    return [line[:1000] for line in result[-lines:]]
+    return result[-lines:]

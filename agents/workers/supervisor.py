@@ -7,7 +7,8 @@ socket, agents/workers/control.py) and are applied one at a time.
 
 Disk layout per worker, `<state-dir>/workers/<worker id>/`:
 
-    spec.json      the WORKER_SPEC last accepted
+    spec.json      the WORKER_SPEC last accepted (mode 0600: it holds the engine key)
+    api-key        the worker's engine key, mode 0600, for engines that read a file
     state.json     desired state, pid, process start time, run, restarts...
     runs/          one log per run and the runs index (agents/workers/runlog.py)
 
@@ -36,6 +37,7 @@ from typing import Any
 
 import agents
 from agents import protocol
+from agents.files import write_private
 from agents.workers import engines, gpu_release, procs, verify
 from agents.workers.exits import classify_exit, read_kernel_log
 from agents.workers.latency import ProbeWindow, PrometheusWindow
@@ -173,6 +175,9 @@ class Supervisor:
                 self.operations.put(operation_id, result)
             return result
 
+    def key_file(self, worker_id: int) -> Path:
+        return self.workers_dir / str(worker_id) / "api-key"
+
     def _worker_id(self, request: dict[str, Any]) -> int:
         worker_id = request.get("worker_id")
         if type(worker_id) is not int or worker_id < 1:
@@ -182,7 +187,7 @@ class Supervisor:
     def _start_worker(self, operation_id: str, request: dict[str, Any]) -> dict[str, Any]:
         try:
             spec = protocol.validate_worker_spec(request.get("spec"))
-            engines.build_argv(spec, self.config.host)
+            engines.build_argv(spec, self.config.host, str(self.key_file(spec["worker_id"])))
         except (protocol.ProtocolError, engines.EngineArgsError) as exc:
             return _result(operation_id, False, f"invalid worker spec: {exc}")
         runner = self.runners.get(spec["worker_id"])
@@ -294,11 +299,14 @@ class WorkerRunner:
     def __init__(self, supervisor: Supervisor, spec: dict[str, Any], saved: dict[str, Any]):
         self.sup = supervisor
         self.cfg = supervisor.config
-        self.spec = spec
+        # A spec from before engine keys has none: the worker runs without one.
+        self.spec = {**spec, "api_key": spec.get("api_key")}
         self.id: int = spec["worker_id"]
         self.dir = supervisor.workers_dir / str(self.id)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.key_file = supervisor.key_file(self.id)
         self.logs = RunLogs(self.dir, self.cfg.log_cap_bytes, self.cfg.keep_runs)
+        self.logs.secret = self.spec["api_key"]
         self._status_lock = threading.Lock()
         self._persist_lock = threading.Lock()
         self.wake = threading.Event()
@@ -403,6 +411,7 @@ class WorkerRunner:
         if self.thread is not None and self.thread.is_alive():
             raise RuntimeError(f"worker {self.id} is still being stopped; try again shortly")
         self.spec = spec
+        self.logs.secret = spec["api_key"]
         write_json(self.dir / "spec.json", spec)
         self.desired = "running"
         self.crash_times.clear()
@@ -609,11 +618,15 @@ class WorkerRunner:
 
     def _launch(self) -> bool:
         """Start run n+1; False if it could not even start (counted as a crash)."""
-        argv = engines.build_argv(self.spec, self.cfg.host)
+        self._write_key_file()
+        argv = engines.build_argv(self.spec, self.cfg.host, str(self.key_file))
         self.run += 1
         run = self.run
         gpus = ",".join(str(g) for g in self.spec["gpus"])
         env = dict(os.environ)
+        for name in engines.KEY_VARIABLES:  # the agent's own never reach a worker
+            env.pop(name, None)
+        env.update(engines.key_environment(self.spec))
         env["CUDA_VISIBLE_DEVICES"] = gpus
         env["PYTHONUNBUFFERED"] = "1"  # Python engines: log lines land before a crash
         if self.spec["engine"] == "reference":
@@ -661,6 +674,13 @@ class WorkerRunner:
         self._persist()
         log.info("worker %s: run %s started, pid %s", self.id, run, self.pid)
         return True
+
+    def _write_key_file(self) -> None:
+        """The engine key where engines that read a file find it; no file without one."""
+        if self.spec["api_key"] is None:
+            self.key_file.unlink(missing_ok=True)
+            return
+        write_private(self.key_file, self.spec["api_key"] + "\n")
 
     def _run_entry(self, **changes: Any) -> dict[str, Any]:
         entry = {
@@ -732,8 +752,16 @@ class WorkerRunner:
             return None, False
         return None, True
 
-    def _url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.spec['port']}{path}"
+    def _request(self, path: str) -> urllib.request.Request:
+        """A local request to the engine; with the key, for engines that want it there too.
+
+        The reference engine and vLLM leave /health and /metrics open, llama.cpp
+        only /health; a generic engine may guard all of it.
+        """
+        request = urllib.request.Request(f"http://127.0.0.1:{self.spec['port']}{path}")
+        if self.spec["api_key"] is not None:
+            request.add_header("Authorization", f"Bearer {self.spec['api_key']}")
+        return request
 
     def _check_health(self) -> str | None:
         """Probe the engine; "failed" when the worker was ended for what it listens on."""
@@ -742,7 +770,7 @@ class WorkerRunner:
         started = time.monotonic()
         try:
             with _LOCAL_HTTP.open(
-                self._url(engines.health_path(self.spec)), timeout=self.cfg.health_timeout_s
+                self._request(engines.health_path(self.spec)), timeout=self.cfg.health_timeout_s
             ) as response:
                 healthy = 200 <= response.status < 300
         except (OSError, urllib.error.URLError, ValueError):
@@ -808,7 +836,7 @@ class WorkerRunner:
             return
         try:
             with _LOCAL_HTTP.open(
-                self._url("/metrics"), timeout=self.cfg.health_timeout_s
+                self._request("/metrics"), timeout=self.cfg.health_timeout_s
             ) as response:
                 text = response.read(8 * 2**20).decode("utf-8", "replace")
         except (OSError, urllib.error.URLError, ValueError):

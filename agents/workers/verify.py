@@ -17,11 +17,12 @@ import hashlib
 import json
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from agents.files import write_private
 
 CHUNK = 4 * 2**20  # large reads: hashing runs near disk speed, progress stays fine-grained
 
@@ -235,19 +236,7 @@ class VerifiedRecords:
             "stamps": stamps,
             "verified_at": time.time(),
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                os.fchmod(f.fileno(), 0o600)  # a leftover temporary file keeps its mode
-                json.dump(record, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_private(path, json.dumps(record))
 
     def forget(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -15,9 +15,10 @@ GENESIS = "0" * 64
 # The exact names (any case) under which a secret, or a hash that stands for one,
 # can reach `changes`: model fields that snapshots copy (User.password,
 # Receiver.secret, ApiToken.secret_hash, EnrollmentToken.token_hash,
-# Node.credential_hash) and the names of secrets callers handle. Exact names, not
-# substrings: `credential_prefix` (which identifies a refused agent),
-# `credential_revoked_at`, a token's `prefix` and a login lock's `key` are evidence.
+# Node.credential_hash, Worker.engine_secret) and the names of secrets callers
+# handle. Exact names, not substrings: `credential_prefix` (which identifies a
+# refused agent), `credential_revoked_at`, a token's `prefix` and a login lock's
+# `key` are evidence.
 SECRET_FIELDS = frozenset(
     {
         "password",
@@ -35,6 +36,7 @@ SECRET_FIELDS = frozenset(
         "credential",
         "credential_hash",
         "api_key",
+        "engine_secret",
         "private_key",
         "authorization",
         "session_key",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from django.conf import settings
 from django.db import models
 
@@ -76,6 +78,11 @@ class WorkerState(models.TextChoices):
     FAILED = "failed"
 
 
+def new_engine_secret() -> str:
+    """A worker's engine key: only its agent (to give the engine) and the gateway know it."""
+    return secrets.token_urlsafe(32)
+
+
 IN_PROGRESS = {
     WorkerState.PENDING,
     WorkerState.FETCHING,
@@ -122,6 +129,11 @@ class Worker(models.Model):
         null=True, blank=True, help_text="Percent of the last hour ready (since first ready)."
     )
     availability_at = models.DateTimeField(null=True, blank=True)
+    # The engine's API key (WORKER_SPEC.api_key): the gateway sends it, so a request
+    # straight to the engine's port fails. Set when the row is created
+    # (new_engine_secret); empty for workers from before, which run without one.
+    # Never in an API answer, a page, a log or the audit (apps/audit/chain.py).
+    engine_secret = models.CharField(max_length=64, blank=True, default="")
 
     policy_cluster_path = "deployment__cluster"
 

@@ -11,13 +11,16 @@ import logging
 import uuid
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from apps.alerts.services import evaluate_values
 from apps.audit import recorder
+from apps.audit.chain import REDACTED
 from apps.core.i18n import lazy_message
+from apps.deployments import signals
 from apps.deployments.availability import record_state_change, start_afresh
 from apps.deployments.models import (
     IN_PROGRESS,
@@ -26,6 +29,7 @@ from apps.deployments.models import (
     RolloutState,
     Worker,
     WorkerState,
+    new_engine_secret,
 )
 from apps.deployments.placement import TAKES_NO_WORK, gpus_in_use, lock_cluster_placement, place
 from apps.inventory.commands import send_to_node
@@ -62,6 +66,7 @@ def worker_spec(worker: Worker) -> dict:
         "port": worker.port,
         "health_path": deployment.health_path or None,
         "command": deployment.command,
+        "api_key": worker.engine_secret or None,
     }
 
 
@@ -69,16 +74,27 @@ def dispatch(worker: Worker, verb: str) -> str:
     """Send start/stop/restart for a worker to its node; returns the operation id."""
     operation_id = str(uuid.uuid4())
     kwargs = {"operation_id": operation_id}
+    options = {}
     if verb == "start_worker":
-        kwargs["spec"] = worker_spec(worker)
+        spec = worker_spec(worker)
+        kwargs["spec"] = spec
+        # Celery copies a task's arguments into its headers (`kwargsrepr`) for
+        # worker logs and monitors: that copy goes without the engine key.
+        hidden = REDACTED if spec["api_key"] else None
+        options["kwargsrepr"] = repr({**kwargs, "spec": {**spec, "api_key": hidden}})
     else:
         kwargs["worker_id"] = worker.pk
     Worker.objects.filter(pk=worker.pk).update(
         last_operation_id=operation_id, dispatched_at=timezone.now()
     )
     worker.last_operation_id = operation_id
+    options = {}
+    if verb == "stop_worker" and worker.state in (WorkerState.READY, WorkerState.UNHEALTHY):
+        # It may be serving through the gateway: routing ends now, the process later.
+        transaction.on_commit(lambda: signals.worker_leaving.send(sender=Worker, worker=worker))
+        options["countdown"] = settings.WORKER_DRAIN_SECONDS
     # After the transaction: a worker row the agent cannot see yet must not be reported on.
-    transaction.on_commit(lambda: send_to_node(worker.node, verb, kwargs))
+    transaction.on_commit(lambda: send_to_node(worker.node, verb, kwargs, **options))
     return operation_id
 
 
@@ -125,6 +141,7 @@ def _add_workers(deployment: Deployment, slots: list[int]) -> list[str]:
     for slot in slots:
         node, gpus = placed[slot]
         worker = Worker.objects.create(
+            engine_secret=new_engine_secret(),
             deployment=deployment,
             node=node,
             model_version=deployment.model_version,
@@ -323,6 +340,7 @@ def _rollout_step(deployment: Deployment) -> list[str]:
     victim = min(old, key=lambda w: w.slot)
     operations = [_stop_worker(victim)]
     replacement = Worker.objects.create(
+        engine_secret=new_engine_secret(),
         deployment=deployment,
         node=victim.node,
         model_version_id=target,
@@ -342,6 +360,7 @@ def _restore_slots(deployment: Deployment, broken: list[Worker]) -> list[str]:
         if previous is None:
             continue
         restored = Worker.objects.create(
+            engine_secret=new_engine_secret(),
             deployment=deployment,
             node=worker.node,
             model_version_id=previous,

@@ -43,6 +43,8 @@ class Node(models.Model):
     state = models.CharField(max_length=16, choices=NodeState.choices, default=NodeState.PENDING)
     state_reason = models.CharField(max_length=255, blank=True, default="")
     addresses = models.JSONField(default=list, blank=True)
+    # Where the agent's workers listen (its --worker-host), as it reports it.
+    worker_host = models.CharField(max_length=253, blank=True, default="")
     os = models.CharField(max_length=200, blank=True, default="")
     kernel = models.CharField(max_length=200, blank=True, default="")
     driver_version = models.CharField(max_length=64, blank=True, default="")

@@ -153,6 +153,7 @@ FACT_FIELDS = (
     "memory_total",
     "addresses",
     "simulated",
+    "worker_host",
 )
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import stat
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +24,9 @@ from tests.agents.worker_helpers import (
     wait_state,
     wait_until,
 )
+
+# Requests straight to a worker's port: never through a proxy from the environment.
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture
@@ -383,3 +391,110 @@ def test_the_engine_table_can_allow_an_extra_listener(node, monkeypatch):
     ready = wait_state(sup, "ready")
     assert sup.runners[1]._fail_on_unexpected_listener() is False
     assert ready["state"] == "ready"
+
+
+# --- the engine key -------------------------------------------------------------
+
+ENGINE_KEY = "Wk7_-" * 8 + "abc"  # 43 URL-safe characters, as secrets.token_urlsafe(32)
+
+
+def keyed_reference_spec(model) -> dict:
+    return dict(reference_spec(model, "--backend", "stand-in"), api_key=ENGINE_KEY)
+
+
+def local_get(port: int, path: str, key: str | None = None) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if key is not None:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with LOCAL.open(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_worker_with_a_key_is_ready_and_its_port_refuses_requests_without_it(node):
+    sup = node.supervisor()
+    spec = keyed_reference_spec(node.model)
+    start(sup, spec)
+    ready = wait_state(sup, "ready")
+    assert local_get(ready["port"], "/v1/models") == 401
+    assert local_get(ready["port"], "/v1/models", "not-the-key-" * 3) == 401
+    assert local_get(ready["port"], "/v1/models", ENGINE_KEY) == 200
+    assert local_get(ready["port"], "/health") == 200  # the agent's own polling
+
+
+def test_the_key_is_in_neither_the_engines_argv_nor_its_environment(node, monkeypatch):
+    # The agent's own variable must not reach a worker either.
+    monkeypatch.setenv("HANGAR_ENGINE_API_KEY", "agent-wide-key-never-for-workers")
+    sup = node.supervisor()
+    start(sup, keyed_reference_spec(node.model))
+    pid = wait_state(sup, "ready")["pid"]
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert ENGINE_KEY.encode() not in cmdline and ENGINE_KEY.encode() not in environ
+    assert b"HANGAR_ENGINE_API_KEY" not in environ
+    key_file = node.state_dir / "workers" / "1" / "api-key"
+    assert f"--api-key-file\0{key_file}\0".encode() in cmdline
+
+
+def test_the_key_file_is_readable_by_the_agents_user_only(node):
+    sup = node.supervisor()
+    start(sup, keyed_reference_spec(node.model))
+    wait_state(sup, "ready")
+    key_file = node.state_dir / "workers" / "1" / "api-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text().strip() == ENGINE_KEY
+    spec_file = node.state_dir / "workers" / "1" / "spec.json"
+    assert stat.S_IMODE(spec_file.stat().st_mode) == 0o600  # the spec carries the key
+
+
+def test_the_key_never_leaves_the_node_in_status_logs(node):
+    sup = node.supervisor()
+    start(sup, keyed_reference_spec(node.model))
+    wait_state(sup, "ready")
+    answer = sup.handle({"verb": "tail_logs", "operation_id": op(), "worker_id": 1})
+    assert answer["ok"] and answer["lines"]
+    assert ENGINE_KEY not in json.dumps(answer)
+    assert all(ENGINE_KEY not in json.dumps(status) for status in node.recorder.statuses)
+
+
+def test_a_generic_engine_reads_the_key_from_its_environment(node):
+    # The reference engine run as a generic command: HANGAR_ENGINE_API_KEY is its key.
+    spec = fake_spec(
+        node.model,
+        api_key=ENGINE_KEY,
+        command=[
+            sys.executable, "-m", "agents.reference_engine", "--model", "{model_path}",
+            "--host", "{host}", "--port", "{port}",
+        ],
+    )  # fmt: skip
+    sup = node.supervisor()
+    start(sup, spec)
+    ready = wait_state(sup, "ready")
+    assert local_get(ready["port"], "/v1/models") == 401
+    assert local_get(ready["port"], "/v1/models", ENGINE_KEY) == 200
+
+
+def test_a_worker_started_without_a_key_keeps_an_open_port(node):
+    sup = node.supervisor()
+    spec = reference_spec(node.model, "--backend", "stand-in")
+    spec.pop("api_key", None)  # a console from before engine keys
+    start(sup, spec)
+    ready = wait_state(sup, "ready")
+    assert local_get(ready["port"], "/v1/models") == 200
+    assert not (node.state_dir / "workers" / "1" / "api-key").exists()
+
+
+def test_metrics_are_scraped_from_a_worker_with_a_key(node):
+    sup = node.supervisor()
+    start(sup, keyed_reference_spec(node.model))
+    ready = wait_state(sup, "ready")
+
+    def scraped():
+        assert local_get(ready["port"], "/v1/models", ENGINE_KEY) == 200
+        metrics = sup.runners[1].metrics()
+        return metrics if metrics and metrics["rps"] else None
+
+    metrics = wait_until(scraped, what="requests counted from /metrics")
+    assert metrics["source"] == "prometheus" and metrics["error_rate"] == 0.0

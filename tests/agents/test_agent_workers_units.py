@@ -35,6 +35,7 @@ def spec(engine: str, args: list[str] | None = None, **extra) -> dict:
         "port": 8101,
         "health_path": None,
         "command": None,
+        "api_key": None,
     }
     base.update(extra)
     return base
@@ -97,6 +98,62 @@ def test_sglang_llama_cpp_reference_and_generic_argv():
 def test_engine_args_outside_the_table_are_refused_with_a_reason(engine, args, message):
     with pytest.raises(EngineArgsError, match=message.replace("(", r"\(")):
         validate_engine_args(engine, args)
+
+
+KEY = "Zq3-_x" * 7 + "A"  # 43 URL-safe characters, like secrets.token_urlsafe(32)
+KEY_FILE = "/var/lib/hangar-agent/workers/41/api-key"
+
+
+def test_a_spec_from_before_engine_keys_is_valid_and_has_no_key():
+    old = spec("vllm")
+    del old["api_key"]
+    assert protocol.validate_worker_spec(old)["api_key"] is None
+    assert "--api-key" not in build_argv(old) and engines.key_environment(old) == {}
+
+
+def test_engines_that_read_a_file_get_its_path_never_the_key():
+    for engine in ("reference", "llama.cpp"):
+        argv = build_argv(spec(engine, api_key=KEY), api_key_file=KEY_FILE)
+        assert argv[argv.index("--api-key-file") + 1] == KEY_FILE
+        assert KEY not in " ".join(argv)
+        assert engines.key_environment(spec(engine, api_key=KEY)) == {}
+
+
+def test_vllm_gets_the_key_in_its_environment_not_its_argv():
+    keyed = spec("vllm", api_key=KEY)
+    assert KEY not in " ".join(build_argv(keyed, api_key_file=KEY_FILE))
+    assert engines.key_environment(keyed) == {"VLLM_API_KEY": KEY}
+
+
+def test_sglang_gets_the_key_on_its_command_line_its_one_way():
+    argv = build_argv(spec("sglang", api_key=KEY), api_key_file=KEY_FILE)
+    assert argv[argv.index("--api-key") + 1] == KEY
+    assert engines.key_environment(spec("sglang", api_key=KEY)) == {}
+
+
+def test_a_generic_engine_gets_the_key_in_its_environment_and_the_file_placeholder():
+    command = ["/opt/srv", "--port", "{port}", "--key-file={api_key_file}"]
+    keyed = spec("generic", command=command, health_path="/h", api_key=KEY)
+    assert build_argv(keyed, api_key_file=KEY_FILE)[-1] == f"--key-file={KEY_FILE}"
+    assert engines.key_environment(keyed) == {"HANGAR_ENGINE_API_KEY": KEY}
+    unkeyed = spec("generic", command=command, health_path="/h")
+    with pytest.raises(EngineArgsError, match="has no API key"):
+        build_argv(unkeyed, api_key_file=KEY_FILE)
+
+
+@pytest.mark.parametrize(
+    ("engine", "flag"),
+    [
+        ("vllm", "--api-key"),
+        ("sglang", "--api-key"),
+        ("llama.cpp", "--api-key"),
+        ("llama.cpp", "--api-key-file"),
+        ("reference", "--api-key-file"),
+    ],
+)
+def test_a_deployment_cannot_set_an_engine_key_of_its_own(engine, flag):
+    with pytest.raises(EngineArgsError, match="its own secret"):
+        validate_engine_args(engine, [flag, "/tmp/k"])
 
 
 def test_a_llama_cpp_model_without_gguf_cannot_build():
@@ -383,6 +440,19 @@ def test_run_logs_keep_the_last_runs_and_tail_across_the_rotated_part(tmp_path):
     assert logs.tail(5, 2) == ["[hangar-agent] line 19", "[hangar-agent] after rotation"]
 
 
+def test_run_logs_hide_the_engine_key_in_what_leaves_the_node(tmp_path):
+    logs = RunLogs(tmp_path)
+    logs.secret = KEY
+    logs.note(1, f"run 1: python -m sglang.launch_server --api-key {KEY}")
+    with open(logs.log_path(1), "a") as engine_output:  # as SGLang prints its settings
+        engine_output.write(f"server_args=ServerArgs(api_key='{KEY}')\n")
+        engine_output.write(f"{'x' * 980}{KEY}\n")  # cut at 1000 characters, after hiding
+    assert KEY not in logs.log_path(1).read_text().splitlines()[0]  # the agent's note
+    tail = logs.tail(1, 10)
+    assert not any(KEY in line or KEY[:20] in line for line in tail)
+    assert tail[0].endswith("--api-key [engine key hidden]")
+
+
 def test_the_operation_log_keeps_the_last_thousand_on_disk(tmp_path):
     ops = OperationLog(tmp_path / "ops.json")
     for i in range(1005):
@@ -450,12 +520,18 @@ def test_a_sample_may_carry_worker_metrics():
 def test_worker_spec_validation_checks_shapes():
     good = spec("vllm")
     assert protocol.validate_worker_spec(good) == good
+    keyed = spec("vllm", api_key=KEY)
+    assert protocol.validate_worker_spec(keyed)["api_key"] == KEY
     for mutate, message in [
         (lambda s: s.update(engine="docker"), "spec.engine"),
         (lambda s: s["model"]["files"][0].update(sha256="XYZ"), "64 lowercase"),
         (lambda s: s.update(command=["x"]), "only for the generic engine"),
         (lambda s: s.update(engine="generic"), "needs spec.command"),
         (lambda s: s.update(health_path="health"), "must start with /"),
+        (lambda s: s.update(api_key="short"), "16..256 URL-safe"),
+        (lambda s: s.update(api_key="k" * 257), "16..256 URL-safe"),
+        (lambda s: s.update(api_key="a key with spaces"), "16..256 URL-safe"),
+        (lambda s: s.update(api_key=12345678901234567), "16..256 URL-safe"),
     ]:
         bad = copy.deepcopy(good)
         mutate(bad)

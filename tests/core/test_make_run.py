@@ -45,6 +45,8 @@ def test_make_run_serves_the_console_with_a_local_agent_that_goes_offline_and_ba
             "HANGAR_BIND": f"127.0.0.1:{port}",
             "HANGAR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "HANGAR_NODE_GRACE_SECONDS": "3",
+            "HANGAR_GATEWAY_BIND": f"127.0.0.1:{processes.free_port()}",
+            "HANGAR_GATEWAY_ADMIN_BIND": f"127.0.0.1:{processes.free_port()}",
             "PATH": f"{processes.BIN}{os.pathsep}{env['PATH']}",
             "PYTHONUNBUFFERED": "1",
         }
@@ -63,6 +65,8 @@ def test_make_run_serves_the_console_with_a_local_agent_that_goes_offline_and_ba
         assert f"open http://127.0.0.1:{port}/" in output
         assert "starting the embedded Redis" in output
         assert "simulating 2 GPUs" in output
+        gateway_line = next(line for line in output.splitlines() if "gateway" in line.lower())
+        assert env["HANGAR_GATEWAY_BIND"] in gateway_line
         assert session.login("admin", admin_password(output)) == 302
         # Details such as the vendor are for logged-in users (apps/core/health.py).
         health = session.json("/healthz")
@@ -104,7 +108,9 @@ def test_make_run_serves_the_console_with_a_local_agent_that_goes_offline_and_ba
 
         pids = supervisor_pids(env)
         # Two Daphnes (HANGAR_WEB_PROCESSES defaults to 2) on the one port.
-        assert set(pids) == {"redis", "web:web-0", "web:web-1", "worker", "beat", "agent"}
+        assert set(pids) == {
+            "redis", "web:web-0", "web:web-1", "worker", "beat", "agent", "gateway"
+        }  # fmt: skip
         assert len({pids["web:web-0"], pids["web:web-1"]}) == 2
         # A Daphne that dies is restarted; the other one keeps answering meanwhile.
         os.kill(pids["web:web-0"], signal.SIGKILL)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+import urllib.error
 import urllib.request
 
 from apps.deployments.models import Deployment, Worker
@@ -39,13 +40,32 @@ def workers_in(deployment_id, state):
     return rows if rows and all(w.state == state for w in rows) else None
 
 
-def serves(port: int) -> bool:
+def embed(port: int, key: str | None):
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/embeddings",
         data=json.dumps({"input": "hello"}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
     )
-    with urllib.request.urlopen(request, timeout=5) as response:
+    return urllib.request.urlopen(request, timeout=5)
+
+
+def serves(worker: Worker) -> bool:
+    """The worker answers with its own engine key (as the gateway sends it), and only so."""
+    try:
+        embed(worker.port, None)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    else:
+        raise AssertionError(f"worker {worker.pk} answered a request without its key")
+    return answers(worker)
+
+
+def answers(worker: Worker) -> bool:
+    """One embedding from the worker, sent with its key as the gateway does."""
+    with embed(worker.port, worker.engine_secret) as response:
         return len(json.loads(response.read())["data"][0]["embedding"]) == 384
 
 
@@ -79,7 +99,7 @@ def test_deploy_supervise_adopt_roll_out_and_back(
     )
     first = {w.slot: w for w in workers_in(deployment_id, "ready")}
     assert sorted(w.gpus[0] for w in first.values()) == [0, 1]
-    assert all(serves(w.port) for w in first.values())
+    assert all(serves(w) for w in first.values())
 
     # A killed worker is restarted by the agent, with a new pid and its cause on record.
     os.kill(first[0].pid, signal.SIGKILL)
@@ -94,7 +114,7 @@ def test_deploy_supervise_adopt_roll_out_and_back(
 
     # A restarted agent adopts the running workers instead of starting new ones.
     processes.stop(agent["proc"])
-    assert all(serves(w.port) for w in first.values())
+    assert all(serves(w) for w in first.values())
     agent["proc"] = agent["start"]()
     time.sleep(3)  # let the agent report after its hello
     processes.wait_for(lambda: workers_in(deployment_id, "ready"), what="workers re-reported")
@@ -125,7 +145,7 @@ def test_deploy_supervise_adopt_roll_out_and_back(
         timeout=120,
         what="the rollback to v1 done",
     )
-    assert all(serves(w.port) for w in workers_in(deployment_id, "ready"))
+    assert all(serves(w) for w in workers_in(deployment_id, "ready"))
 
     # A corrupted file stops the new worker at verifying; the rollout stops, v1 keeps serving.
     v3 = register(admin_api, model, "v3", model_root)

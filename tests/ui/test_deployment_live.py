@@ -15,7 +15,7 @@ import pytest
 from apps.deployments.models import Worker
 from apps.registry.models import Model
 from tests.deployments.conftest import _empty_node_queues, agent, model_root  # noqa: F401
-from tests.deployments.test_end_to_end import register, serves
+from tests.deployments.test_end_to_end import answers, register
 from tests.support import processes
 from tests.ui.conftest import log_in, screenshot
 
@@ -41,15 +41,15 @@ def page_on(chromium, daphne):
 class Traffic:
     """Requests to the worker in the background, so its latency window fills."""
 
-    def __init__(self, port: int):
-        self.port = port
+    def __init__(self, worker: Worker):
+        self.worker = worker
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self.stopped.wait(0.2):
             with contextlib.suppress(OSError):  # restarting: the next request will do
-                serves(self.port)
+                answers(self.worker)
 
     def __enter__(self):
         self.thread.start()
@@ -87,7 +87,7 @@ def test_deploy_see_ready_and_live_latency_then_read_logs_and_runs(
     worker = Worker.objects.get(pk=int(row.get_attribute("data-worker")))
     expect(row.locator('[data-field="pid"]')).to_have_text(str(worker.pid))
 
-    with Traffic(worker.port):
+    with Traffic(worker):
         # Samples arrive each second through the socket; no reload needed.
         expect(row.locator('[data-field="p50"]')).to_contain_text(" ms", timeout=45_000)
         expect(row.locator('[data-field="p99"]')).to_contain_text(" ms")

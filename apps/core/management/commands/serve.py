@@ -145,7 +145,10 @@ class Command(BaseCommand):
         supervisord = shutil.which("supervisord", path=env["PATH"])
         if supervisord is None:
             raise CommandError("supervisord is not installed; run `make run` (it installs it).")
+        gateway = f"http://{settings.GATEWAY_BIND_HOST}:{settings.GATEWAY_BIND_PORT}/v1"
+        env["HANGAR_GATEWAY_BIND"] = f"{settings.GATEWAY_BIND_HOST}:{settings.GATEWAY_BIND_PORT}"
         self.stdout.write(self.style.SUCCESS(f"Hangar is starting: open {url}  (Ctrl-C stops it)"))
+        self.stdout.write(f"The model gateway (OpenAI API) is at {gateway}")
         sys.stdout.flush()
         config = Path(settings.BASE_DIR) / "deploy" / "supervisord.conf"
         os.chdir(settings.BASE_DIR)

@@ -1,0 +1,84 @@
+"""The gateway's settings, from the same HANGAR_* variables as the console."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+
+class ConfigError(Exception):
+    """A HANGAR_* variable holds a value the gateway cannot use; str() is one line."""
+
+
+def _raw(name: str, default: str) -> str:
+    return os.environ.get(f"HANGAR_{name}", default)
+
+
+def _number(name: str, default: float, minimum: float = 0) -> float:
+    text = _raw(name, str(default))
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"HANGAR_{name}={text!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"HANGAR_{name}={text!r} must be at least {minimum:g}")
+    return value
+
+
+def _bind(name: str, default: str) -> tuple[str, int]:
+    value = _raw(name, default)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"HANGAR_{name}={value!r} must be HOST:PORT, e.g. {default}")
+    return host.strip("[]"), int(port)
+
+
+def _networks(name: str) -> tuple:
+    text = _raw(name, "")
+    try:
+        return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in text.split(",") if n)
+    except ValueError as exc:
+        raise ConfigError(f"HANGAR_{name}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    redis_url: str
+    namespace: str
+    host: str
+    port: int
+    admin_host: str
+    admin_port: int
+    max_body_bytes: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    # How long known keys keep working when the console can't confirm the snapshot.
+    stale_after_s: float
+    poll_interval_s: float
+    trusted_proxies: tuple = field(default_factory=tuple)
+
+
+def load() -> GatewayConfig:
+    redis_url = _raw("REDIS_URL", "redis://127.0.0.1:6379/0")
+    parsed = urlparse(redis_url)
+    if parsed.scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(f"HANGAR_REDIS_URL={redis_url!r} is not a redis:// URL")
+    db = (parsed.path or "/0").lstrip("/") or "0"
+    host, port = _bind("GATEWAY_BIND", "127.0.0.1:8400")
+    admin_host, admin_port = _bind("GATEWAY_ADMIN_BIND", "127.0.0.1:8401")
+    return GatewayConfig(
+        redis_url=redis_url,
+        namespace=_raw("AGENT_BROKER_NAMESPACE", f"db{db}"),
+        host=host,
+        port=port,
+        admin_host=admin_host,
+        admin_port=admin_port,
+        max_body_bytes=int(_number("GATEWAY_MAX_BODY_BYTES", 4 * 2**20, minimum=1024)),
+        connect_timeout_s=_number("GATEWAY_CONNECT_TIMEOUT", 3.0, minimum=0.1),
+        read_timeout_s=_number("GATEWAY_READ_TIMEOUT", 600.0, minimum=1.0),
+        stale_after_s=_number("GATEWAY_STALE_SECONDS", 300.0, minimum=1.0),
+        poll_interval_s=_number("GATEWAY_POLL_SECONDS", 1.0, minimum=0.05),
+        trusted_proxies=_networks("GATEWAY_TRUSTED_PROXIES"),
+    )
