@@ -37,6 +37,7 @@ AGENT_MESSAGES = {
         gettext_noop("the agent sets it from the worker spec"),
         gettext_noop("it runs Python code shipped with the model; Hangar never allows it"),
         gettext_noop("it names a file on the node; put files in the model version instead"),
+        gettext_noop("the agent passes each worker its own secret"),
     )
 }
 

@@ -158,14 +158,16 @@ def test_every_message_of_the_agents_engine_table_is_in_the_console_catalogue():
             "_OWNED_BY_AGENT",
             "_REMOTE_CODE",
             "_PATHS",
+            "_SECRET",
         ):
             reasons.add(ast.literal_eval(node.value))
     # Raised while building a worker's argv on the node, never while validating a request.
     agent_only = {
         "llama.cpp needs a .gguf file in the model version",
         "a generic worker needs a command",
+        "the command names {api_key_file} but this worker has no API key",
     }
-    assert len(raised) > 10 and len(reasons) == 3
+    assert len(raised) > 10 and len(reasons) == 4
     assert (raised - agent_only) | reasons == set(AGENT_MESSAGES)
     for text in AGENT_MESSAGES:
         zh(text)  # each has a translation
@@ -291,6 +293,8 @@ ENGLISH_ON_PURPOSE = {
     ("audit/models.py", "AuditImmutable"): "a programming guard: audit rows never change",
     ("deployments/placement.py", "RuntimeError"): "a programming guard: placement runs "
     "inside the transaction that creates its workers",
+    ("gateway/proxy/config.py", "ConfigError"): "the hangar-gateway process's one-line "
+    "start-up error, before any request (the process has no Django and no catalogue)",
     ("inventory/broker.py", "BrokerIdentityError"): "logged by enrollment, revocation and "
     "beat's sync of Redis users, never shown to a person",
     ("registry/models.py", "ValueError"): "a programming guard: ready versions never change",
