@@ -779,10 +779,17 @@ class WorkerRunner:
         state = self.status["state"]
         if isinstance(self.window, ProbeWindow) and state in ("ready", "unhealthy"):
             self.window.add(time.time(), seconds if healthy else None)
+        if healthy and self.pid is not None:
+            listening = procs.listening_sockets(
+                procs.group_members(self.pid, self.start_ticks) or [self.pid]
+            )
+            # Whoever answered must be this worker: during a rolling update the port's
+            # previous engine may still be finishing its requests.
+            healthy = any(port == self.spec["port"] for _a, port, _p, _n in listening)
+            if healthy and self._fail_on_unexpected_listener(listening):
+                return "failed"
         if healthy:
             self.health_failures = 0
-            if self._fail_on_unexpected_listener():
-                return "failed"
             if state != "ready":
                 self.was_ready = True
                 self._set(state="ready")
@@ -793,7 +800,7 @@ class WorkerRunner:
             self._set(state="unhealthy")
             self._persist()
 
-    def _fail_on_unexpected_listener(self) -> bool:
+    def _fail_on_unexpected_listener(self, listening=None) -> bool:
         """An engine that opens more than its declared port is an open door: end it.
 
         Checked on every health check that answered, from the first one on, over the
@@ -802,10 +809,10 @@ class WorkerRunner:
         """
         if self.pid is None:
             return False
-        members = procs.group_members(self.pid, self.start_ticks) or [self.pid]
-        found = engines.unexpected_listeners(
-            self.spec, self.cfg.host, procs.listening_sockets(members)
-        )
+        if listening is None:
+            members = procs.group_members(self.pid, self.start_ticks) or [self.pid]
+            listening = procs.listening_sockets(members)
+        found = engines.unexpected_listeners(self.spec, self.cfg.host, listening)
         if not found:
             return False
         evidence = "listens beyond its declared port: " + ", ".join(

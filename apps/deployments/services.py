@@ -93,9 +93,26 @@ def dispatch(worker: Worker, verb: str) -> str:
         # It may be serving through the gateway: routing ends now, the process later.
         transaction.on_commit(lambda: signals.worker_leaving.send(sender=Worker, worker=worker))
         options["countdown"] = settings.WORKER_DRAIN_SECONDS
+    elif verb == "start_worker" and _replaces_a_draining_worker(worker):
+        # A rollout's replacement takes its slot's port: it starts once the old one,
+        # still finishing its requests, has been told to stop.
+        options["countdown"] = settings.WORKER_DRAIN_SECONDS
     # After the transaction: a worker row the agent cannot see yet must not be reported on.
     transaction.on_commit(lambda: send_to_node(worker.node, verb, kwargs, **options))
     return operation_id
+
+
+def _replaces_a_draining_worker(worker: Worker) -> bool:
+    return (
+        Worker.objects.filter(
+            node_id=worker.node_id,
+            port=worker.port,
+            desired_state=DesiredState.STOPPED,
+            state__in=(WorkerState.READY, WorkerState.UNHEALTHY, WorkerState.STOPPING),
+        )
+        .exclude(pk=worker.pk)
+        .exists()
+    )
 
 
 def _lock(deployment: Deployment) -> Deployment:
