@@ -252,3 +252,24 @@ def test_a_request_straight_to_a_worker_port_is_refused(gateway, serving, consum
     assert http("POST", direct, CHAT)[0] == 401
     assert http("POST", direct, CHAT, key)[0] == 401
     assert http("POST", f"{gateway.url}/v1/chat/completions", CHAT, key)[0] == 200
+
+
+def test_a_body_over_the_limit_is_refused_with_413(start_gateway, serving, consumer_key):
+    serving("chat")
+    key = consumer_key()
+    gateway = start_gateway(HANGAR_GATEWAY_MAX_BODY_BYTES="2048")
+    published(gateway)
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 4096}]}
+    status, body, _ = http("POST", f"{gateway.url}/v1/chat/completions", big, key)
+    assert status == 413 and body["error"]["code"] == "body_too_large"
+    assert http("POST", f"{gateway.url}/v1/chat/completions", CHAT, key)[0] == 200
+
+
+def test_refusals_speak_the_readers_language(gateway, serving, consumer_key):
+    serving("chat")
+    published(gateway)
+    zh = {"Accept-Language": "zh-CN,zh;q=0.9"}
+    status, body, _ = http("POST", f"{gateway.url}/v1/chat/completions", CHAT, headers=zh)
+    assert status == 401 and body["error"]["message"].startswith("请以")
+    status, body, _ = http("POST", f"{gateway.url}/v1/chat/completions", CHAT)
+    assert status == 401 and body["error"]["message"].startswith("Send a key")
