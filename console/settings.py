@@ -202,6 +202,7 @@ CELERY_BEAT_SCHEDULE = {
     "archive-audit": {"task": "audit.archive_old_events", "schedule": timedelta(hours=6)},
     "sweep-alerts": {"task": "alerts.sweep", "schedule": 5.0},
     "publish-gateway-snapshot": {"task": "gateway.publish_snapshot", "schedule": 5.0},
+    "judge-gateway-traffic": {"task": "gateway.judge_traffic", "schedule": 5.0},
 }
 
 # Domain settings (docs/configuration.md).

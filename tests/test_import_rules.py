@@ -35,7 +35,16 @@ CORE_IMPORTS: dict[str, set[str]] = {
     "telemetry": {"core", "audit", "accounts", "inventory"},
     "alerts": {"core", "audit", "accounts", "inventory", "telemetry"},
     "deployments": {"core", "audit", "accounts", "inventory", "registry", "telemetry", "alerts"},
-    "gateway": {"core", "audit", "accounts", "inventory", "registry", "deployments"},
+    "gateway": {
+        "core",
+        "audit",
+        "accounts",
+        "inventory",
+        "registry",
+        "telemetry",
+        "alerts",
+        "deployments",
+    },
 }
 
 # Entry points, by path inside the app (a folder name covers the folder).

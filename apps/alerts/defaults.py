@@ -1,4 +1,4 @@
-"""The rules Hangar ships with (installed by migration 0002, editable afterwards).
+"""The rules Hangar ships with (installed by migrations 0002 and 0006, editable afterwards).
 
 Worker rules watch names the deployments app feeds in (docs/alerts.md): until a
 node runs workers they simply never match.
@@ -84,6 +84,27 @@ DEFAULT_RULES: list[dict] = [
         "description": "Availability (percent of the last hour ready) below 99.9%.",
     },
     {
+        "name": "Deployment 5xx rate above 0.1%",
+        "metric": "deployment.*.http_5xx_rate",
+        "comparison": ">",
+        "threshold": 0.001,
+        "for_seconds": 300,
+        "severity": "warning",
+        "description": "More than 0.1% of the gateway's requests to the deployment answered "
+        "with a 5xx status (a fraction) for 5 minutes.",
+    },
+    {
+        "name": "Deployment p99 latency above 200 ms",
+        "metric": "deployment.*.latency_p99_ms",
+        "comparison": ">",
+        "threshold": 200.0,
+        "clear_threshold": 180.0,
+        "for_seconds": 300,
+        "severity": "warning",
+        "description": "p99 latency of the gateway's requests to the deployment above "
+        "200 ms for 5 minutes; clears below 180 ms.",
+    },
+    {
         "name": "Worker in crashloop",
         "metric": "worker.*.crashloop",
         "comparison": ">=",
@@ -95,10 +116,18 @@ DEFAULT_RULES: list[dict] = [
 ]
 
 
-def install_default_rules(rule_model) -> int:
-    """Create the shipped rules that do not exist yet (by name); returns how many."""
+# Added by migration 0006 (the gateway's request metrics); 0002 installed the rest.
+GATEWAY_RULES = ("Deployment 5xx rate above 0.1%", "Deployment p99 latency above 200 ms")
+
+
+def install_default_rules(rule_model, names: tuple[str, ...] | None = None) -> int:
+    """Create the shipped rules (or those of `names`) that do not exist yet (by name);
+    returns how many. A later migration names its own, so a rule deleted on purpose
+    is not brought back."""
     created = 0
     for fields in DEFAULT_RULES:
+        if names is not None and fields["name"] not in names:
+            continue
         _rule, new = rule_model.objects.get_or_create(
             name=fields["name"], defaults={**fields, "builtin": True}
         )

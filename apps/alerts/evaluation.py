@@ -60,18 +60,23 @@ class CompiledRule:
         """What makes two versions of a rule the same condition on the same series."""
         return (self.metric, self.comparison, self.cluster_id, self.node_id, self.deployment_id)
 
-    def applies_to(self, node_id: int, cluster_id: int) -> bool:
+    def applies_to(self, node_id: int | None, cluster_id: int) -> bool:
         if self.node_id is not None:
             return self.node_id == node_id
         return self.cluster_id is None or self.cluster_id == cluster_id
 
     def covers(self, series: str) -> bool:
-        """For a deployment rule: is this series one of its workers'?"""
-        if self.worker_ids is None:
+        """For a deployment rule: is this series one of its workers', or its own
+        (deployment.<id>.*, the gateway's request metrics)?"""
+        if self.deployment_id is None:
             return True
         kind, _, rest = series.partition(".")
-        worker_id = rest.partition(".")[0]
-        return kind == "worker" and worker_id.isdigit() and int(worker_id) in self.worker_ids
+        owner = rest.partition(".")[0]
+        if not owner.isdigit():
+            return False
+        if kind == "deployment":
+            return int(owner) == self.deployment_id
+        return kind == "worker" and int(owner) in (self.worker_ids or ())
 
     def breached(self, value: float) -> bool:
         return _ENTER[self.comparison](value, self.threshold)
@@ -107,13 +112,14 @@ class Change:
 
 
 class NodeEvaluator:
-    """The condition state of every (rule, series) of one node."""
+    """The condition state of every (rule, series) of one node (or, with node_id
+    None, of one deployment's own series: node-scoped rules then never apply)."""
 
     __slots__ = ("_matches", "_version", "cluster_id", "node_id", "states")
 
     def __init__(
         self,
-        node_id: int,
+        node_id: int | None,
         cluster_id: int,
         states: dict[tuple[int, str], SeriesState] | None = None,
     ):

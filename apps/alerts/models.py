@@ -109,7 +109,11 @@ class AlertRule(models.Model):
 
 
 class Alert(models.Model):
-    """One series of one node breaking one rule, from pending to resolved."""
+    """One series breaking one rule, from pending to resolved.
+
+    A series belongs to a node (gpu.*, host.*, worker.*: from its agent) or, with
+    no node, to a deployment (deployment.<id>.*: the gateway's request metrics).
+    """
 
     class State(models.TextChoices):
         PENDING = "pending"
@@ -124,7 +128,16 @@ class Alert(models.Model):
     )
     rule_name = models.CharField(max_length=100)
     series = models.CharField(max_length=150)
-    node = models.ForeignKey("inventory.Node", on_delete=models.CASCADE, related_name="+")
+    node = models.ForeignKey(
+        "inventory.Node", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    deployment = models.ForeignKey(
+        "deployments.Deployment",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+    )
     cluster = models.ForeignKey("inventory.Cluster", on_delete=models.CASCADE, related_name="+")
     severity = models.CharField(max_length=16, choices=Severity.choices)
     state = models.CharField(max_length=16, choices=State.choices, db_index=True)
@@ -155,7 +168,13 @@ class Alert(models.Model):
                 fields=["rule", "node", "series"],
                 condition=~Q(state="resolved"),
                 name="alert_one_open_per_series",
-            )
+            ),
+            # A deployment's series has no node (NULLs are distinct in the one above).
+            models.UniqueConstraint(
+                fields=["rule", "series"],
+                condition=~Q(state="resolved") & Q(node__isnull=True),
+                name="alert_one_open_per_deployment_series",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -54,7 +54,10 @@ def payload(alert: Alert, event: str) -> dict:
             "threshold": alert.threshold,
             "summary": alert.summary,
             "detail": alert.detail,
-            "node": {"id": alert.node_id, "name": str(alert.node)},
+            "node": {"id": alert.node_id, "name": str(alert.node)} if alert.node_id else None,
+            "deployment": {"id": alert.deployment_id, "name": alert.deployment.name}
+            if alert.deployment_id
+            else None,
             "cluster": {"id": alert.cluster_id, "name": str(alert.cluster)},
             "started_at": _iso(alert.started_at),
             "fired_at": _iso(alert.fired_at),

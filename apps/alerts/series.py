@@ -3,7 +3,9 @@
 Every value a rule can watch is a flat name -> number. Worker metrics plug in
 here as more names (worker.<id>.p99_ms, ...) when samples carry them, and
 other sources (worker status, node state) hand the evaluator their own names
-(worker.<id>.crashloop, node.offline) through services.evaluate_values.
+(worker.<id>.crashloop, node.offline) through services.evaluate_values; the
+gateway's request metrics are a deployment's own (deployment.<id>.http_5xx_rate)
+through services.evaluate_deployment_values.
 """
 
 from __future__ import annotations
@@ -16,6 +18,32 @@ WORKER_METRICS = ("p50_ms", "p95_ms", "p99_ms", "rps", "error_rate")
 
 # Names that do not come from samples (docs/alerts.md lists them all).
 NODE_OFFLINE = "node.offline"
+
+# A deployment's own series, from the gateway's request counters (apps/gateway/traffic.py):
+# deployment.<id>.<metric>. Rates are fractions of the window's requests (0.001 = 0.1 %).
+DEPLOYMENT_METRICS = (
+    "requests_per_s",
+    "http_5xx_rate",
+    "http_4xx_rate",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "tokens_per_s",
+    "in_flight",
+)
+
+
+def deployment_series(deployment_id: int, traffic: dict) -> dict[str, float]:
+    """deployment.<id>.<metric> of one deployment's window (None dropped: a window
+    without requests has no latency)."""
+    prefix = f"deployment.{deployment_id}."
+    return {
+        prefix + metric: float(traffic[metric])
+        for metric in DEPLOYMENT_METRICS
+        if traffic.get(metric) is not None
+    }
 
 
 def alert_series(sample: dict) -> dict[str, float]:

@@ -131,14 +131,20 @@ def open_states_of(
     node_ids: list[int], ruleset: RuleSet
 ) -> dict[int, dict[tuple[int, str], SeriesState]]:
     """open_states of several nodes in one query."""
+    open_alerts = Alert.objects.filter(node_id__in=node_ids)
+    return _states_by(open_alerts, "node_id", node_ids, ruleset)
+
+
+def _states_by(alerts, owner: str, owner_ids: list[int], ruleset: RuleSet) -> dict:
+    """The open ones of `alerts` as evaluator state, per `owner` (node_id or deployment_id)."""
     conditions = {r.id: r.condition for r in ruleset.rules}
-    found: dict[int, dict[tuple[int, str], SeriesState]] = {n: {} for n in node_ids}
-    rows = Alert.objects.filter(
-        node_id__in=node_ids, state__in=Alert.OPEN, rule__isnull=False
-    ).values_list("node_id", "rule_id", "series", "state", "started_at")
-    for node_id, rule_id, series, state, started in rows:
+    found: dict[int, dict[tuple[int, str], SeriesState]] = {n: {} for n in owner_ids}
+    rows = alerts.filter(state__in=Alert.OPEN, rule__isnull=False).values_list(
+        owner, "rule_id", "series", "state", "started_at"
+    )
+    for owner_id, rule_id, series, state, started in rows:
         if rule_id in conditions:
-            found[node_id][(rule_id, series)] = SeriesState(
+            found[owner_id][(rule_id, series)] = SeriesState(
                 started.timestamp(), PENDING if state == PENDING else FIRING, conditions[rule_id]
             )
     return found
@@ -229,6 +235,27 @@ def evaluate_values_of_nodes(items, ts: float | None = None) -> dict[int, list[C
     return done
 
 
+def evaluate_deployment_values(items, ts: float | None = None) -> dict[int, list[Change]]:
+    """A deployment's own series (deployment.<id>.http_5xx_rate, ...: the gateway's
+    request metrics, apps/gateway/traffic.py), [(deployment, values, details)].
+
+    Like evaluate_values, the state lives in the database: each call starts from
+    the deployments' open alerts, which have a deployment and no node."""
+    ruleset = rules.get()
+    if not ruleset.rules:
+        return {deployment.pk: [] for deployment, _, _ in items}
+    ids = [deployment.pk for deployment, _, _ in items]
+    own = Alert.objects.filter(deployment_id__in=ids, node__isnull=True)
+    states = _states_by(own, "deployment_id", ids, ruleset)
+    when = ts or time.time()
+    done = {}
+    for deployment, values, details in items:
+        evaluator = NodeEvaluator(None, deployment.cluster_id, states[deployment.pk])
+        done[deployment.pk] = evaluator.observe(values, when, ruleset)
+        apply_changes(None, done[deployment.pk], details, deployment=deployment)
+    return done
+
+
 def node_state_changed(node, old_state: str) -> None:
     """inventory.transition_node's hook (apps.alerts.receivers): evaluate node.offline
     rules on entering or leaving it."""
@@ -247,14 +274,17 @@ def _when(ts: float) -> datetime:
 
 
 def apply_changes(
-    node, changes: Iterable[Change], details: dict[str, str] | None = None
+    node, changes: Iterable[Change], details: dict[str, str] | None = None, deployment=None
 ) -> list[Alert]:
-    """Write each transition: alert row, audit event, deliveries; push after commit."""
+    """Write each transition: alert row, audit event, deliveries; push after commit.
+
+    The series are the node's, or with node None the deployment's own."""
     written = []
     for change in changes:
         try:
             with transaction.atomic():
-                alert = _apply(node, change, (details or {}).get(change.series, ""))
+                detail = (details or {}).get(change.series, "")
+                alert = _apply(node, change, detail, deployment)
         except IntegrityError:
             continue  # another process opened the same alert first; theirs stands
         if alert is not None:
@@ -262,7 +292,7 @@ def apply_changes(
     return written
 
 
-def _apply(node, change: Change, detail: str = "") -> Alert | None:
+def _apply(node, change: Change, detail: str = "", deployment=None) -> Alert | None:
     rule = change.rule
     alert = (
         Alert.objects.select_for_update()
@@ -287,7 +317,8 @@ def _apply(node, change: Change, detail: str = "") -> Alert | None:
             rule_name=rule.name,
             series=change.series,
             node=node,
-            cluster_id=node.cluster_id,
+            deployment=deployment,
+            cluster_id=(node or deployment).cluster_id,
             severity=rule.severity,
             comparison=rule.comparison,
             threshold=rule.threshold,

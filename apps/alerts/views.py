@@ -53,7 +53,9 @@ def visible_alerts(user):
 @requires("alerts.view")
 def alert_list(request):
     params = request.GET
-    alerts = visible_alerts(request.user).select_related("node", "cluster", "acknowledged_by")
+    alerts = visible_alerts(request.user).select_related(
+        "node", "deployment", "cluster", "acknowledged_by"
+    )
     state = params.get("state", "open")
     if state == "open":
         alerts = alerts.filter(state__in=Alert.OPEN)

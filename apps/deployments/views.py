@@ -29,6 +29,7 @@ from apps.deployments.api.serializers import (
 from apps.deployments.engines import ENGINES
 from apps.deployments.models import Deployment, Worker, WorkerState
 from apps.deployments.placement import PlacementError, gpus_in_use
+from apps.gateway import traffic
 from apps.inventory.models import GPU, Cluster, Node, NodeState
 from apps.registry.models import ModelVersion, VersionState
 
@@ -183,8 +184,17 @@ def deployment_detail(request, pk: int):
         "settling": deployment.rollout_state == "rolling"
         or any(w.state not in ("ready", "stopped", "failed") for w in workers),
         "page_labels": _page_labels(),
+        "traffic": _traffic(deployment.pk),
     }
     return render(request, "deployments/detail.html", context)
+
+
+def _traffic(deployment_id: int) -> dict | None:
+    """The gateways' latest window for the Requests panel (live updates follow)."""
+    numbers = traffic.deployment_numbers(deployment_id)
+    if numbers is not None:
+        numbers["http_5xx_percent"] = numbers["http_5xx_rate"] * 100
+    return numbers
 
 
 def _page_labels() -> dict:

@@ -425,6 +425,14 @@ class TelemetryConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
     async def user_rights_changed(self, event):
         await self.close(code=RIGHTS_CHANGED)
 
+    async def traffic_update(self, event):
+        """A deployment's request numbers from the gateways (apps/gateway/traffic.py), to
+        sockets of the whole cluster in the full view (the deployment page)."""
+        if self.grid is None and self.filters.get(event["cluster"], ()) is None:
+            await self.send_json(
+                {"type": "traffic", "deployment": event["deployment"], "traffic": event["traffic"]}
+            )
+
     def _wants(self, event) -> bool:
         if event["cluster"] not in self.filters:
             return False

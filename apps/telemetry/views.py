@@ -1,4 +1,5 @@
-"""Prometheus exposition of the latest GPU and node gauges."""
+"""Prometheus exposition of the latest GPU and node gauges, and the gateways'
+request numbers per deployment."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from apps.accounts.permissions import PolicyPermission
 from apps.accounts.policy import restrict
 from apps.alerts.models import Alert
 from apps.alerts.services import firing_counts
+from apps.deployments.models import Deployment
+from apps.gateway import traffic
 from apps.inventory.models import Node
 from apps.telemetry import live
 from apps.telemetry.series import GPU_METRICS, HOST_METRICS
@@ -74,7 +77,44 @@ def prometheus_metrics(request):
         f'hangar_alerts_firing{{severity="{severity}",rule="{_label(rule)}"}} {count}\n'
         for severity, rule, count in firing_counts(alerts)
     )
+    deployments = restrict(
+        Deployment.objects.select_related("cluster"), request.user, "deployments.view"
+    )
+    body += deployment_exposition(deployments, traffic.current_numbers()["deployments"])
     return HttpResponse(body, content_type="text/plain; version=0.0.4")
+
+
+# (name, help, field of apps/gateway/traffic.py's numbers, factor: ms -> s)
+DEPLOYMENT_GAUGES = (
+    ("requests_per_second", "Requests/s through the gateways.", "requests_per_s", 1),
+    ("http_5xx_ratio", "Share of requests answered with a 5xx status.", "http_5xx_rate", 1),
+    ("http_4xx_ratio", "Share of requests answered with a 4xx status.", "http_4xx_rate", 1),
+    ("latency_p50_seconds", "Median time to the whole answer.", "latency_p50_ms", 0.001),
+    ("latency_p95_seconds", "95th percentile time to the whole answer.", "latency_p95_ms", 0.001),
+    ("latency_p99_seconds", "99th percentile time to the whole answer.", "latency_p99_ms", 0.001),
+    ("first_token_p50_seconds", "Median time to a stream's first chunk.", "ttft_p50_ms", 0.001),
+    ("first_token_p99_seconds", "99th percentile time to first chunk.", "ttft_p99_ms", 0.001),
+    ("tokens_per_second", "Prompt and completion tokens/s.", "tokens_per_s", 1),
+    ("in_flight", "Requests in flight now.", "in_flight", 1),
+)
+
+
+def deployment_exposition(deployments, numbers: dict[str, dict]) -> str:
+    """hangar_deployment_* gauges: the gateways' latest window (a few seconds) per deployment."""
+    rows = [(d, numbers[str(d.pk)]) for d in deployments if str(d.pk) in numbers]
+    lines: list[str] = []
+    for name, help_text, field, factor in DEPLOYMENT_GAUGES:
+        lines += [f"# HELP hangar_deployment_{name} {help_text}"]
+        lines += [f"# TYPE hangar_deployment_{name} gauge"]
+        for deployment, window in rows:
+            value = window.get(field)
+            if value is not None:
+                labels = (
+                    f'deployment="{_label(deployment.name)}",id="{deployment.pk}",'
+                    f'cluster="{_label(deployment.cluster.name)}"'
+                )
+                lines.append(f"hangar_deployment_{name}{{{labels}}} {value * factor:g}")
+    return "\n".join(lines) + "\n"
 
 
 prometheus_metrics.cls.policy = {"get": "telemetry.view"}

@@ -2,7 +2,8 @@
 // worker's runs (crash forensics).
 //
 // Latency and worker states come from live.js's socket ("hangar:sample" and
-// "hangar:worker" events), not from a second one. The 2 s htmx refresh of
+// "hangar:worker" events), not from a second one; so do the gateway's request
+// numbers of the Requests panel ("hangar:traffic"). The 2 s htmx refresh of
 // #deployment-live replaces the worker rows, so the newest values are kept
 // here and written again after each swap. Logs and runs are read from the API
 // (session-authenticated GETs) only while their panel is open.
@@ -87,6 +88,22 @@ document.addEventListener("hangar:worker", (event) => {
 
 // The refreshed rows come from the database; the socket's values are newer.
 document.body.addEventListener("htmx:afterSettle", () => { statuses.clear(); schedule(); });
+
+// ---- requests through the gateway ("hangar:traffic", every few seconds) -------
+const trafficPanel = document.getElementById("traffic-panel");
+
+document.addEventListener("hangar:traffic", (event) => {
+  if (!trafficPanel || String(event.detail.deployment) !== trafficPanel.dataset.deployment) return;
+  const t = event.detail.traffic;
+  setText(trafficPanel, "requests_per_s", number(t.requests_per_s, 1, ""));
+  setText(trafficPanel, "http_5xx_rate", number(t.http_5xx_rate == null ? null : t.http_5xx_rate * 100, 2, " %"));
+  setText(trafficPanel, "latency_p50_ms", number(t.latency_p50_ms, 1, " ms"));
+  setText(trafficPanel, "latency_p99_ms", number(t.latency_p99_ms, 1, " ms"));
+  setText(trafficPanel, "ttft_p99_ms", number(t.ttft_p99_ms, 1, " ms"));
+  setText(trafficPanel, "tokens_per_s", number(t.tokens_per_s, 1, ""));
+  setText(trafficPanel, "in_flight", String(t.in_flight));
+  trafficPanel.dataset.live = "yes";
+});
 
 // ---- panels ----------------------------------------------------------------
 async function getJson(url) {

@@ -7,7 +7,7 @@
 // only replace the waiting ones per GPU, and the DOM is written at most every
 // FLUSH_MS in an animation frame, only for tiles on screen.
 // Other modules (charts.js, deployment.js) listen to the "hangar:sample",
-// "hangar:state" and "hangar:worker" events on document instead of opening a
+// "hangar:state", "hangar:worker" and "hangar:traffic" events on document instead of opening a
 // second socket.
 const grid = document.getElementById("gpu-grid");
 const banner = document.getElementById("live-banner");
@@ -219,6 +219,9 @@ function connect() {
     else if (message.type === "node_state") takeState(message.node, message.state);
     else if (message.type === "worker") {
       document.dispatchEvent(new CustomEvent("hangar:worker", { detail: { node: message.node, worker: message.worker } }));
+    }
+    else if (message.type === "traffic") {
+      document.dispatchEvent(new CustomEvent("hangar:traffic", { detail: { deployment: message.deployment, traffic: message.traffic } }));
     }
     else if (message.type === "grid") {
       for (const [node, seq, gpuTiles] of message.nodes) takeTiles(node, seq, gpuTiles);

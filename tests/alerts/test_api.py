@@ -60,6 +60,8 @@ def test_the_shipped_rules_install_once_and_stay_editable(db):
         "worker.*.error_rate",
         "worker.*.availability",
         "worker.*.crashloop",
+        "deployment.*.http_5xx_rate",
+        "deployment.*.latency_p99_ms",
     } == metrics
     temperature = AlertRule.objects.get(metric="gpu.*.temperature")
     assert (temperature.threshold, temperature.for_seconds) == (85.0, 120)

@@ -126,12 +126,13 @@ class AlertRuleSerializer(serializers.ModelSerializer):
                 raise serializers.ValidationError(
                     {"deployment": _("A deployment rule names its deployment.")}
                 )
-            if not (current("metric") or "").startswith("worker."):
+            if not (current("metric") or "").startswith(("worker.", "deployment.")):
                 raise serializers.ValidationError(
                     {
                         "metric": _(
-                            "A deployment rule watches its workers' series: "
-                            "worker.*.p99_ms, worker.*.error_rate, worker.*.availability, ..."
+                            "A deployment rule watches its workers' series (worker.*.p99_ms, "
+                            "worker.*.availability, ...) or its own request metrics "
+                            "(deployment.*.http_5xx_rate, deployment.*.latency_p99_ms, ...)."
                         )
                     }
                 )
@@ -155,7 +156,8 @@ class AlertRuleSerializer(serializers.ModelSerializer):
 
 
 class AlertSerializer(serializers.ModelSerializer):
-    node_name = serializers.CharField(source="node.__str__", read_only=True)
+    node_name = serializers.SerializerMethodField()
+    deployment_name = serializers.SerializerMethodField()
     acknowledged_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     summary = serializers.CharField(read_only=True)
 
@@ -168,6 +170,8 @@ class AlertSerializer(serializers.ModelSerializer):
             "series",
             "node",
             "node_name",
+            "deployment",
+            "deployment_name",
             "cluster",
             "severity",
             "state",
@@ -186,6 +190,13 @@ class AlertSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = fields
+
+    def get_node_name(self, alert: Alert) -> str | None:
+        return str(alert.node) if alert.node_id else None
+
+    def get_deployment_name(self, alert: Alert) -> str | None:
+        """A deployment's own series (deployment.<id>.*) have a deployment, no node."""
+        return alert.deployment.name if alert.deployment_id else None
 
 
 class AcknowledgeSerializer(serializers.Serializer):

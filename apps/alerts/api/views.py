@@ -91,9 +91,10 @@ class AlertRuleViewSet(GlobalRowsVisible, *READ, *WRITE, HangarViewSet):
 
 
 class AlertViewSet(*READ, HangarViewSet):
-    """Alerts, newest first. Filters: state (or open=true), severity, node, cluster, rule."""
+    """Alerts, newest first. Filters: state (or open=true), severity, node, deployment,
+    cluster, rule."""
 
-    queryset = Alert.objects.select_related("node", "acknowledged_by")
+    queryset = Alert.objects.select_related("node", "deployment", "acknowledged_by")
     serializer_class = AlertSerializer
     policy = {**VIEW, "acknowledge": "alerts.acknowledge"}
 
@@ -106,7 +107,7 @@ class AlertViewSet(*READ, HangarViewSet):
             queryset = queryset.filter(state__in=Alert.OPEN)
         if params.get("severity"):
             queryset = queryset.filter(severity=_choice_param(params, "severity", Severity.values))
-        for name in ("node", "cluster", "rule"):
+        for name in ("node", "deployment", "cluster", "rule"):
             if params.get(name):
                 queryset = queryset.filter(**{f"{name}_id": _int_param(params, name)})
         return queryset
