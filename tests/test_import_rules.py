@@ -35,6 +35,7 @@ CORE_IMPORTS: dict[str, set[str]] = {
     "telemetry": {"core", "audit", "accounts", "inventory"},
     "alerts": {"core", "audit", "accounts", "inventory", "telemetry"},
     "deployments": {"core", "audit", "accounts", "inventory", "registry", "telemetry", "alerts"},
+    "gateway": {"core", "audit", "accounts", "inventory", "deployments"},
 }
 
 # Entry points, by path inside the app (a folder name covers the folder).

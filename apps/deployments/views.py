@@ -29,6 +29,7 @@ from apps.deployments.api.serializers import (
 from apps.deployments.engines import ENGINES
 from apps.deployments.models import Deployment, Worker, WorkerState
 from apps.deployments.placement import PlacementError, gpus_in_use
+from apps.gateway.services import routes_of_deployment
 from apps.inventory.models import GPU, Cluster, Node, NodeState
 from apps.registry.models import ModelVersion, VersionState
 
@@ -183,6 +184,7 @@ def deployment_detail(request, pk: int):
         "settling": deployment.rollout_state == "rolling"
         or any(w.state not in ("ready", "stopped", "failed") for w in workers),
         "page_labels": _page_labels(),
+        "route_targets": routes_of_deployment(deployment, request.user),
     }
     return render(request, "deployments/detail.html", context)
 
