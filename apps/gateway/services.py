@@ -27,8 +27,11 @@ _READY = Q(
 
 
 def targets_with_ready_workers() -> QuerySet:
-    return RouteTarget.objects.select_related("deployment").annotate(
-        ready_workers=Count("deployment__workers", filter=_READY)
+    # Ordered here: Meta.ordering is not applied to a query that aggregates.
+    return (
+        RouteTarget.objects.select_related("deployment")
+        .annotate(ready_workers=Count("deployment__workers", filter=_READY))
+        .order_by("-weight", "pk")
     )
 
 

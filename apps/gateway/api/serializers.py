@@ -74,6 +74,9 @@ class RouteSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_by", "created_at", "updated_at"]
 
     def validate_targets(self, targets: list[dict]) -> list[dict]:
+        for target in targets:
+            # A PATCH is partial down to its nested rows, where defaults are not applied.
+            target.setdefault("weight", 100)
         deployments = [t["deployment"].pk for t in targets]
         if len(deployments) != len(set(deployments)):
             raise serializers.ValidationError(_("Name each deployment once in a route."))
