@@ -2,12 +2,15 @@ from __future__ import annotations
 
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.deployments.models import Deployment
 from apps.gateway.models import ConsumerKey, Route, ServiceAccount
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class NameOrIdField(serializers.RelatedField):
     """A row named by its `name` or its id; reads give the name.
 
