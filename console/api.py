@@ -6,6 +6,7 @@ from apps.accounts.api import views as accounts
 from apps.alerts.api import views as alerts
 from apps.audit.api import views as audit
 from apps.deployments.api import views as deployments
+from apps.gateway.api import views as gateway
 from apps.inventory.api import views as inventory
 from apps.registry.api import views as registry
 
@@ -27,6 +28,9 @@ router.register("alerts", alerts.AlertViewSet, basename="alert")
 router.register("silences", alerts.SilenceViewSet, basename="silence")
 router.register("receivers", alerts.ReceiverViewSet, basename="receiver")
 router.register("alert-deliveries", alerts.DeliveryViewSet, basename="alertdelivery")
+router.register("routes", gateway.RouteViewSet, basename="route")
+router.register("service-accounts", gateway.ServiceAccountViewSet, basename="serviceaccount")
+router.register("consumer-keys", gateway.ConsumerKeyViewSet, basename="consumerkey")
 
 API_ENDPOINTS = [(basename, prefix) for prefix, _viewset, basename in router.registry]
 API_ENDPOINTS.append(("me", "me"))

@@ -38,4 +38,5 @@ urlpatterns = [
     path("", include("apps.alerts.urls")),
     path("", include("apps.registry.urls")),
     path("", include("apps.deployments.urls")),
+    path("", include("apps.gateway.urls")),
 ]

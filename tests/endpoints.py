@@ -342,6 +342,49 @@ ENDPOINTS: list[Endpoint] = [
     E("DELETE", "/api/v1/receivers/{receiver}/", "alerts.manage", 204, kind="object"),
     E("GET", "/api/v1/alert-deliveries/", "alerts.manage", 200),
     E("GET", "/api/v1/alert-deliveries/{delivery}/", "alerts.manage", 200, kind="object"),
+    # -- gateway (objects from tests/gateway/world.py) -------------------------------
+    E("GET", "/api/v1/routes/", "gateway.view", 200),
+    E("POST", "/api/v1/routes/", "gateway.manage", 201, kind="create",
+      body={"name": "matrix-new", "targets": [{"deployment": "{deployment}", "weight": 5}]}),
+    E("GET", "/api/v1/routes/{route}/", "gateway.view", 200, kind="object"),
+    E("PUT", "/api/v1/routes/{route}/", "gateway.manage", 200, kind="object",
+      view="gateway.view", body={"name": "renamed-route", "enabled": True,
+                                 "targets": [{"deployment": "{deployment}", "weight": 7}]}),
+    E("PATCH", "/api/v1/routes/{route}/", "gateway.manage", 200, kind="object",
+      view="gateway.view", body={"description": "patched"}),
+    E("DELETE", "/api/v1/routes/{route}/", "gateway.manage", 204, kind="object",
+      view="gateway.view"),
+    E("GET", "/api/v1/service-accounts/", "gateway.manage", 200),
+    E("POST", "/api/v1/service-accounts/", "gateway.manage", 201, kind="create",
+      body={"name": "library-search"}),
+    E("GET", "/api/v1/service-accounts/{saccount}/", "gateway.manage", 200, kind="object"),
+    E("PUT", "/api/v1/service-accounts/{saccount}/", "gateway.manage", 200, kind="object",
+      body={"name": "renamed-app", "description": "x", "is_active": True}),
+    E("PATCH", "/api/v1/service-accounts/{saccount}/", "gateway.manage", 200, kind="object",
+      body={"is_active": False}),
+    E("GET", "/api/v1/consumer-keys/", AUTHENTICATED, 200),
+    E("POST", "/api/v1/consumer-keys/", AUTHENTICATED, 201, audit_action="gateway.key.create",
+      body={"name": "matrix", "days": 1, "all_routes": True}),
+    E("GET", "/api/v1/consumer-keys/{ckey}/", AUTHENTICATED, 200, kind="object"),
+    E("POST", "/api/v1/consumer-keys/{ckey}/revoke/", AUTHENTICATED, 200, kind="object",
+      audit_action="gateway.key.revoke"),
+    E("GET", "/routes/", "gateway.view", 200, page=True),
+    E("POST", "/routes/new/", "gateway.manage", 302, kind="create", page=True,
+      body={"name": "page-route", "target_deployment": "{deployment}", "target_weight": 9,
+            "enabled": "on"}),
+    E("GET", "/routes/{route}/", "gateway.manage", 200, kind="object", view="gateway.view",
+      page=True),
+    E("POST", "/routes/{route}/", "gateway.manage", 302, kind="object", view="gateway.view",
+      page=True, body={"name": "renamed-route", "target_deployment": "{deployment}",
+                       "target_weight": 3, "enabled": "on"}),
+    E("POST", "/routes/{route}/delete/", "gateway.manage", 302, kind="object",
+      view="gateway.view", page=True),
+    E("GET", "/keys/", AUTHENTICATED, 200, page=True),
+    E("POST", "/keys/", AUTHENTICATED, 200, page=True, audit_action="gateway.key.create",
+      body={"name": "page key", "days": 1, "all_routes": "on"}),
+    E("GET", "/keys/all/", "keys.manage", 200, page=True),
+    E("POST", "/keys/{ckey}/revoke/", AUTHENTICATED, 302, kind="object", page=True,
+      audit_action="gateway.key.revoke"),
     # -- core and login --------------------------------------------------------------
     E("GET", "/healthz", PUBLIC, 200),
     E("GET", "/api/schema/", PUBLIC, 200),
@@ -428,6 +471,8 @@ class World:
     token: ApiToken | None = None
     # More placeholders from apps' own builders: name -> place ("in"/"out") -> pk.
     extra: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Rows with a `user` that become the caller's, as the API token does.
+    owned: list = field(default_factory=list)
 
     def values(self, where: str | None) -> dict[str, object]:
         place = where or "in"
@@ -496,6 +541,9 @@ def build_world(caller) -> World:
     from tests.deployments.world import deployments_world
 
     world.extra.update(deployments_world(world))
+    from tests.gateway.world import gateway_world
+
+    world.extra.update(gateway_world(world))
     return world
 
 
@@ -531,8 +579,9 @@ def perform(row: Endpoint, subject: str, where: str | None, make_user, monkeypat
     user = make_subject(subject, world, make_user)
     client = APIClient()
     if user is not None:
-        world.token.user = user
-        world.token.save(update_fields=["user"])
+        for owned in (world.token, *world.owned):
+            owned.user = user
+            owned.save(update_fields=["user"])
         # A real session, as a browser has, so pages and the API see the same login.
         client.force_login(user)
     body = world.body(row, where)
@@ -596,6 +645,7 @@ def all_routes() -> list[Route]:
 PLACEHOLDERS = ("cluster", "spare", "node", "gpu", "etoken", "user", "binding", "event", "token")
 PLACEHOLDERS += ("rule", "alert", "silence", "receiver", "delivery")  # tests/alerts/world.py
 PLACEHOLDERS += ("model", "version", "version2", "spare_version", "draft", "deployment", "worker")
+PLACEHOLDERS += ("route", "saccount", "ckey")  # tests/gateway/world.py
 
 
 def route_of(path: str) -> str:

@@ -18,12 +18,19 @@ class Role(models.TextChoices):
 
 # Reading the inventory and telemetry comes with every role: an operator who
 # cannot see the node they restart is no use. Secrets are never readable.
-_READ = {"inventory.view", "telemetry.view", "deployments.view", "models.view", "alerts.view"}
+_READ = {
+    "inventory.view",
+    "telemetry.view",
+    "deployments.view",
+    "models.view",
+    "alerts.view",
+    "gateway.view",
+}
 
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
     Role.VIEWER: frozenset(_READ),
     Role.OPERATOR: frozenset(_READ | {"deployments.operate", "alerts.acknowledge"}),
-    Role.MODEL_MANAGER: frozenset(_READ | {"models.manage"}),
+    Role.MODEL_MANAGER: frozenset(_READ | {"models.manage", "gateway.manage"}),
     Role.AUDITOR: frozenset(_READ | {"audit.view", "audit.export"}),
     Role.ADMIN: frozenset(
         _READ
@@ -33,6 +40,8 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
             "alerts.acknowledge",
             "alerts.manage",
             "models.manage",
+            "gateway.manage",
+            "keys.manage",
             "audit.view",
             "audit.export",
             "inventory.change",
@@ -47,8 +56,18 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
 ALL_ACTIONS = frozenset().union(*ROLE_ACTIONS.values())
 
 # Actions that only make sense everywhere: a cluster-scoped binding never grants them.
+# Routes and keys span clusters (one route may send traffic to deployments in
+# several), so changing them is global too; any user manages their own keys.
 GLOBAL_ONLY_ACTIONS = frozenset(
-    {"audit.view", "audit.export", "accounts.view", "accounts.manage", "settings.manage"}
+    {
+        "audit.view",
+        "audit.export",
+        "accounts.view",
+        "accounts.manage",
+        "settings.manage",
+        "gateway.manage",
+        "keys.manage",
+    }
 )
 
 

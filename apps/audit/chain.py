@@ -27,6 +27,7 @@ SECRET_FIELDS = frozenset(
         "secret",
         "client_secret",
         "secret_hash",
+        "key_hash",
         "secret_key",
         "token",
         "api_token",

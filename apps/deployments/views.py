@@ -30,6 +30,7 @@ from apps.deployments.engines import ENGINES
 from apps.deployments.models import Deployment, Worker, WorkerState
 from apps.deployments.placement import PlacementError, gpus_in_use
 from apps.gateway import traffic
+from apps.gateway.services import routes_of_deployment
 from apps.inventory.models import GPU, Cluster, Node, NodeState
 from apps.registry.models import ModelVersion, VersionState
 
@@ -185,6 +186,7 @@ def deployment_detail(request, pk: int):
         or any(w.state not in ("ready", "stopped", "failed") for w in workers),
         "page_labels": _page_labels(),
         "traffic": _traffic(deployment.pk),
+        "route_targets": routes_of_deployment(deployment, request.user),
     }
     return render(request, "deployments/detail.html", context)
 

@@ -1,0 +1,131 @@
+"""Route changes and what the pages and the API read about routes and keys.
+
+A route and its targets change together, in one transaction, and the request's
+audit event records both (the row alone would not show a weight that moved).
+Keys are made and revoked by apps.gateway.keys.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import Count, Prefetch, Q, QuerySet
+from django.utils import timezone
+
+from apps.accounts.policy import can, restrict
+from apps.audit import recorder
+from apps.deployments.models import DesiredState, WorkerState
+from apps.gateway.models import ConsumerKey, Route, RouteTarget
+
+# As the gateway's snapshot counts them (apps.gateway.snapshot.build): the
+# workers a request may be sent to now.
+_READY = Q(
+    deployment__desired_state=DesiredState.RUNNING,
+    deployment__workers__state=WorkerState.READY,
+    deployment__workers__desired_state=DesiredState.RUNNING,
+    deployment__workers__node__state__in=("online", "degraded"),
+)
+
+
+def targets_with_ready_workers() -> QuerySet:
+    # Ordered here: Meta.ordering is not applied to a query that aggregates.
+    return (
+        RouteTarget.objects.select_related("deployment")
+        .annotate(ready_workers=Count("deployment__workers", filter=_READY))
+        .order_by("-weight", "pk")
+    )
+
+
+def with_targets(routes: QuerySet) -> QuerySet:
+    """Routes with their fallback and targets (each with `ready_workers`) in three queries."""
+    return routes.select_related("fallback", "created_by").prefetch_related(
+        Prefetch("targets", queryset=targets_with_ready_workers())
+    )
+
+
+def visible_routes(user) -> QuerySet:
+    return with_targets(restrict(Route.objects.all(), user, "gateway.view"))
+
+
+def route_record(route: Route) -> dict:
+    """The route as the audit log records it: its row and its targets."""
+    targets = RouteTarget.objects.filter(route=route).order_by("deployment_id")
+    return {
+        **recorder.snapshot(route),
+        "fallback": route.fallback.name if route.fallback_id else None,
+        "targets": [{"deployment": t.deployment_id, "weight": t.weight} for t in targets],
+    }
+
+
+@transaction.atomic
+def save_route(serializer, user=None) -> Route:
+    """Create or update from a valid RouteSerializer; `targets`, when given,
+    replaces every target of the route."""
+    instance = serializer.instance
+    before = None
+    if instance is not None:
+        # One change of a route at a time: two replacements of the targets would collide.
+        Route.objects.select_for_update().filter(pk=instance.pk).first()
+        before = route_record(instance)
+    targets = serializer.validated_data.pop("targets", None)
+    extra = {"created_by": user} if instance is None and user is not None else {}
+    route = serializer.save(**extra)
+    if targets is not None:
+        RouteTarget.objects.filter(route=route).delete()
+        RouteTarget.objects.bulk_create(
+            RouteTarget(route=route, deployment=t["deployment"], weight=t["weight"])
+            for t in targets
+        )
+    after = route_record(route)
+    changes = {"created": after} if before is None else recorder.diff(before, after)
+    recorder.describe(target=route, changes=changes)
+    return route
+
+
+@transaction.atomic
+def delete_route(route: Route) -> None:
+    """Keys limited to this route lose it; routes falling back to it lose their fallback."""
+    recorder.describe(target=route, changes={"deleted": route_record(route)})
+    route.delete()
+
+
+def routes_of_deployment(deployment, user) -> QuerySet:
+    """Routes that send requests to `deployment`, for its page."""
+    return (
+        restrict(RouteTarget.objects.all(), user, "gateway.view")
+        .filter(deployment=deployment)
+        .select_related("route", "route__fallback")
+        .order_by("route__name")
+    )
+
+
+def may_own_service_keys(user) -> bool:
+    """Keys for applications are made by those who manage routes or every key."""
+    return can(user, "gateway.manage") or can(user, "keys.manage")
+
+
+def keys_visible_to(user) -> QuerySet:
+    """Everyone's own keys; service accounts' keys to those who may make them; all
+    keys to `keys.manage`. A key outside this set answers 404."""
+    keys = ConsumerKey.objects.select_related(
+        "user", "service_account", "created_by"
+    ).prefetch_related("routes")
+    if can(user, "keys.manage"):
+        return keys
+    visible = Q(user=user)
+    if may_own_service_keys(user):
+        visible |= Q(service_account__isnull=False)
+    return keys.filter(visible)
+
+
+KEY_STATES = ("active", "expired", "revoked")
+
+
+def keys_in_state(keys: QuerySet, state: str) -> QuerySet:
+    """Narrow to one of KEY_STATES (ConsumerKey.state, in SQL)."""
+    assert state in KEY_STATES, state
+    now = timezone.now()
+    if state == "active":
+        return keys.filter(revoked_at__isnull=True, expires_at__gt=now)
+    if state == "expired":
+        return keys.filter(revoked_at__isnull=True, expires_at__lte=now)
+    return keys.filter(revoked_at__isnull=False)
