@@ -88,7 +88,6 @@ def dispatch(worker: Worker, verb: str) -> str:
         last_operation_id=operation_id, dispatched_at=timezone.now()
     )
     worker.last_operation_id = operation_id
-    options = {}
     if verb == "stop_worker" and worker.state in (WorkerState.READY, WorkerState.UNHEALTHY):
         # It may be serving through the gateway: routing ends now, the process later.
         transaction.on_commit(lambda: signals.worker_leaving.send(sender=Worker, worker=worker))
