@@ -1065,13 +1065,21 @@ def verdicts(summary: dict) -> list[str]:
         lines.append(
             f"- {s['streams']:,} streams{scale} at {s['chunks_per_s_offered'] / s['streams']:g} "
             f"chunks/s each: added per-chunk delay p50 {a['p50']:+.2f} ms, p99 {a['p99']:+.2f} ms "
-            f"(aim ≤ {AIM_CHUNK_P99_MS:g}): **{'met' if s['met'] else 'NOT met'}**"
+            f"(aim ≤ {AIM_CHUNK_P99_MS:g}): **{_stream_verdict(s, behind)}**"
             + (f"; {'; '.join(behind)}" if behind else "")
             + f". Direct p99 {s['direct_ms']['p99']:.2f} ms, gateway p99 "
             f"{s['gateway_ms']['p99']:.2f} ms; gateway {s['gateway_cpu_s_per_1000_chunks']:.3f} "
             f"CPU s per 1,000 chunks ({s['gateway_cpu_percent']:.0f} % of a core)."
         )
     return lines
+
+
+def _stream_verdict(s: dict, behind: list[str]) -> str:
+    if s["met"]:
+        return "met"
+    if s["streams"] < AIM_STREAMS and not behind and s["added_ms"]["p99"] <= AIM_CHUNK_P99_MS:
+        return f"within the aim at this scale (the aim is at {AIM_STREAMS:,} streams)"
+    return "NOT met"
 
 
 def machine_text() -> str:
@@ -1122,19 +1130,19 @@ def section(phases, summary, profile, args, command: str, took: float) -> str:
         f"Command: `{command}` ({args.workers} workers, {args.seconds:g} s per measure; the"
         f" whole run took {took / 60:.1f} min).  ",
         f"Load average (1 / 5 / 15 min) at the start: {args.load_at_start}; at the end:"
-        f" {_load()}.  ",
+        f" {args.load_at_end}.  ",
         f"Date: {time.strftime('%Y-%m-%d')}.",
         "",
         machine_text(),
         "",
         tables(phases),
         "",
-        "max-rps: closed loop, best round counts. fixed-rate: open loop, latency from each"
-        " request's scheduled send time. streams: per-chunk delay = client receipt - the",
-        "stub's send time in the chunk, over the window in which all streams are open. CPU % is"
-        " of one core (the machine has",
-        f"{100 * (os.cpu_count() or 1)} %); other = machine - gateway - stub - generator (other"
-        " users, Redis, PostgreSQL).",
+        "max-rps: closed loop, the best round counts. fixed-rate: open loop, latency from each",
+        "request's scheduled send time. streams: per-chunk delay = client receipt - the stub's",
+        "send time in the chunk, over the window in which every stream is open. CPU % is of one",
+        f"core (the machine has {100 * (os.cpu_count() or 1)} %); other = machine - gateway - stub"
+        " - generator",
+        "(other users' processes, Redis, PostgreSQL).",
         "",
         "Against the aims (issue 12):",
         "",
@@ -1145,12 +1153,15 @@ def section(phases, summary, profile, args, command: str, took: float) -> str:
             "",
             f"py-spy on the gateway during a max-rps run ({profile['samples']} samples,"
             f" {profile['rps_while_profiled']:,} req/s while profiled), top frames by own"
-            " time and by inclusive time:",
+            " time and by inclusive time (the loop and the module, in every sample, left out):",
             "",
             "| own % | frame | inclusive % | frame |",
             "|---:|---|---:|---|",
         ]
-        for own, inc in zip(profile["self"][:15], profile["inclusive"][:15], strict=False):
+        # The frames every sample has (the module, the loop) say nothing: left out.
+        root = profile["inclusive"][0]["percent"] if profile["inclusive"] else 100
+        inclusive = [f for f in profile["inclusive"] if f["percent"] < root]
+        for own, inc in zip(profile["self"][:15], inclusive[:15], strict=False):
             lines.append(
                 f"| {own['percent']} | `{own['frame']}` | {inc['percent']} | `{inc['frame']}` |"
             )
@@ -1282,6 +1293,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     took = time.monotonic() - began
+    args.load_at_end = _load()
     summary = summarize(phases, args)
     print()
     print(tables(phases))
@@ -1303,7 +1315,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "command": command,
                     "load_at_start": args.load_at_start,
-                    "load_at_end": _load(),
+                    "load_at_end": args.load_at_end,
                     "pinning": {"gateway": args.gateway_cpu, "load": args.load_cpu},
                     "summary": summary,
                     "phases": [asdict(p) for p in phases],
