@@ -90,6 +90,8 @@ AIM_STREAMS = 1000
 AIM_RATE = 1000.0
 KEPT_UP = 0.98
 REQUEST = {"model": ROUTE, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
+SERVER_MODULE = "apps.gateway.proxy.server"
+SNAPSHOT_KEY = "hangar:gateway:snapshot"  # apps.gateway.snapshot.SNAPSHOT_KEY, for --world
 STUB_MAX_SECONDS = 1800  # the stub ends by itself even if nobody stops it
 
 
@@ -668,7 +670,10 @@ def start_gateway(args, env: dict, workdir: Path, generation: int):
         "HANGAR_GATEWAY_BIND": f"127.0.0.1:{port}",
         "HANGAR_GATEWAY_ADMIN_BIND": f"127.0.0.1:{admin_port}",
     }
-    argv = _pinned([str(processes.BIN / "hangar-gateway")], args.gateway_cpu)
+    script = processes.BIN / "hangar-gateway"
+    # Without the installed script (--world on a bare host): the same entry point.
+    command = [str(script)] if script.exists() else [sys.executable, "-m", SERVER_MODULE]
+    argv = _pinned(command, args.gateway_cpu)
     proc = processes.start(argv, gateway_env, workdir / "gateway.log")
 
     def serving() -> bool:
@@ -1201,6 +1206,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--database", default="hangar_bench_gateway", help="dropped, recreated")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15", help="flushed")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--save-world",
+        type=Path,
+        help="write the stub's ports and secrets, the key and the "
+        "published snapshot here (for --world)",
+    )
+    parser.add_argument(
+        "--world",
+        type=Path,
+        help="run from a --save-world file, without the console: no "
+        "Django, no PostgreSQL (a bare host with Python, aiohttp, redis-py and Redis)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.rounds, args.ramp = 2, 0.5, 1, 1
@@ -1218,19 +1235,40 @@ def run_benchmark(args, workdir: Path) -> tuple[list[Phase], dict | None]:
 
     from tests.bench.telemetry import prepare_environment
 
-    print(f"preparing database {args.database} and Redis {args.redis_url} ...", flush=True)
-    env = prepare_environment(args, workdir)
-    env["HANGAR_LOG_LEVEL"] = "WARNING"
-    redis.Redis.from_url(args.redis_url).flushdb()
-    workers = [(processes.free_port(), secrets.token_urlsafe(24)) for _ in range(args.workers)]
+    redis_client = redis.Redis.from_url(args.redis_url)
+    if args.world:
+        # A world saved by --save-world: the console's own snapshot, stored as it was
+        # published, for a host without the console (no Django, no PostgreSQL).
+        saved = json.loads(args.world.read_text())
+        workers = [tuple(w) for w in saved["workers"]]
+        env = {**os.environ, "HANGAR_REDIS_URL": args.redis_url, "PYTHONUNBUFFERED": "1"}
+        env["HANGAR_GATEWAY_STALE_SECONDS"] = "3600"  # no console confirms it on that host
+    else:
+        print(f"preparing database {args.database} and Redis {args.redis_url} ...", flush=True)
+        env = prepare_environment(args, workdir)
+        env["HANGAR_LOG_LEVEL"] = "WARNING"
+        workers = [(processes.free_port(), secrets.token_urlsafe(24)) for _ in range(args.workers)]
+    redis_client.flushdb()
     started: list[subprocess.Popen] = []
     try:
         stub = start_stub(args, env, workdir, workers)
         started.append(stub)
-        key = create_world_rows(workers)
-        from apps.gateway import snapshot
+        if args.world:
+            key, stored = saved["key"], saved["snapshot"]
+            generation = json.loads(stored)["generation"]
+            redis_client.set(SNAPSHOT_KEY, stored)
+            redis_client.set(SNAPSHOT_KEY + ":generation-stored", generation)
+            redis_client.set(SNAPSHOT_KEY + ":checked-at", time.time())
+        else:
+            key = create_world_rows(workers)
+            from apps.gateway import snapshot
 
-        generation = snapshot.publish()
+            generation = snapshot.publish()
+            if args.save_world:
+                stored = redis_client.get(SNAPSHOT_KEY).decode()
+                world_file = {"workers": workers, "key": key, "snapshot": stored}
+                args.save_world.write_text(json.dumps(world_file))
+                print(f"saved the world in {args.save_world}", flush=True)
         gateway, port, admin_port = start_gateway(args, env, workdir, generation)
         started.append(gateway)
         world = World(stub, gateway, workers, port, admin_port, key, generation)
