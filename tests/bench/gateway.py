@@ -1,6 +1,6 @@
 """Gateway benchmark: `hangar-gateway` against a stub engine that answers at once.
 
-    make bench-gateway                                      # the full run, about 3 min
+    make bench-gateway                                      # the full run, about 4.5 min
     python -m tests.bench.gateway --streams 250,1000 --json /tmp/gateway.json
     python -m tests.bench.gateway --quick                   # smoke check, no docs
     python -m tests.bench.gateway --profile /tmp/gw-prof    # plus py-spy on the gateway
@@ -47,6 +47,10 @@ Every step is bounded in count and time, on loopback only; every process it
 starts is stopped at the end. Results print as tables; `--json PATH` writes
 them all; a full run also rewrites the section "Gateway" of docs/benchmarks.md
 (its hand-written "### Findings" and other sections are kept).
+
+`--save-world FILE` keeps the stub's ports and secrets, the key and the
+published snapshot; `--world FILE` replays them on a host without the console
+(no Django, no PostgreSQL: Python, aiohttp, redis-py, psutil and Redis).
 
 Subcommands used by the benchmark itself (also handy alone):
 `stub --worker PORT=SECRET ...`, `open-loop`, `streams`, `closed-loop`.
@@ -1188,7 +1192,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rate", default="250,1000", help="open loop: comma-separated requests/s to offer"
     )
-    parser.add_argument("--streams", default="250,1000", help="comma-separated stream counts")
+    parser.add_argument("--streams", default="100,250,1000", help="comma-separated stream counts")
     parser.add_argument("--chunk-rate", type=float, default=20, help="chunks/s per stream")
     parser.add_argument("--ramp", type=float, default=2, help="seconds to open the streams")
     parser.add_argument("--only", choices=("max-rps", "fixed-rate", "streams"), action="append")
