@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint format check bench-telemetry bench-deployments bench-ui clean
+.PHONY: run test lint format check bench-telemetry bench-deployments bench-ui bench-gateway clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench-deployments: $(STAMP)
 
 bench-ui: $(STAMP)
 	$(BIN)/python -m tests.bench.ui
+
+bench-gateway: $(STAMP)
+	$(BIN)/python -m tests.bench.gateway
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -730,11 +730,11 @@ def section(steps: list[Step], args: argparse.Namespace, command: str, took: flo
     )
 
 
-def write_docs(text: str, path: Path = DOCS) -> None:
-    """Replace our section's results, keep its hand-written "### Findings" and
+def write_docs(text: str, path: Path = DOCS, section: str = SECTION) -> None:
+    """Replace a section's results, keep its hand-written "### Findings" and
     every other section (up to the next `## `)."""
     current = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^### Findings|^## |\Z)", re.M | re.S)
+    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^### Findings|^## |\Z)", re.M | re.S)
     if pattern.search(current):
         updated = pattern.sub(lambda _: text + "\n", current, count=1)
     else:
