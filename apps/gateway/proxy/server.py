@@ -315,7 +315,8 @@ async def relay(request, upstream, labels, started, deployment_name) -> web.Stre
                 metrics.first_token[labels].observe(time.monotonic() - started)
                 first = False
             await response.write(chunk)
-            last = (last + chunk)[-4096:]
+            # Only the end can hold the usage event: keep a short tail, not the stream.
+            last = chunk if len(chunk) >= 2048 else last[-2048:] + chunk
     except (ConnectionResetError, asyncio.CancelledError):
         # The client left: leaving this block closes the upstream request too.
         metrics.cancelled += 1
@@ -375,6 +376,11 @@ async def prometheus(request: web.Request) -> web.Response:
 
 def build_apps(config: gateway_config.GatewayConfig) -> tuple[web.Application, web.Application]:
     public = web.Application(client_max_size=config.max_body_bytes)
+    # Exact resources first (a dict lookup in aiohttp's router), the catch-all for the
+    # 404s; `handle` checks the raw path either way.
+    for path in sorted(INFERENCE_PATHS):
+        public.router.add_post(path, handle)
+    public.router.add_get(MODELS_PATH, handle)
     public.router.add_route("*", "/{tail:.*}", handle)
     admin = web.Application()
     admin.router.add_get("/healthz", health)
@@ -394,7 +400,11 @@ async def serve(config: gateway_config.GatewayConfig, ready: asyncio.Event | Non
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
     stop = asyncio.Event()
     async with aiohttp.ClientSession(
-        timeout=timeout, connector=connector, auto_decompress=False
+        timeout=timeout,
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # no cookies between clients, and less work
+        skip_auto_headers=("User-Agent",),
     ) as session:
         public[SESSION] = session
         follower = asyncio.create_task(view.follow(stop))
@@ -409,7 +419,8 @@ async def serve(config: gateway_config.GatewayConfig, ready: asyncio.Event | Non
             # The handler is cancelled when its client goes: the upstream request with it.
             runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, host, port, backlog=2048).start()
+            # reuse_port: several gateway processes on one host can share the port.
+            await web.TCPSite(runner, host, port, backlog=2048, reuse_port=True).start()
             runners.append(runner)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

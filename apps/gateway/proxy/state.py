@@ -120,8 +120,11 @@ class View:
                 if snapshot.deployments.get(str(t["deployment"]), {}).get("workers")
             ]
             if serving:
-                weights = [t["weight"] for t in serving]
-                target = random.choices(serving, weights)[0]
+                if len(serving) == 1:
+                    target = serving[0]
+                else:
+                    weights = [t["weight"] for t in serving]
+                    target = random.choices(serving, weights)[0]
                 deployment = str(target["deployment"])
                 return deployment, snapshot.deployments[deployment]["workers"]
             name = route.get("fallback")
@@ -131,11 +134,18 @@ class View:
 
     def pick(self, workers: list[dict], avoid: set[int]) -> dict | None:
         """The ready worker with the fewest requests in flight (ties at random)."""
-        candidates = [w for w in workers if w["id"] not in avoid]
-        if not candidates:
+        best, least = [], None
+        for worker in workers:
+            if worker["id"] in avoid:
+                continue
+            busy = self.in_flight.get(worker["id"], 0)
+            if least is None or busy < least:
+                best, least = [worker], busy
+            elif busy == least:
+                best.append(worker)
+        if not best:
             return None
-        least = min(self.in_flight.get(w["id"], 0) for w in candidates)
-        return random.choice([w for w in candidates if self.in_flight.get(w["id"], 0) == least])
+        return best[0] if len(best) == 1 else random.choice(best)
 
     # --- keeping the snapshot current ----------------------------------------------
 
