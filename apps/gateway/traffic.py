@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -29,6 +30,7 @@ from channels.layers import get_channel_layer
 from apps.alerts.series import deployment_series
 from apps.alerts.services import evaluate_deployment_values
 from apps.deployments.models import Deployment
+from apps.gateway.models import ConsumerKey
 from apps.telemetry.live import client, cluster_group
 
 REPORTERS_KEY = "hangar:gateway:reporters"  # as apps/gateway/proxy/state.py
@@ -240,7 +242,34 @@ def judge_traffic(redis=None) -> dict:
     if seconds > 0:  # a first reading is a baseline: no window to judge yet
         _alert(known, current["deployments"], now)
     _publish(known, current)
-    return {"reporters": len(reports), "deployments": len(known), "window_s": seconds}
+    touched = copy_keys_last_used(reports)
+    return {
+        "reporters": len(reports),
+        "deployments": len(known),
+        "window_s": seconds,
+        "keys_touched": touched,
+    }
+
+
+def copy_keys_last_used(reports: dict[str, dict]) -> int:
+    """ConsumerKey.last_used_at from the gateways' reports, in one bulk update.
+
+    Gateways never write the database: they report when each key was last let
+    through, and this copies the latest of those (later only) every few seconds.
+    """
+    latest: dict[int, float] = {}
+    for report in reports.values():
+        for key_id, at in (report.get("keys_used") or {}).items():
+            if str(key_id).isdigit() and isinstance(at, int | float):
+                latest[int(key_id)] = max(at, latest.get(int(key_id), 0.0))
+    changed = []
+    for key in ConsumerKey.objects.filter(pk__in=list(latest)).only("pk", "last_used_at"):
+        used = datetime.fromtimestamp(latest[key.pk], tz=UTC)
+        if key.last_used_at is None or used > key.last_used_at:
+            key.last_used_at = used
+            changed.append(key)
+    ConsumerKey.objects.bulk_update(changed, ["last_used_at"], batch_size=1000)
+    return len(changed)
 
 
 def _alert(deployments: list[Deployment], numbers: dict[str, dict], now: float) -> None:

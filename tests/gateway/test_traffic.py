@@ -20,7 +20,7 @@ from apps.alerts.models import Alert, AlertRule
 from apps.alerts.services import rules as rule_cache
 from apps.deployments.models import Deployment, Worker, WorkerState
 from apps.gateway import traffic
-from apps.gateway.models import Route, RouteTarget
+from apps.gateway.models import ConsumerKey, Route, RouteTarget
 from apps.gateway.proxy.metrics import BUCKETS, Metrics, export
 from apps.gateway.proxy.state import REPORTERS_KEY, STATS_KEY
 from apps.inventory.models import Node
@@ -85,6 +85,7 @@ def test_requests_through_a_real_gateway_become_rates_percentiles_and_alert_seri
     processes.wait_for(lambda: traffic.read_reports(store), what="the gateway's first report")
     assert traffic.judge_traffic(store)["window_s"] == 0  # the baseline
 
+    before = time.time()
     for _ in range(20):
         assert http("POST", f"{gateway.url}/v1/chat/completions", CHAT_BODY, key)[0] == 200
     for _ in range(5):
@@ -112,6 +113,10 @@ def test_requests_through_a_real_gateway_become_rates_percentiles_and_alert_seri
     assert alert.state == Alert.State.FIRING and alert.value == 1.0
     assert alert.node is None and alert.deployment == broken and alert.cluster == cluster
     assert "5 requests" in alert.detail
+
+    # The key's last use reached the database without the gateway touching it.
+    used = ConsumerKey.objects.get().last_used_at
+    assert used is not None and used.timestamp() >= before
 
 
 def test_a_restarted_gateway_gives_no_negative_rate(cluster, store):

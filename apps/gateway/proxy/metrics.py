@@ -30,6 +30,8 @@ class Metrics:
         self.in_flight: dict[tuple[str, str], int] = defaultdict(int)
         self.retries = 0
         self.cancelled = 0
+        # Key id -> when this process last let it through (the console keeps it).
+        self.key_used: dict[int, float] = {}
 
     def request_done(self, route: str, deployment: str, status: int, seconds: float) -> None:
         self.requests[(route, deployment, f"{status // 100}xx")] += 1
@@ -127,4 +129,5 @@ def export(metrics: Metrics) -> dict:
         entry(route, deployment)["tokens"][kind] = n
     for (route, deployment), n in metrics.in_flight.items():
         entry(route, deployment)["in_flight"] = n
-    return {"buckets": list(BUCKETS), "entries": list(entries.values())}
+    keys_used = {str(key): at for key, at in metrics.key_used.items()}
+    return {"buckets": list(BUCKETS), "entries": list(entries.values()), "keys_used": keys_used}

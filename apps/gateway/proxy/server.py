@@ -138,6 +138,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 "network_not_allowed",
                 address=address,
             )
+    metrics.key_used[key.id] = time.time()
     if path == MODELS_PATH:
         return list_models(view, key)
     return await proxy(request, path, key)
