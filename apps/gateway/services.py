@@ -7,13 +7,16 @@ Keys are made and revoked by apps.gateway.keys.
 
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count, Prefetch, Q, QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from apps.accounts.policy import can, restrict
 from apps.audit import recorder
 from apps.deployments.models import DesiredState, WorkerState
+from apps.gateway.keys import create_consumer_key
 from apps.gateway.models import ConsumerKey, Route, RouteTarget
 
 # As the gateway's snapshot counts them (apps.gateway.snapshot.build): the
@@ -129,3 +132,23 @@ def keys_in_state(keys: QuerySet, state: str) -> QuerySet:
     if state == "expired":
         return keys.filter(revoked_at__isnull=True, expires_at__lte=now)
     return keys.filter(revoked_at__isnull=False)
+
+
+def create_key_as(user, data: dict) -> tuple[ConsumerKey, str]:
+    """A key made by `user` from validated form or API data: theirs, or a service
+    account's when they may own those. One path for the API and the pages."""
+    account = data.get("service_account")
+    if account is not None and not may_own_service_keys(user):
+        raise PermissionDenied(
+            _("Only those who manage routes or all keys make keys for service accounts.")
+        )
+    return create_consumer_key(
+        name=data["name"],
+        days=data["days"],
+        user=None if account else user,
+        service_account=account,
+        routes=data["routes"],
+        all_routes=data["all_routes"],
+        source_networks=data["source_networks"],
+        created_by=user,
+    )

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
@@ -25,7 +24,7 @@ from apps.core.pages import found_or_404
 from apps.deployments.models import Deployment
 from apps.gateway import services
 from apps.gateway.api.serializers import ConsumerKeyCreateSerializer, RouteSerializer
-from apps.gateway.keys import KeyRefused, create_consumer_key, revoke_consumer_key
+from apps.gateway.keys import KeyRefused, revoke_consumer_key
 from apps.gateway.models import Route, ServiceAccount
 
 VIEW, MANAGE = "gateway.view", "gateway.manage"
@@ -231,20 +230,8 @@ def my_keys(request):
     if not form.is_valid():
         return _keys_page(request, {**failed, "errors": form.errors}, status=400)
     data = form.validated_data
-    account = data.get("service_account")
-    if account is not None and not services.may_own_service_keys(request.user):
-        raise PermissionDenied
     try:
-        key, raw = create_consumer_key(
-            name=data["name"],
-            days=data["days"],
-            user=None if account else request.user,
-            service_account=account,
-            routes=data["routes"],
-            all_routes=data["all_routes"],
-            source_networks=data["source_networks"],
-            created_by=request.user,
-        )
+        key, raw = services.create_key_as(request.user, data)
     except KeyRefused as exc:
         recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": in_english(exc)})
         errors = {"non_field_errors": [str(exc)]}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
@@ -18,7 +19,7 @@ from apps.gateway.api.serializers import (
     RouteSerializer,
     ServiceAccountSerializer,
 )
-from apps.gateway.keys import KeyRefused, create_consumer_key, revoke_consumer_key
+from apps.gateway.keys import KeyRefused, revoke_consumer_key
 from apps.gateway.models import ConsumerKey, Route, ServiceAccount
 
 MANAGE = "gateway.manage"
@@ -112,23 +113,10 @@ class ConsumerKeyViewSet(*READ, HangarViewSet):
         recorder.describe(action="gateway.key.create")
         body = ConsumerKeyCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        data = body.validated_data
-        account = data.get("service_account")
-        if account is not None and not services.may_own_service_keys(request.user):
-            raise PermissionDenied(
-                _("Only those who manage routes or all keys make keys for service accounts.")
-            )
         try:
-            key, raw = create_consumer_key(
-                name=data["name"],
-                days=data["days"],
-                user=None if account else request.user,
-                service_account=account,
-                routes=data["routes"],
-                all_routes=data["all_routes"],
-                source_networks=data["source_networks"],
-                created_by=request.user,
-            )
+            key, raw = services.create_key_as(request.user, body.validated_data)
+        except DjangoPermissionDenied as exc:
+            raise PermissionDenied(str(exc)) from None
         except KeyRefused as exc:
             raise serializers.ValidationError({"detail": str(exc)}) from None
         key = services.keys_visible_to(request.user).get(pk=key.pk)
