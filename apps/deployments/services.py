@@ -471,6 +471,8 @@ def _store_status(worker: Worker, status: dict) -> None:
     if worker.first_ready_at != first_ready:
         fields.append("first_ready_at")
     worker.save(update_fields=fields)
+    if worker.state != old_state:
+        signals.worker_state_changed.send(sender=Worker, worker=worker)
 
 
 def _crashloop_changed(node, worker: Worker) -> None:

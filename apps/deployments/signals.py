@@ -7,3 +7,7 @@ from django.dispatch import Signal
 # stop itself reaches the agent HANGAR_WORKER_DRAIN_SECONDS later, so requests in
 # flight finish.
 worker_leaving = Signal()
+# A worker's reported state changed (ready, unhealthy, stopped, ...): sender=Worker,
+# worker. Sent from the one place reports are stored, not on every report: a report
+# carrying only progress or log lines changes nothing the gateway routes by.
+worker_state_changed = Signal()

@@ -7,15 +7,18 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from apps.deployments.models import Deployment, Worker
-from apps.deployments.signals import worker_leaving
+from apps.deployments.signals import worker_leaving, worker_state_changed
 from apps.gateway import snapshot
 from apps.gateway.models import ConsumerKey, Route, RouteTarget, ServiceAccount
 from apps.inventory.models import Node
 from apps.inventory.signals import node_state_changed
 
 # Saves of these fields (or whole-row saves) can change what a gateway may route to.
+# A worker's state is not here: every report saves it, and only a change matters
+# (worker_state_changed below), or the ingest thread would rebuild the snapshot
+# for every progress line.
 RELEVANT_FIELDS = {
-    Worker: {"state", "desired_state", "port", "node", "engine_secret"},
+    Worker: {"desired_state", "port", "node", "engine_secret"},
     Deployment: {"desired_state"},
     Node: {"state", "worker_host", "addresses"},
     get_user_model(): {"is_active"},
@@ -53,3 +56,9 @@ def stop_routing_to(sender, worker, **kwargs) -> None:
         snapshot.publish()
     except Exception as exc:
         snapshot.log.warning("gateway snapshot not published before a stop: %s", exc)
+
+
+@receiver(worker_state_changed, dispatch_uid="gateway.worker-state")
+def republish_worker_state(sender, **kwargs) -> None:
+    """A worker became ready (routable) or stopped being so."""
+    snapshot.publish_on_commit()
