@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint format check bench-telemetry bench-deployments bench-ui bench-gateway clean
+.PHONY: run test lint format check bundle bench-telemetry bench-deployments bench-ui bench-gateway clean
 
 $(STAMP): pyproject.toml
+	@deploy/system-packages.sh build
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -46,6 +47,11 @@ bench-ui: $(STAMP)
 
 bench-gateway: $(STAMP)
 	$(BIN)/python -m tests.bench.gateway
+
+# One archive for an offline appliance (docs/install.md); WITH_DEBS=1 carries the
+# Debian packages too. Written to dist/.
+bundle:
+	deploy/bundle/build.sh $(if $(WITH_DEBS),--with-debs)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
