@@ -34,6 +34,9 @@ unpack_root() {
   mkdir -p "$2"
   tar -xf "$1" -C "$2"
   cp /etc/resolv.conf "$2/etc/resolv.conf"
+  # mmdebstrap leaves no /etc/hosts; every installed machine has one, and
+  # PostgreSQL's listen_addresses=localhost needs it.
+  [[ -s $2/etc/hosts ]] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n' >"$2/etc/hosts"
   # The network CI runs on may inspect TLS with its own authority; the root
   # trusts what this machine trusts (PIP_CERT in root_env), nothing more.
   cp /etc/ssl/certs/ca-certificates.crt "$2/etc/hangar-ci-ca.crt"
