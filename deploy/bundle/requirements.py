@@ -45,7 +45,11 @@ def wheel_metadata(path: Path) -> list[str]:
     with zipfile.ZipFile(path) as wheel:
         name = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
         text = wheel.read(name).decode()
-    return [line[len("Requires-Dist: ") :] for line in text.splitlines() if line.startswith("Requires-Dist: ")]
+    return [
+        line[len("Requires-Dist: ") :]
+        for line in text.splitlines()
+        if line.startswith("Requires-Dist: ")
+    ]
 
 
 # Markers are judged for every CPython 3.11 an appliance may have (Debian bookworm's

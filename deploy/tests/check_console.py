@@ -41,7 +41,7 @@ def main() -> int:
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect)
 
     def request(path, data=None, headers=None):
-        req = urllib.request.Request(base + path, data=data, headers=headers or {})
+        req = urllib.request.Request(base + path, data=data, headers=headers or {})  # noqa: S310
         try:
             with opener.open(req, timeout=10) as response:
                 return response.status, response.read()

@@ -45,6 +45,21 @@ mkdir -p "$root/root/hangar"
 git -C "$repo" ls-files -z -co --exclude-standard |
   tar -C "$repo" --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -C "$root/root/hangar" -xf -
 
+mapfile -t environment < <(root_env)
+# A newcomer without root first: make stops at once with one line naming the
+# packages and the command, and has created nothing.
+chroot "$root" useradd --create-home newcomer
+cp -a "$root/root/hangar" "$root/home/newcomer/hangar"
+chroot "$root" chown -R newcomer: /home/newcomer/hangar
+if refusal=$(chroot "$root" /usr/bin/env -i "${environment[@]}" HOME=/home/newcomer \
+  runuser -u newcomer -- make -C /home/newcomer/hangar run 2>&1); then
+  die "make run as a user without the build headers did not stop: $refusal"
+fi
+grep -q '^hangar: missing Debian packages .*libldap2-dev.*install them with: sudo apt-get install' \
+  <<<"$refusal" || die "make run without root did not name the packages: $refusal"
+[[ ! -e $root/home/newcomer/hangar/.venv ]] || die "make run without root created .venv anyway"
+say "as a user: $(grep '^hangar:' <<<"$refusal")"
+
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 web=$(port) redis_port=$(port) gw=$(port) gw_admin=$(port)
 # The root shares this machine's network (it needs PyPI and the mirror), so every
@@ -52,7 +67,6 @@ web=$(port) redis_port=$(port) gw=$(port) gw_admin=$(port)
 # make run starts its embedded Redis, as on a fresh machine.
 log=$root/tmp/make-run.log
 say "make run in the clean root (log: $log)"
-mapfile -t environment < <(root_env)
 setsid chroot "$root" /usr/bin/env -i "${environment[@]}" HANGAR_BIND=127.0.0.1:$web HANGAR_REDIS_URL=redis://127.0.0.1:$redis_port/0 \
   HANGAR_GATEWAY_BIND=127.0.0.1:$gw HANGAR_GATEWAY_ADMIN_BIND=127.0.0.1:$gw_admin \
   HANGAR_NODE_GRACE_SECONDS=5 \

@@ -16,6 +16,7 @@ why airgap.sh also runs `systemd-analyze verify` on the same files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import shlex
@@ -91,14 +92,14 @@ def start(unit: str, extra: list[str], sockets: dict[str, socket.socket]) -> sub
         os.setgid(user.pw_gid)
         os.setuid(user.pw_uid)
 
-    log = open(f"/tmp/units/{unit}.log", "wb")  # noqa: SIM115
+    log = open(f"/tmp/units/{unit}.log", "wb")  # noqa: SIM115, S108
     return subprocess.Popen(
         argv,
         env=env,
         cwd=directives.get("WorkingDirectory", ["/"])[0],
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=become,  # noqa: PLW1509
+        preexec_fn=become,
         pass_fds=(fd,) if pass_fds else (),
     )
 
@@ -112,7 +113,7 @@ def main() -> int:
     for item in args.extra:
         unit, _, arg = item.partition("=")
         extras.setdefault(unit, []).append(arg)
-    Path("/tmp/units").mkdir(exist_ok=True)
+    Path("/tmp/units").mkdir(exist_ok=True)  # noqa: S108 (the test root's own /tmp)
     sockets: dict[str, socket.socket] = {}
     running = {unit: start(unit, extras.get(unit, []), sockets) for unit in args.units}
     stopping = False
@@ -131,10 +132,8 @@ def main() -> int:
                 print(f"run_units: {unit} exited with {process.returncode}", file=sys.stderr)
         time.sleep(0.5)
     for process in running.values():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + 20
     for process in running.values():
         try:
