@@ -16,7 +16,8 @@
 #     hangar-<version>/MANIFEST.json       versions and SHA-256 of all of the above
 #     hangar-<version>/SHA256SUMS          the same, for `sha256sum -c`
 #
-# Built on Debian bookworm x86_64 with network (PyPI, and the mirror for --with-debs);
+# Built on Debian bookworm x86_64 with network (PyPI, and the mirror and mmdebstrap
+# for --with-debs);
 # python-ldap has no wheels on PyPI, so it is compiled here (deploy/system-packages.sh build).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -105,20 +106,21 @@ deploy/system-packages.sh --list runtime >"$stage/system-packages.txt"
 if $with_debs; then
   say "downloading the runtime .debs and their dependencies"
   mkdir -p "$stage/debs"
-  mapfile -t wanted <"$stage/system-packages.txt"
-  # The whole dependency closure (Essential ones included): install.sh installs
-  # only those the appliance lacks or has older.
-  mapfile -t closure < <(apt-cache depends --recurse --no-recommends --no-suggests \
-    --no-conflicts --no-breaks --no-replaces --no-enhances "${wanted[@]}" |
-    grep -E '^[a-z0-9]' | sort -u)
-  (cd "$stage/debs" && apt-get download -qq "${closure[@]}" 2>/dev/null) ||
-    (cd "$stage/debs" && for p in "${closure[@]}"; do apt-get download -qq "$p" 2>/dev/null || true; done)
+  command -v mmdebstrap >/dev/null || { say "--with-debs needs mmdebstrap (apt-get install mmdebstrap)"; exit 1; }
+  # apt's own resolver, in a throwaway minimal bookworm root: exactly the packages
+  # a bare bookworm needs for these, one choice per alternative (a recursive
+  # `apt-cache depends` takes every alternative, and they conflict).
+  mmdebstrap --quiet --variant=minbase --format=null --skip=download/empty \
+    --include="$(paste -sd, "$stage/system-packages.txt")" \
+    --customize-hook="sync-out /var/cache/apt/archives $stage/debs" \
+    bookworm /dev/null "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >&2
+  rm -rf "$stage/debs/partial" "$stage/debs/lock"
 fi
 
 # --- manifest -----------------------------------------------------------------------
 "$python" deploy/bundle/manifest.py "$stage" "$version" "$commit" "$work/aarch64-missing"
 mkdir -p dist
-archive=dist/hangar-$version-$commit.tar.gz
+archive=dist/hangar-$version-$commit$($with_debs && echo -debs).tar.gz
 tar -C "$work" -czf "$archive.part" "hangar-$version"
 mv "$archive.part" "$archive"
 say "$archive: $(du -h "$archive" | cut -f1), $(ls "$stage/wheelhouse" | wc -l) x86_64 wheels, $(ls "$stage/wheelhouse-aarch64" | wc -l) aarch64 wheels, built in $((SECONDS - started)) s"
