@@ -34,6 +34,7 @@ check: $(STAMP)
 test: export HANGAR_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hangar
 test: export HANGAR_DATA_DIR ?= $(CURDIR)/.test-data
 test: lint check
+	@deploy/system-packages.sh test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench-telemetry: $(STAMP)
