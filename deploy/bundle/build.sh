@@ -120,7 +120,9 @@ fi
 # --- manifest -----------------------------------------------------------------------
 "$python" deploy/bundle/manifest.py "$stage" "$version" "$commit" "$work/aarch64-missing"
 mkdir -p dist
-archive=dist/hangar-$version-$commit$($with_debs && echo -debs).tar.gz
+suffix=
+if $with_debs; then suffix=-debs; fi
+archive=dist/hangar-$version-$commit$suffix.tar.gz
 tar -C "$work" -czf "$archive.part" "hangar-$version"
 mv "$archive.part" "$archive"
 say "$archive: $(du -h "$archive" | cut -f1), $(ls "$stage/wheelhouse" | wc -l) x86_64 wheels, $(ls "$stage/wheelhouse-aarch64" | wc -l) aarch64 wheels, built in $((SECONDS - started)) s"
