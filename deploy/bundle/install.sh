@@ -48,12 +48,14 @@ python=$(command -v python3.11 || command -v python3 || true)
 # --- Debian packages: present, or installed from debs/ ------------------------------
 installed() { [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]; }
 if [[ $mode == console ]]; then
+  command -v dpkg-query >/dev/null || fail "the console installs on Debian 12 (bookworm) only: dpkg is missing"
   mapfile -t needed <"$bundle/system-packages.txt"
 else
-  needed=(python3 python3-venv)
+  # The agent needs only the Python checked above, on any Linux.
+  needed=()
 fi
 missing=()
-for pkg in "${needed[@]}"; do installed "$pkg" || missing+=("$pkg"); done
+for pkg in "${needed[@]+"${needed[@]}"}"; do installed "$pkg" || missing+=("$pkg"); done
 if ((${#missing[@]})) && [[ -d $bundle/debs ]]; then
   say "installing from the bundle's .debs: ${missing[*]} (and what they depend on)"
   # Only .debs the machine lacks or has older: the bundle carries the whole
@@ -70,7 +72,7 @@ if ((${#missing[@]})) && [[ -d $bundle/debs ]]; then
   DEBIAN_FRONTEND=noninteractive dpkg -i "${take[@]}" >/dev/null || true
   $made_policy && rm -f /usr/sbin/policy-rc.d
   missing=()
-  for pkg in "${needed[@]}"; do installed "$pkg" || missing+=("$pkg"); done
+  for pkg in "${needed[@]+"${needed[@]}"}"; do installed "$pkg" || missing+=("$pkg"); done
 fi
 ((${#missing[@]} == 0)) ||
   fail "missing Debian packages: ${missing[*]}; install them from your local mirror (apt-get install ${missing[*]}) or use a bundle built with 'make bundle WITH_DEBS=1'"

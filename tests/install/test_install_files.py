@@ -166,3 +166,63 @@ def test_the_agent_requirements_hold_no_django():
     )
     names = {re.match(r"[A-Za-z0-9_.-]+", line).group(0).lower() for line in result.stdout.split()}
     assert names == {"celery", "redis", "websockets", "nvidia-ml-py", "psutil"}
+
+
+def load(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hangar_manage_reads_the_env_file_as_systemd_does_not_as_a_shell():
+    parse = load("deploy/envfile.py").parse
+    text = (
+        "# a comment\n\n"
+        "HANGAR_LDAP_USER_FILTER=(&(objectClass=person)(uid=%(user)s))\n"
+        'HANGAR_EMAIL_FROM="Hangar <hangar@example.org>"\n'
+        "HANGAR_SECRET_KEY=\n"
+    )
+    assert parse(text) == {
+        "HANGAR_LDAP_USER_FILTER": "(&(objectClass=person)(uid=%(user)s))",
+        "HANGAR_EMAIL_FROM": "Hangar <hangar@example.org>",
+        "HANGAR_SECRET_KEY": "",
+    }
+
+
+def test_the_bundle_takes_dependencies_for_every_python_3_11_not_the_builders():
+    """redis needs async-timeout below 3.11.3 (Debian bookworm has 3.11.2); a bundle
+    built on a newer 3.11 once left it out, and the offline install failed."""
+    from pip._vendor.packaging.requirements import Requirement
+
+    applies = load("deploy/bundle/requirements.py").applies
+    assert applies(Requirement('async-timeout>=4.0.3; python_full_version < "3.11.3"'), set())
+    assert not applies(Requirement('tomli; python_version < "3.11"'), set())
+    assert applies(Requirement('redis; extra == "redis"'), {"redis"})
+    assert not applies(Requirement('redis; extra == "redis"'), set())
+
+
+def test_system_packages_refuses_an_unknown_group_in_one_line():
+    result = subprocess.run(
+        ["deploy/system-packages.sh", "gpu"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "deploy/system-packages.sh: unknown group 'gpu' (build, test, ci, runtime)"
+    ]
+
+
+def test_the_runtime_packages_are_what_the_bundle_lists_for_install_sh():
+    result = subprocess.run(
+        ["deploy/system-packages.sh", "--list", "runtime"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # docs/install.md names them for the IT person; keep the two in step.
+    listed = " ".join(result.stdout.split())
+    assert f"`{listed}`" in (ROOT / "docs/install.md").read_text()
+    assert f"`{listed}`" in (ROOT / "docs/install.zh.md").read_text()
