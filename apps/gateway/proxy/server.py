@@ -29,7 +29,7 @@ from apps.gateway.proxy.accounting import Accounts
 from apps.gateway.proxy.errors import error, subject_text
 from apps.gateway.proxy.fairshare import FairShare, QueueFull, QueueTimeout
 from apps.gateway.proxy.metrics import Metrics, export
-from apps.gateway.proxy.state import REPORTERS_KEY, View
+from apps.gateway.proxy.state import View
 
 log = logging.getLogger("hangar.gateway")
 
@@ -647,6 +647,18 @@ def build_apps(config: gateway_config.GatewayConfig) -> tuple[web.Application, w
     return public, admin
 
 
+async def alive_processes(redis, config, reporter: str, now: float) -> int:
+    """How many gateway processes share the workers: those seen in the last 3 s."""
+    name = f"hangar:gw:{config.namespace}:alive"
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(name, {reporter: now})
+        pipe.zremrangebyscore(name, "-inf", now - 30)
+        pipe.zcount(name, now - 3, "+inf")
+        pipe.expire(name, 60)
+        answers = await pipe.execute()
+    return max(1, int(answers[2]))
+
+
 async def tick(app: web.Application, stop: asyncio.Event) -> None:
     """Every second: usage into Redis, running leases renewed, the process count and
     the time zone followed."""
@@ -656,8 +668,9 @@ async def tick(app: web.Application, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), 1.0)
         try:
             await accounts.flush(view.redis)
-            await limits.renew(view.redis, list(app[RUNNING].values()), time.time())
-            fair.processes = max(1, int(await view.redis.scard(REPORTERS_KEY)))
+            now = time.time()
+            await limits.renew(view.redis, list(app[RUNNING].values()), now)
+            fair.processes = await alive_processes(view.redis, app[CONFIG], accounts.reporter, now)
         except Exception as exc:  # Redis away: the next second tries again
             log.debug("tick: %s", exc)
         if view.current is not None and view.current.timezone != app[WINDOWS].zone.key:
@@ -714,6 +727,7 @@ async def serve(config: gateway_config.GatewayConfig, ready: asyncio.Event | Non
             await asyncio.wait(public[BACKGROUND], timeout=5)
         with contextlib.suppress(Exception):
             await public[ACCOUNTS].flush(view.redis)
+            await view.redis.zrem(f"hangar:gw:{config.namespace}:alive", public[ACCOUNTS].reporter)
         for task in (follower, reporting, ticking):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -60,6 +60,7 @@ class Snapshot:
     deployments: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)
     timezone: str = "UTC"
+    projects: dict = field(default_factory=dict)  # id (str) -> {"name", "weight"}
 
     @classmethod
     def parse(cls, raw: bytes) -> Snapshot:
@@ -102,6 +103,7 @@ class Snapshot:
             deployments=data["deployments"],
             keys=keys,
             timezone=data.get("timezone", "UTC"),
+            projects=projects,
         )
 
 
