@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from apps.alerts.series import deployment_series
+from apps.gateway import traffic
 from apps.gateway.keys import create_consumer_key
 from apps.gateway.models import Project
 from tests.gateway.conftest import http, published
@@ -40,7 +42,7 @@ def run_clients(url, key, clients, until, log, name):
 def test_a_quiet_project_gets_its_weighted_share_while_another_floods(
     start_gateway, serving, make_user
 ):
-    serving("chat", workers=1, flags=("--token-delay", "0.02"))
+    deployment = serving("chat", workers=1, flags=("--token-delay", "0.02"))
     gateway = start_gateway(HANGAR_GATEWAY_WORKER_CONCURRENCY="2")
     person = make_user("researcher")
     flood = Project.objects.create(name="flood", weight=100)
@@ -59,8 +61,18 @@ def test_a_quiet_project_gets_its_weighted_share_while_another_floods(
     threads = run_clients(url, flood_key, 16, until, log, "flood")
     time.sleep(1)  # the flood first: the queue is already long when the quiet ones come
     threads += run_clients(url, quiet_key, 4, until, log, "quiet")
+    # The queue is a series for alert rules and the deployment page.
+    time.sleep(4)
+    traffic.judge_traffic()
+    time.sleep(2.5)
+    traffic.judge_traffic()
+    numbers = traffic.deployment_numbers(deployment.pk)
+    series = deployment_series(deployment.pk, numbers)
     for thread in threads:
         thread.join()
+    assert numbers["queue_length"] >= 10, numbers
+    assert numbers["queue_wait_p99_ms"] > 100, numbers
+    assert series[f"deployment.{deployment.pk}.queue_length"] == numbers["queue_length"]
 
     # Nothing lost: each answer is a completion or an explicit refusal.
     for _at, _name, status, answer, _headers in log:
