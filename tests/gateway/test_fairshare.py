@@ -47,12 +47,12 @@ def test_a_quiet_project_gets_its_weighted_share_while_another_floods(
     person = make_user("researcher")
     flood = Project.objects.create(name="flood", weight=100)
     quiet = Project.objects.create(name="quiet", weight=200)
-    flood_key = create_consumer_key(
-        name="f", days=1, user=person, all_routes=True, project=flood
-    )[1]
-    quiet_key = create_consumer_key(
-        name="q", days=1, user=person, all_routes=True, project=quiet
-    )[1]
+    flood_key = create_consumer_key(name="f", days=1, user=person, all_routes=True, project=flood)[
+        1
+    ]
+    quiet_key = create_consumer_key(name="q", days=1, user=person, all_routes=True, project=quiet)[
+        1
+    ]
     published(gateway)
     url = f"{gateway.url}/v1/chat/completions"
     log: list = []
@@ -89,7 +89,5 @@ def test_a_quiet_project_gets_its_weighted_share_while_another_floods(
     expected = 200 / 300
     assert abs(share - expected) <= 0.2 * expected, (share, quiet_done, len(window))
     # The flood waited for it, and says so.
-    flood_waits = [
-        int(e[4]["X-Hangar-Queued-Ms"]) for e in log if e[1] == "flood" and e[2] == 200
-    ]
+    flood_waits = [int(e[4]["X-Hangar-Queued-Ms"]) for e in log if e[1] == "flood" and e[2] == 200]
     assert max(flood_waits) > 100

@@ -76,6 +76,11 @@ class Snapshot:
             )
             for r in data.get("limits", ())
         ]
+        # Limits by whom they hold, so each key finds its own without a scan of all.
+        by_subject: dict[tuple[str, int], list[Rule]] = {}
+        for rule in rules:
+            kind = {"key": "k", "user": "u"}.get(rule.scope, "p")
+            by_subject.setdefault((kind, rule.subject), []).append(rule)
         keys = {}
         for digest, k in data["keys"].items():
             key = Key(
@@ -90,8 +95,12 @@ class Snapshot:
                 service_account=k.get("service_account"),
                 project=k.get("project"),
             )
+            candidates = by_subject.get(("k", key.id), []) + by_subject.get(("u", key.user), [])
+            candidates += by_subject.get(("p", key.project), [])
             key.rules = tuple(
-                (rule, subject) for rule in rules if (subject := subject_of(rule, key)) is not None
+                (rule, subject)
+                for rule in candidates
+                if (subject := subject_of(rule, key)) is not None
             )
             project = projects.get(str(key.project)) if key.project is not None else None
             key.lane = f"p{key.project}" if project else f"k{key.id}"
