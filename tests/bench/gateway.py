@@ -979,6 +979,13 @@ def summarize(phases: list[Phase], args) -> dict:
             "max_rps_off": round(off["per_s"]),
             "max_rps_on": round(on["per_s"]),
             "ratio": round(on["per_s"] / off["per_s"], 3),
+            # CPU per request is steadier than throughput on a shared machine.
+            "gateway_cpu_ms_per_request_off": round(
+                1000 * best["gateway"].gateway_cpu_s / max(1, off["requests"]), 3
+            ),
+            "gateway_cpu_ms_per_request_on": round(
+                1000 * limited.gateway_cpu_s / max(1, on["requests"]), 3
+            ),
             "added_p50_ms": [],
         }
         for rate in args.rates:
@@ -1109,7 +1116,9 @@ def verdicts(summary: dict) -> list[str]:
             f"{lim['max_rps_off']:,} with limits off (ratio {lim['ratio']:.2f}; aim ≥ "
             f"{AIM_LIMITS_RPS_RATIO:.2f}); added latency over limits off: {added or 'not run'} "
             f"(aim p50 ≤ {AIM_LIMITS_ADDED_P50_MS:g} ms): "
-            f"**{'met' if lim['met'] else 'NOT met'}**."
+            f"**{'met' if lim['met'] else 'NOT met'}**. Gateway CPU per request "
+            f"{lim['gateway_cpu_ms_per_request_on']:.3f} ms with limits, "
+            f"{lim['gateway_cpu_ms_per_request_off']:.3f} ms without."
         )
     for s in summary.get("streams", []):
         a = s["added_ms"]
