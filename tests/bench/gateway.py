@@ -633,7 +633,7 @@ def start_stub(args, env: dict, workdir: Path, workers: list[tuple[int, str]]) -
     return proc
 
 
-def create_world_rows(workers: list[tuple[int, str]]) -> str:
+def create_world_rows(workers: list[tuple[int, str]]) -> tuple[str, str]:
     """Cluster, node, deployment with ready workers, route and a consumer key; the raw key."""
     from django.contrib.auth import get_user_model
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import math
+import threading
 import time
 from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -264,3 +266,55 @@ def test_the_estimate_is_an_upper_bound_for_english_and_chinese():
         estimate = estimate_tokens({"messages": [], "max_tokens": 1}, len(body.encode()))
         # One token per word in English, one per character in Chinese: both covered.
         assert estimate - 1 >= math.ceil(tokens * 0.99)
+
+
+class _CrlfEngine(BaseHTTPRequestHandler):
+    """An engine that ends its event lines with CRLF (as SSE allows) and sends usage last."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for word in ("one", "two", "three"):
+            chunk = {"choices": [{"index": 0, "delta": {"content": word}}], "usage": None}
+            self.wfile.write(f"data: {json.dumps(chunk)}\r\n\r\n".encode())
+            self.wfile.flush()
+        usage = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+        self.wfile.write(f"data: {json.dumps(usage)}\r\n\r\ndata: [DONE]\r\n\r\n".encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_stream_with_crlf_line_ends_is_relayed_and_its_usage_counted(
+    start_gateway, serving, project_key
+):
+    from apps.deployments.models import Worker
+    from tests.support import processes
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CrlfEngine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        deployment = serving("chat")
+        Worker.objects.filter(deployment=deployment).update(port=server.server_address[1])
+        gateway = start_gateway()
+        raw, key, _limit = project_key(scope="key", requests_per_minute=100)
+        published(gateway)
+        status, text, _got = http(
+            "POST",
+            f"{gateway.url}/v1/chat/completions",
+            {"model": "chat", "messages": [{"role": "user", "content": "x"}], "stream": True},
+            key=raw,
+        )
+        assert status == 200
+        events = [line for line in text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        contents = [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:-1]]
+        assert contents == ["one", "two", "three"]  # and no usage-only chunk
+        processes.stop(gateway.proc)
+        usage.flush_usage(now=time.time() + 3600)
+        row = UsageMinute.objects.get(key=key)
+        assert (row.prompt_tokens, row.completion_tokens) == (7, 3)
+    finally:
+        server.shutdown()

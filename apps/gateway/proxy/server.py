@@ -75,6 +75,7 @@ TOO_BIG = (
     "({limit}); lower max_tokens or shorten the prompt."
 )
 STREAMED_PATHS = {"/v1/chat/completions", "/v1/completions"}
+MAX_EVENT_BYTES = 1 << 20
 
 
 class Outcome:
@@ -529,8 +530,13 @@ async def relay(request, upstream, labels, started, deployment_name, outcome, st
                 # Only the end can hold the usage event: keep a short tail, not the stream.
                 last = chunk if len(chunk) >= 2048 else last[-2048:] + chunk
                 continue
-            pending += chunk
+            # SSE allows CRLF line ends; events end with a blank line either way.
+            pending += chunk.replace(b"\r\n", b"\n")
             *events, pending = pending.split(b"\n\n")
+            raw = b""
+            if len(pending) > MAX_EVENT_BYTES:
+                # Not an event stream we can read: pass the rest through untouched.
+                raw, pending, strip_usage = pending, b"", False
             out = []
             for event in events:
                 if event.startswith(b"data: {") and b'"usage"' in event and _no_choices(event):
@@ -538,8 +544,8 @@ async def relay(request, upstream, labels, started, deployment_name, outcome, st
                     continue
                 out.append(event + b"\n\n")
                 outcome.pieces += 1
-            if out:
-                await response.write(b"".join(out))
+            if out or raw:
+                await response.write(b"".join(out) + raw)
     except (ConnectionResetError, asyncio.CancelledError):
         # The client left: leaving this block closes the upstream request too.
         metrics.cancelled += 1
