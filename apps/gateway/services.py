@@ -15,9 +15,11 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.accounts.policy import can, restrict
 from apps.audit import recorder
+from apps.core.i18n import lazy_message
 from apps.deployments.models import DesiredState, WorkerState
-from apps.gateway.keys import create_consumer_key
-from apps.gateway.models import ConsumerKey, Route, RouteTarget
+from apps.gateway import projects
+from apps.gateway.keys import KeyRefused, create_consumer_key
+from apps.gateway.models import ConsumerKey, GatewayPolicy, Route, RouteTarget
 
 # As the gateway's snapshot counts them (apps.gateway.snapshot.build): the
 # workers a request may be sent to now.
@@ -107,20 +109,30 @@ def may_own_service_keys(user) -> bool:
 
 
 def keys_visible_to(user) -> QuerySet:
-    """Everyone's own keys; service accounts' keys to those who may make them; all
-    keys to `keys.manage`. A key outside this set answers 404."""
+    """Everyone's own keys; service accounts' keys to those who may make them; the
+    keys of the projects they own to owners; all keys to `keys.manage`. A key
+    outside this set answers 404."""
     keys = ConsumerKey.objects.select_related(
-        "user", "service_account", "created_by"
+        "user", "service_account", "created_by", "project", "approved_by"
     ).prefetch_related("routes")
     if can(user, "keys.manage"):
         return keys
     visible = Q(user=user)
     if may_own_service_keys(user):
         visible |= Q(service_account__isnull=False)
+    owned = projects.owned_project_ids(user)
+    if owned:
+        visible |= Q(project__in=owned)
     return keys.filter(visible)
 
 
-KEY_STATES = ("active", "expired", "revoked")
+def may_approve(user, key: ConsumerKey) -> bool:
+    """Owners of the key's project and administrators approve; nobody approves their own
+    pending key unless they could have made it approved."""
+    return projects.is_owner(user, key.project) or can(user, "keys.manage")
+
+
+KEY_STATES = ("active", "pending", "expired", "revoked")
 
 
 def keys_in_state(keys: QuerySet, state: str) -> QuerySet:
@@ -128,7 +140,9 @@ def keys_in_state(keys: QuerySet, state: str) -> QuerySet:
     assert state in KEY_STATES, state
     now = timezone.now()
     if state == "active":
-        return keys.filter(revoked_at__isnull=True, expires_at__gt=now)
+        return keys.filter(revoked_at__isnull=True, expires_at__gt=now, approved_at__isnull=False)
+    if state == "pending":
+        return keys.filter(revoked_at__isnull=True, expires_at__gt=now, approved_at__isnull=True)
     if state == "expired":
         return keys.filter(revoked_at__isnull=True, expires_at__lte=now)
     return keys.filter(revoked_at__isnull=False)
@@ -136,12 +150,30 @@ def keys_in_state(keys: QuerySet, state: str) -> QuerySet:
 
 def create_key_as(user, data: dict) -> tuple[ConsumerKey, str]:
     """A key made by `user` from validated form or API data: theirs, or a service
-    account's when they may own those. One path for the API and the pages."""
+    account's when they may own those. One path for the API and the pages.
+
+    The site's policy (GatewayPolicy) applies to everyone who does not manage
+    keys: self-service on, at most max_key_days, a project they belong to (or
+    none when keys_without_project). A key of a project that requires approval
+    is pending unless its maker owns the project (docs/limits.md)."""
     account = data.get("service_account")
     if account is not None and not may_own_service_keys(user):
         raise PermissionDenied(
             _("Only those who manage routes or all keys make keys for service accounts.")
         )
+    project = data.get("project")
+    if account is not None and project is None:
+        project = account.project
+    policy = GatewayPolicy.current()
+    privileged = can(user, "keys.manage") or projects.manages_projects(user)
+    if not privileged:
+        _check_self_service(user, data, project, account, policy)
+    approved = (
+        project is None
+        or not project.require_approval
+        or privileged
+        or projects.is_owner(user, project)
+    )
     return create_consumer_key(
         name=data["name"],
         days=data["days"],
@@ -151,4 +183,29 @@ def create_key_as(user, data: dict) -> tuple[ConsumerKey, str]:
         all_routes=data["all_routes"],
         source_networks=data["source_networks"],
         created_by=user,
+        project=project,
+        approved=approved,
     )
+
+
+def _check_self_service(user, data: dict, project, account, policy: GatewayPolicy) -> None:
+    if not policy.self_service:
+        raise PermissionDenied(
+            _("Self-service keys are off on this appliance: ask an administrator for a key.")
+        )
+    if data["days"] > policy.max_key_days:
+        raise KeyRefused(
+            lazy_message(
+                _("Keys on this appliance last at most %(max)d days."), max=policy.max_key_days
+            )
+        )
+    if project is None:
+        if account is None and not policy.keys_without_project:
+            raise KeyRefused(_("Choose one of your projects for this key."))
+        return
+    if not project.is_active:
+        raise KeyRefused(lazy_message(_("Project %(name)s is closed."), name=project.name))
+    if project.pk not in projects.project_ids_of(user):
+        raise PermissionDenied(
+            _("You are not a member of project %(name)s.") % {"name": project.name}
+        )
