@@ -38,4 +38,4 @@ router.register("limits", gateway.LimitViewSet, basename="limit")
 API_ENDPOINTS = [(basename, prefix) for prefix, _viewset, basename in router.registry]
 API_ENDPOINTS.append(("me", "me"))
 API_ENDPOINTS += [("gateway-policy", "gateway-policy"), ("usage", "usage")]
-API_ENDPOINTS.append(("usage-energy", "usage/energy"))
+API_ENDPOINTS += [("usage-energy", "usage/energy"), ("open-routes", "open-routes")]

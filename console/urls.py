@@ -20,6 +20,7 @@ api_v1 = [
     path("me/", MeView.as_view(), name="me"),
     path("agent/enroll/", EnrollAgentView.as_view(), name="agent-enroll"),
     path("gateway-policy/", gateway.GatewayPolicyView.as_view(), name="gateway-policy"),
+    path("open-routes/", gateway.OpenRoutesView.as_view(), name="open-routes"),
     path("usage/", gateway.UsageView.as_view(), name="usage"),
     path("usage/energy/", gateway.EnergyView.as_view(), name="usage-energy"),
     *router.urls,

@@ -19,7 +19,7 @@ from apps.core.i18n import lazy_message
 from apps.deployments.models import DesiredState, WorkerState
 from apps.gateway import projects
 from apps.gateway.keys import KeyRefused, create_consumer_key
-from apps.gateway.models import ConsumerKey, GatewayPolicy, Route, RouteTarget
+from apps.gateway.models import ConsumerKey, GatewayPolicy, Limit, Route, RouteTarget
 
 # As the gateway's snapshot counts them (apps.gateway.snapshot.build): the
 # workers a request may be sent to now.
@@ -165,7 +165,7 @@ def create_key_as(user, data: dict) -> tuple[ConsumerKey, str]:
     if account is not None and project is None:
         project = account.project
     policy = GatewayPolicy.current()
-    privileged = can(user, "keys.manage") or projects.manages_projects(user)
+    privileged = not bound_by_policy(user)
     if not privileged:
         _check_self_service(user, data, project, account, policy)
     approved = (
@@ -185,6 +185,25 @@ def create_key_as(user, data: dict) -> tuple[ConsumerKey, str]:
         created_by=user,
         project=project,
         approved=approved,
+    )
+
+
+def bound_by_policy(user) -> bool:
+    """Does the site's key policy hold this user? Not those who manage keys or projects."""
+    return not (can(user, "keys.manage") or projects.manages_projects(user))
+
+
+def limits_on_keys_of(user) -> QuerySet:
+    """The limits that hold requests made with `user`'s own keys, for their keys page."""
+    project_ids = set(
+        ConsumerKey.objects.filter(user=user)
+        .exclude(project=None)
+        .values_list("project", flat=True)
+    )
+    return Limit.objects.select_related("route", "project", "user", "key").filter(
+        Q(key__user=user)
+        | Q(user=user)
+        | Q(project__in=project_ids | projects.project_ids_of(user))
     )
 
 

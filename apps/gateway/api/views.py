@@ -335,3 +335,15 @@ class EnergyView(APIView):
     @extend_schema(responses={200: None})
     def get(self, request):
         return Response(_as_drf(reports.energy_by_project, request.user, request.query_params))
+
+
+class OpenRoutesView(APIView):
+    """The routes a consumer may send requests to (enabled ones): name and description
+    only, nothing of the deployments behind them."""
+
+    policy = {"get": "gateway.use"}
+
+    @extend_schema(responses={200: None})
+    def get(self, request):
+        routes = Route.objects.filter(enabled=True).order_by("name")
+        return Response([{"name": r.name, "description": r.description} for r in routes])
