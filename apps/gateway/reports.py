@@ -175,27 +175,26 @@ def totals(rows: QuerySet, group: str) -> list[dict]:
     """One line per group, the largest (tokens, then requests) first: the top consumers."""
     aggregated = (
         rows.values(*GROUPS[group])
-        .annotate(**{name: Sum(name) for name in SUMS})
+        .annotate(**{f"sum_{name}": Sum(name) for name in SUMS})
         .annotate(errors=Sum("requests", filter=~Q(status="2xx")))
         .order_by()
     )
     lines = []
     for row in aggregated:
-        tokens = (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0)
-        requests = row["requests"] or 0
-        streams = row["streams"] or 0
+        sums = {name: row[f"sum_{name}"] or 0 for name in SUMS}
+        requests, streams = sums["requests"], sums["streams"]
         lines.append(
             {
                 "group": _label(row, group),
                 "requests": requests,
                 "errors": row["errors"] or 0,
-                "prompt_tokens": row["prompt_tokens"] or 0,
-                "completion_tokens": row["completion_tokens"] or 0,
-                "tokens": tokens,
+                "prompt_tokens": sums["prompt_tokens"],
+                "completion_tokens": sums["completion_tokens"],
+                "tokens": sums["prompt_tokens"] + sums["completion_tokens"],
                 # Means, from sums: first token over streams, the rest over requests.
-                "mean_first_token_ms": round(row["first_token_ms"] / streams) if streams else None,
-                "mean_duration_ms": round(row["duration_ms"] / requests) if requests else None,
-                "mean_queued_ms": round(row["queued_ms"] / requests) if requests else None,
+                "mean_first_token_ms": round(sums["first_token_ms"] / streams) if streams else None,
+                "mean_duration_ms": round(sums["duration_ms"] / requests) if requests else None,
+                "mean_queued_ms": round(sums["queued_ms"] / requests) if requests else None,
             }
         )
     lines.sort(key=lambda line: (-line["tokens"], -line["requests"], line["group"]))
@@ -210,7 +209,10 @@ def series(rows: QuerySet, group: str, window: Window) -> dict:
     per_bucket = (
         rows.annotate(bucket=window.trunc("minute"))
         .values("bucket", *GROUPS[group])
-        .annotate(tokens=Sum(F("prompt_tokens") + F("completion_tokens")), requests=Sum("requests"))
+        .annotate(
+            bucket_tokens=Sum(F("prompt_tokens") + F("completion_tokens")),
+            bucket_requests=Sum("requests"),
+        )
         .order_by("bucket")
     )
     times: list[datetime] = []
@@ -219,8 +221,8 @@ def series(rows: QuerySet, group: str, window: Window) -> dict:
         if not times or times[-1] != row["bucket"]:
             times.append(row["bucket"])
         cell = lines.setdefault(_label(row, group), {}).setdefault(row["bucket"], [0, 0])
-        cell[0] += row["tokens"] or 0
-        cell[1] += row["requests"] or 0
+        cell[0] += row["bucket_tokens"] or 0
+        cell[1] += row["bucket_requests"] or 0
     ranked = sorted(lines, key=lambda name: -sum(c[0] for c in lines[name].values()))
     kept, rest = ranked[:SERIES_LINES], ranked[SERIES_LINES:]
     if rest:
@@ -477,7 +479,8 @@ def _requests_since(limit: Limit, start: datetime) -> int:
     rows = _rows_of_limit(limit).filter(minute__gte=start)
     grouped = _per_subject(limit, rows)
     if grouped is not None:
-        return max((r["n"] or 0 for r in grouped.annotate(n=Sum("requests")).order_by()), default=0)
+        counted = grouped.annotate(n=Sum("requests")).order_by()
+        return max((r["n"] or 0 for r in counted), default=0)
     return rows.aggregate(n=Sum("requests"))["n"] or 0
 
 
@@ -496,5 +499,16 @@ def _live_use(limit: Limit) -> dict:
         return {}
 
 
+def subject_of(limit: Limit) -> str:
+    if limit.project_id:
+        return limit.project.name
+    if limit.user_id:
+        return limit.user.get_username()
+    return str(limit.key)
+
+
 def limits_with_use(limits, now: datetime | None = None) -> list[dict]:
-    return [{"limit": limit, "use": use_of_limit(limit, now)} for limit in limits]
+    return [
+        {"limit": limit, "subject": subject_of(limit), "use": use_of_limit(limit, now)}
+        for limit in limits
+    ]
