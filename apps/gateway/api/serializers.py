@@ -335,6 +335,7 @@ class LimitSerializer(serializers.ModelSerializer):
         fields = ["id", "scope", "key", "user", "project", "route", *LIMIT_FIELDS]
         fields += ["use", "created_at", "updated_at"]
         read_only_fields = ["id", "use", "created_at", "updated_at"]
+        extra_kwargs = {field: {"min_value": 1} for field in LIMIT_FIELDS}
         validators = []  # projects.save_limit refuses a duplicate with a clear message
 
     def validate(self, attrs):
