@@ -7,6 +7,7 @@ Keys are made and revoked by apps.gateway.keys.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count, Prefetch, Q, QuerySet
@@ -212,7 +213,8 @@ def _check_self_service(user, data: dict, project, account, policy: GatewayPolic
         raise PermissionDenied(
             _("Self-service keys are off on this appliance: ask an administrator for a key.")
         )
-    if data["days"] > policy.max_key_days:
+    # Beyond the appliance's own ceiling create_consumer_key answers, with that ceiling.
+    if settings.GATEWAY_KEY_MAX_DAYS >= data["days"] > policy.max_key_days:
         raise KeyRefused(
             lazy_message(
                 _("Keys on this appliance last at most %(max)d days."), max=policy.max_key_days
