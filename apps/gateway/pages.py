@@ -294,6 +294,9 @@ def _usage_page(request, mine: bool):
             "mine": mine,
             "report": data,
             "energy": energy,
+            # Shown when there is energy to share out (the agents sent power samples).
+            "energy_shown": bool(energy and any(line["joules"] for line in energy["lines"])),
+            "window": reports.window_from(params),
             "params": params,
             "ranges": list(reports.RANGES),
             "groups": list(reports.GROUPS),
