@@ -10,7 +10,8 @@ so the three always show the same numbers to the same people:
 - `energy_by_project`: each deployment's joules and GPU-seconds of a minute split
   among projects by their share of that minute's tokens on it; minutes without
   requests are "idle", charged to nobody (docs/limits.md).
-- `limits_with_use`: each limit against what was used in its current window.
+- `limits_with_use`: each limit against what was used in its current window
+  (the gateways' windows: apps.gateway.proxy.limits.Windows).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import io
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import redis
+from django.conf import settings
 from django.db import connection
 from django.db.models import F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute
@@ -28,8 +31,9 @@ from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 
 from apps.core.i18n import lazy_message
-from apps.gateway import projects
+from apps.gateway import projects, usage
 from apps.gateway.models import EnergyMinute, Limit, Project, UsageMinute
+from apps.gateway.proxy.limits import Windows
 
 # The range a report covers when none is given, and the longest one allowed: a
 # year of minute rows is what an appliance keeps (docs/limits.md).
@@ -397,22 +401,28 @@ def _energy_line(name: str, joules, gpu_seconds, kind: str, tokens=0, requests=0
 
 # --- limits against use ------------------------------------------------------------------
 
-TOKEN_WINDOWS = {
+# The window each ceiling counts in, as the gateway's limit script counts it
+# (apps.gateway.proxy.limits.FIELDS): the minute, the day, the week from Monday,
+# in the console's time zone (HANGAR_TIME_ZONE).
+WINDOW_OF = {
+    "requests_per_minute": "minute",
     "tokens_per_minute": "minute",
     "tokens_per_day": "day",
     "tokens_per_week": "week",
+    "concurrent_requests": None,
 }
+# Shown from the gateways' live counters (Redis); the day's and week's use from the
+# table, which holds every settled minute.
+LIVE_FIELDS = frozenset({"requests_per_minute", "tokens_per_minute", "concurrent_requests"})
 
 
-def window_start(kind: str, now: datetime) -> datetime:
-    """Where a limit's current window began: the minute, the UTC day, the ISO week (Monday)."""
-    now = now.astimezone(UTC)
-    if kind == "minute":
-        return now.replace(second=0, microsecond=0)
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if kind == "day":
-        return day
-    return day - timedelta(days=day.weekday())
+def window_bounds(now: datetime) -> dict[str, tuple[datetime, datetime]]:
+    """Start and end of the current minute, day and week, as the gateways count them."""
+    bounds = Windows(settings.TIME_ZONE).bounds(now.timestamp())
+    return {
+        name: (datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
+        for name, (start, end) in bounds.items()
+    }
 
 
 def _rows_of_limit(limit: Limit) -> QuerySet:
@@ -429,30 +439,34 @@ def _rows_of_limit(limit: Limit) -> QuerySet:
 
 
 def use_of_limit(limit: Limit, now: datetime | None = None) -> dict:
-    """Each ceiling of `limit` with the use in its current window, from UsageMinute.
+    """Each ceiling of `limit` with the use in its current window and when it resets.
 
-    Per-minute use comes from the gateways' live counters when
-    apps.gateway.usage.live_use exists; otherwise from the table, which lags the
-    gateways by up to about a minute (their flush interval). For each-member and
-    each-key limits the figure is the busiest member's or key's.
+    Per-minute and concurrent use come from the gateways' live counters
+    (apps.gateway.usage.live_use) for key, user and project limits; the day's and
+    the week's from UsageMinute. Where no live figure can be had (each-member and
+    each-key limits, Redis unreachable) the table's number is shown, which lags
+    the gateways by up to about a minute, and concurrency is unknown. For
+    each-member and each-key limits the figure is the busiest member's or key's.
     """
     now = now or timezone.now()
-    live = _live_use(limit)
-    values = limit.values()
+    bounds = window_bounds(now)
+    live = _live_use(limit, now)
     use: dict[str, dict] = {}
-    for field, ceiling in values.items():
+    for field, ceiling in limit.values().items():
+        window = WINDOW_OF[field]
         used = None
         if field in live:
-            used = live[field]
-        elif field in TOKEN_WINDOWS:
-            used = _tokens_since(limit, window_start(TOKEN_WINDOWS[field], now))
+            used = live[field]["used"]
+        elif field.startswith("tokens_"):
+            used = _tokens_since(limit, bounds[window][0])
         elif field == "requests_per_minute":
-            used = _requests_since(limit, window_start("minute", now))
+            used = _requests_since(limit, bounds["minute"][0])
         use[field] = {
             "limit": ceiling,
             "used": used,
             "percent": round(100 * used / ceiling, 1) if used is not None and ceiling else None,
             "live": field in live,
+            "resets_at": bounds[window][1].isoformat() if window else None,
         }
     return use
 
@@ -484,19 +498,15 @@ def _requests_since(limit: Limit, start: datetime) -> int:
     return rows.aggregate(n=Sum("requests"))["n"] or 0
 
 
-def _live_use(limit: Limit) -> dict:
-    """The gateways' live figures, when the gateway side offers them (see docstring above)."""
-    try:
-        from apps.gateway import usage
-    except ImportError:  # the gateway side's module, not on every branch yet
-        return {}
-    live_use = getattr(usage, "live_use", None)
-    if live_use is None:
+def _live_use(limit: Limit, now: datetime) -> dict:
+    """The gateways' per-minute and concurrent figures for this limit, or {} without them."""
+    if limit.scope not in ("key", "user", "project"):
         return {}
     try:
-        return dict(live_use(limit) or {})
-    except Exception:
-        return {}
+        live = usage.live_use(limit, now=now.timestamp())
+    except redis.RedisError:
+        return {}  # the page still shows the table's numbers
+    return {field: value for field, value in live.items() if field in LIVE_FIELDS}
 
 
 def subject_of(limit: Limit) -> str:

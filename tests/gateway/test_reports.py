@@ -167,7 +167,8 @@ def test_an_owner_sees_only_their_projects_energy_and_no_idle_line(site, make_us
     assert reports.energy_by_project(site["ann"], {"range": "1h"}, now=NOW)["lines"] == []
 
 
-def test_a_day_limit_counts_the_utc_day_and_a_week_limit_the_week_from_monday(site):
+def test_a_day_limit_counts_the_day_and_a_week_limit_the_week_from_monday(site, settings):
+    settings.TIME_ZONE = "UTC"
     ann = site["keys"]["ann"]
     row(ann, datetime(2026, 12, 2, 0, 0, tzinfo=UTC), prompt=100)  # today
     row(ann, datetime(2026, 12, 1, 23, 59, tzinfo=UTC), prompt=20)  # yesterday, this week
@@ -175,16 +176,56 @@ def test_a_day_limit_counts_the_utc_day_and_a_week_limit_the_week_from_monday(si
     row(ann, datetime(2026, 11, 29, 23, 59, tzinfo=UTC), prompt=5000)  # last week
     row(ann, NOW.replace(second=0), prompt=1, completion=1)  # this minute
     limit = Limit.objects.create(
-        scope="key", key=ann, tokens_per_minute=10, tokens_per_day=1000, tokens_per_week=1000,
-        requests_per_minute=4,
+        scope="key", key=ann, tokens_per_day=1000, tokens_per_week=1000,
     )  # fmt: skip
 
     use = reports.use_of_limit(limit, now=NOW)
 
-    assert use["tokens_per_minute"]["used"] == 2
-    assert use["requests_per_minute"]["used"] == 1
     assert use["tokens_per_day"]["used"] == 102
-    assert use["tokens_per_week"] == {"limit": 1000, "used": 125, "percent": 12.5, "live": False}
+    assert use["tokens_per_week"] == {
+        "limit": 1000, "used": 125, "percent": 12.5, "live": False,
+        "resets_at": "2026-12-07T00:00:00+00:00",
+    }  # fmt: skip
+
+
+def test_the_day_is_the_console_time_zones_day_as_at_the_gateway(site, settings):
+    settings.TIME_ZONE = "Asia/Shanghai"  # UTC+8: 2 December began at 16:00 UTC on the 1st
+    ann = site["keys"]["ann"]
+    row(ann, datetime(2026, 12, 1, 16, 0, tzinfo=UTC), prompt=7)
+    row(ann, datetime(2026, 12, 1, 15, 59, tzinfo=UTC), prompt=1000)
+    limit = Limit.objects.create(scope="key", key=ann, tokens_per_day=100)
+
+    use = reports.use_of_limit(limit, now=NOW)
+
+    assert use["tokens_per_day"]["used"] == 7
+    assert use["tokens_per_day"]["resets_at"] == "2026-12-02T16:00:00+00:00"
+
+
+def test_per_minute_use_comes_from_the_gateways_live_counters_not_the_table(site):
+    ann = site["keys"]["ann"]
+    row(ann, NOW.replace(second=0), prompt=40, completion=2)  # the table's minute
+    limit = Limit.objects.create(
+        scope="key", key=ann, requests_per_minute=10, tokens_per_minute=100, concurrent_requests=2
+    )
+
+    use = reports.use_of_limit(limit, now=NOW)
+
+    # No gateway counted anything in Redis for this minute: the live figures are 0.
+    assert {f: (u["used"], u["live"]) for f, u in use.items()} == {
+        "requests_per_minute": (0, True),
+        "tokens_per_minute": (0, True),
+        "concurrent_requests": (0, True),
+    }
+
+
+def test_an_each_key_limit_has_no_live_counter_to_read_and_shows_the_table(site):
+    physics, ann = site["physics"], site["keys"]["ann"]
+    row(ann, NOW.replace(second=0), prompt=40, completion=2)
+    limit = Limit.objects.create(scope="each-key", project=physics, tokens_per_minute=100)
+
+    use = reports.use_of_limit(limit, now=NOW)
+
+    assert use["tokens_per_minute"]["used"] == 42 and use["tokens_per_minute"]["live"] is False
 
 
 def test_an_each_member_limit_shows_the_busiest_member_and_a_route_limit_its_route(site):
