@@ -163,7 +163,16 @@ def create_key_as(user, data: dict) -> tuple[ConsumerKey, str]:
             _("Only those who manage routes or all keys make keys for service accounts.")
         )
     project = data.get("project")
-    if account is not None and project is None:
+    if account is not None:
+        # An application's keys count under its own project, which those who manage
+        # routes set on the account; they make its keys, so those work at once.
+        if project is not None and project != account.project:
+            raise KeyRefused(
+                lazy_message(
+                    _("A service account's keys count under its own project (%(name)s)."),
+                    name=account.project.name if account.project else "-",
+                )
+            )
         project = account.project
     policy = GatewayPolicy.current()
     privileged = not bound_by_policy(user)
@@ -173,6 +182,7 @@ def create_key_as(user, data: dict) -> tuple[ConsumerKey, str]:
         project is None
         or not project.require_approval
         or privileged
+        or account is not None
         or projects.is_owner(user, project)
     )
     return create_consumer_key(
@@ -220,8 +230,10 @@ def _check_self_service(user, data: dict, project, account, policy: GatewayPolic
                 _("Keys on this appliance last at most %(max)d days."), max=policy.max_key_days
             )
         )
+    if account is not None:
+        return  # the account's project, not the maker's membership
     if project is None:
-        if account is None and not policy.keys_without_project:
+        if not policy.keys_without_project:
             raise KeyRefused(_("Choose one of your projects for this key."))
         return
     if not project.is_active:

@@ -358,3 +358,42 @@ def test_the_project_page_shows_pending_keys_and_approves_them(campus):
     assert approved.status_code == 302
     key.refresh_from_db()
     assert key.state == "active" and key.approved_by == physics["owner"]
+
+
+def test_a_service_accounts_key_counts_under_its_project(campus, make_user, client_for):
+    manager = make_user("apps-team", "model-manager")
+    api = client_for(manager)
+    made = api.post(
+        "/api/v1/service-accounts/", {"name": "course-bot", "project": "history"}, format="json"
+    )
+    assert made.status_code == 201 and made.json()["project"] == "history"
+
+    key = api.post("/api/v1/consumer-keys/", _key_body(service_account="course-bot"), format="json")
+
+    assert key.status_code == 201, key.json()
+    assert key.json()["project"] == "history" and key.json()["owner"] == "service:course-bot"
+
+
+def test_the_usage_page_speaks_chinese(campus, history_traffic):
+    browser = Client()
+    browser.force_login(campus["history"]["owner"])
+    page = browser.get("/usage/?group_by=project", HTTP_ACCEPT_LANGUAGE="zh-Hans")
+    body = page.content.decode()
+    assert page.status_code == 200
+    assert "用量最多者" in body and "限额与用量" in body and "4242" in body
+
+
+def test_a_service_accounts_key_cannot_be_put_in_another_project(campus, make_user, client_for):
+    api = client_for(make_user("apps-team", "model-manager"))
+    api.post(
+        "/api/v1/service-accounts/", {"name": "course-bot", "project": "history"}, format="json"
+    )
+
+    refused = api.post(
+        "/api/v1/consumer-keys/",
+        _key_body(service_account="course-bot", project="physics"),
+        format="json",
+    )
+
+    assert refused.status_code == 400
+    assert "its own project (history)" in refused.json()["detail"]
