@@ -281,3 +281,20 @@ def checks_for_limit(limit, now):
         [(r, f"p{limit.project_id}")], "chat", 10, now,
         limits.Windows(settings.TIME_ZONE), settings.AGENT_BROKER_NAMESPACE,
     )  # fmt: skip
+
+
+def test_limits_hold_after_redis_forgets_the_scripts():
+    now = time.time()
+    budget = checks([rule("key", 1, requests_per_minute=2)], now=now)
+
+    async def work(r):
+        store = limits.LimitStore(r)
+        first = await store.admit(budget, "a", now)
+        await r.script_flush()  # as after a Redis restart
+        second = await store.admit(budget, "b", now)
+        third = await store.admit(budget, "c", now)
+        return first, second, third
+
+    first, second, third = run(_with_redis(work))
+    assert isinstance(first, limits.Admission) and isinstance(second, limits.Admission)
+    assert isinstance(third, limits.Refusal)  # counted once each, not twice

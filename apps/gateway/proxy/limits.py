@@ -17,11 +17,18 @@ docs/limits.md gives the estimate and how far a limit can be overrun.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
+
+from redis.exceptions import NoScriptError
+
+log = logging.getLogger("hangar.gateway")
 
 LEASE_S = 60
 # Admission. KEYS: one per check. ARGV: now, lease id, lease expiry, then per check
@@ -79,6 +86,8 @@ for i = 1, #KEYS do
 end
 return 1
 """
+
+SCRIPTS = {"admit": ADMIT, "settle": SETTLE, "renew": RENEW}
 
 # The fields of a limit, what each counts, and its window.
 FIELDS = {
@@ -222,51 +231,132 @@ def checks_for(
     return checks
 
 
-async def admit(redis, checks: list[Check], lease: str, now: float) -> Admission | Refusal:
-    """Charge every check or none; one round trip."""
-    if not checks:
-        return Admission()
-    argv: list = [now, lease, now + LEASE_S]
-    for check in checks:
-        argv += [check.kind, check.limit, check.amount, int(check.resets_at) + 5]
-    answer = await redis.eval(ADMIT, len(checks), *(c.counter for c in checks), *argv)
-    if int(answer[0]) != 0:
-        return Refusal(checks[int(answer[0]) - 1], int(answer[1]))
-    return Admission(checks=checks, lease=lease, used=[int(u) for u in answer[1:]])
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
-async def settle(redis, admission: Admission, requests: int, tokens: int) -> None:
-    """Charge what the request really used against what admission charged.
+class LimitStore:
+    """The Redis side of limits, batched: requests that arrive together share round trips.
 
-    `requests` is 1 when it counts as a request (0 to refund: the gateway itself
-    turned it away after admission, e.g. its queue timed out).
+    Admissions and settlements go, in the order they were asked for, through one
+    sender: the first at once, and those that come while a batch is out go
+    together in one pipeline when it returns. Nothing waits at low load; at high
+    load one round trip serves many requests. Each script stays atomic, and a
+    settlement asked for before an admission is applied before it (a refund is
+    in place for the client's next request). Scripts go by SHA and are loaded
+    again when Redis has forgotten them (a restart).
     """
-    if admission.settled or not admission.checks:
-        return
-    admission.settled = True
-    argv: list = [admission.lease]
-    for check in admission.checks:
-        if check.kind == "c":
-            delta = 0
-        elif FIELDS[check.field][0] == "requests":
-            delta = requests - check.amount
-        else:
-            delta = tokens - check.amount
-        argv += [check.kind, delta]
-    await redis.eval(SETTLE, len(admission.checks), *(c.counter for c in admission.checks), *argv)
 
+    def __init__(self, redis) -> None:
+        self.redis = redis
+        self._queue: list[tuple[str, list, asyncio.Future | None]] = []
+        self._sender: asyncio.Future | None = None
+        self._shas = {name: _sha(body) for name, body in SCRIPTS.items()}
 
-async def renew(redis, admissions, now: float) -> None:
-    """Keep the leases of requests still running from lapsing."""
-    async with redis.pipeline(transaction=False) as pipe:
-        count = 0
+    def _send(self, script: str, call: list, future: asyncio.Future | None) -> None:
+        self._queue.append((script, call, future))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.ensure_future(self._send_all())
+
+    async def _send_all(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                answers = await self._run([(script, call) for script, call, _f in batch])
+            except Exception as exc:
+                answers = [exc] * len(batch)
+                if not any(future for _s, _c, future in batch):
+                    log.warning("%d settlements not written (%s)", len(batch), exc)
+            for (_script, _call, future), answer in zip(batch, answers, strict=True):
+                if future is None or future.done():
+                    continue
+                if isinstance(answer, Exception):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
+
+    async def admit(self, checks: list[Check], lease: str, now: float) -> Admission | Refusal:
+        """Charge every check or none."""
+        if not checks:
+            return Admission()
+        argv: list = [now, lease, now + LEASE_S]
+        for check in checks:
+            argv += [check.kind, check.limit, check.amount, int(check.resets_at) + 5]
+        future = asyncio.get_running_loop().create_future()
+        self._send("admit", [len(checks), *(c.counter for c in checks), *argv], future)
+        answer = await future
+        if int(answer[0]) != 0:
+            return Refusal(checks[int(answer[0]) - 1], int(answer[1]))
+        return Admission(checks=checks, lease=lease, used=[int(u) for u in answer[1:]])
+
+    def settle(self, admission: Admission, requests: int, tokens: int) -> None:
+        """Charge what the request really used against what admission charged.
+
+        `requests` is 1 when it counts as a request (0 to refund: the gateway itself
+        turned it away after admission, e.g. its queue timed out). Not awaited: it
+        is not on the answer's path; a failure leaves leases to lapse by themselves.
+        """
+        if admission.settled or not admission.checks:
+            return
+        admission.settled = True
+        argv: list = [admission.lease]
+        for check in admission.checks:
+            if check.kind == "c":
+                delta = 0
+            elif FIELDS[check.field][0] == "requests":
+                delta = requests - check.amount
+            else:
+                delta = tokens - check.amount
+            argv += [check.kind, delta]
+        self._send(
+            "settle", [len(admission.checks), *(c.counter for c in admission.checks), *argv], None
+        )
+
+    async def flush(self) -> None:
+        """Wait for what is still being sent (on shutdown)."""
+        if self._sender is not None and not self._sender.done():
+            await asyncio.wait([self._sender], timeout=5)
+
+    async def renew(self, admissions, now: float) -> None:
+        """Keep the leases of requests still running from lapsing."""
         for admission in admissions:
             sets = [c.counter for c in admission.checks if c.kind == "c"]
             if sets and not admission.settled:
-                pipe.eval(RENEW, len(sets), *sets, admission.lease, now + LEASE_S)
-                count += 1
-        if count:
-            await pipe.execute()
+                self._send("renew", [len(sets), *sets, admission.lease, now + LEASE_S], None)
+
+    async def _run(self, calls: list[tuple[str, list]]) -> list:
+        """EVALSHA each call in one pipeline; the calls Redis had no script for (it
+        restarted) go again, once, after loading the scripts."""
+        answers = await self._pipeline(calls)
+        missing = [i for i, a in enumerate(answers) if isinstance(a, NoScriptError)]
+        if missing:
+            for body in SCRIPTS.values():
+                await self.redis.script_load(body)
+            again = await self._pipeline([calls[i] for i in missing])
+            for i, answer in zip(missing, again, strict=True):
+                answers[i] = answer
+        return answers
+
+    async def _pipeline(self, calls: list[tuple[str, list]]) -> list:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script, call in calls:
+                pipe.evalsha(self._shas[script], *call)
+            return await pipe.execute(raise_on_error=False)
+
+
+async def admit(redis, checks: list[Check], lease: str, now: float) -> Admission | Refusal:
+    """One admission on its own (tests, tools): LimitStore.admit without the batching."""
+    return await LimitStore(redis).admit(checks, lease, now)
+
+
+async def settle(redis, admission: Admission, requests: int, tokens: int) -> None:
+    store = LimitStore(redis)
+    store.settle(admission, requests, tokens)
+    await store.flush()
+
+
+async def renew(redis, admissions, now: float) -> None:
+    await LimitStore(redis).renew(admissions, now)
 
 
 def headers_for(admission: Admission | Refusal, now: float) -> dict[str, str]:

@@ -49,7 +49,7 @@ FAIR = web.AppKey("fair", FairShare)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 RUNNING = web.AppKey("running", dict)  # lease id -> Admission, for renewal
 WINDOWS = web.AppKey("windows", limits.Windows)
-BACKGROUND = web.AppKey("background", set)
+LIMITS = web.AppKey("limits", limits.LimitStore)
 REFUSAL_MESSAGES = {
     "requests_per_minute": (
         "Rate limit reached: {limit} requests per minute for {subject}. Try again in {reset}."
@@ -295,7 +295,7 @@ async def proxy(request: web.Request, path: str, key) -> web.StreamResponse:
 async def admitted(request, path, body, payload, model, key, deployment, workers, strip_usage):
     """Limits, then the fair-share queue, then the engine; settle and count in any case."""
     app = request.app
-    view, metrics, fair, config = app[VIEW], app[METRICS], app[FAIR], app[CONFIG]
+    metrics, fair, config = app[METRICS], app[FAIR], app[CONFIG]
     arrived, started = time.time(), time.monotonic()
     estimate = limits.estimate_tokens(payload, len(body))
     checks = limits.checks_for(key.rules, model, estimate, arrived, app[WINDOWS], config.namespace)
@@ -307,7 +307,7 @@ async def admitted(request, path, body, payload, model, key, deployment, workers
             return refuse_limit(request, limits.Refusal(too_big, 0), key, arrived, TOO_BIG)
         lease = limits.lease_id(app[ACCOUNTS].reporter, id(request))
         try:
-            judged = await limits.admit(view.redis, checks, lease, arrived)
+            judged = await app[LIMITS].admit(checks, lease, arrived)
         except Exception as exc:  # Redis away: the configured choice (docs/limits.md)
             metrics.limits_unchecked += 1
             log.warning("limits not checked (%s)", exc)
@@ -370,7 +370,7 @@ async def admitted(request, path, body, payload, model, key, deployment, workers
             app[RUNNING].pop(admission.lease, None)
             # Not on the answer's path: the client has what it came for.
             counts_as_request = 0 if outcome.status == 503 and not slot else 1
-            background(app, limits.settle(view.redis, admission, counts_as_request, used))
+            app[LIMITS].settle(admission, counts_as_request, used)
         if outcome.status:
             count(
                 request, key, model, deployment, outcome.worker, outcome.status,
@@ -405,21 +405,6 @@ def count(request, key, model, deployment, worker, status, prompt, completion, f
         request_id=request.headers.get("X-Request-Id", "")[:40],
         project=key.project,
     )
-
-
-def background(app, coroutine) -> None:
-    task = asyncio.ensure_future(coroutine)
-    app[BACKGROUND].add(task)
-    task.add_done_callback(_background_done(app))
-
-
-def _background_done(app):
-    def done(task: asyncio.Task) -> None:
-        app[BACKGROUND].discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("settling a request's limits failed: %s", task.exception())
-
-    return done
 
 
 def refuse_limit(request, refusal: limits.Refusal, key, now: float, message: str | None = None):
@@ -639,11 +624,11 @@ def build_apps(config: gateway_config.GatewayConfig) -> tuple[web.Application, w
     metrics.fair = fair
     accounts = Accounts(config.namespace, config.request_log)
     accounts.reporter = f"{socket.gethostname()}:{os.getpid()}"
+    running, store = {}, limits.LimitStore(view.redis)
     for app in (public, admin):
         app[VIEW], app[METRICS], app[CONFIG] = view, metrics, config
-        app[FAIR], app[ACCOUNTS], app[RUNNING] = fair, accounts, {}
-        app[WINDOWS], app[BACKGROUND] = limits.Windows(), set()
-    admin[RUNNING] = public[RUNNING]
+        app[FAIR], app[ACCOUNTS], app[RUNNING] = fair, accounts, running
+        app[WINDOWS], app[LIMITS] = limits.Windows(), store
     return public, admin
 
 
@@ -669,7 +654,7 @@ async def tick(app: web.Application, stop: asyncio.Event) -> None:
         try:
             await accounts.flush(view.redis)
             now = time.time()
-            await limits.renew(view.redis, list(app[RUNNING].values()), now)
+            await app[LIMITS].renew(list(app[RUNNING].values()), now)
             fair.processes = await alive_processes(view.redis, app[CONFIG], accounts.reporter, now)
         except Exception as exc:  # Redis away: the next second tries again
             log.debug("tick: %s", exc)
@@ -723,8 +708,7 @@ async def serve(config: gateway_config.GatewayConfig, ready: asyncio.Event | Non
         for runner in runners:
             await runner.cleanup()
         # Settle what is still being settled, and write the last second's usage.
-        if public[BACKGROUND]:
-            await asyncio.wait(public[BACKGROUND], timeout=5)
+        await public[LIMITS].flush()
         with contextlib.suppress(Exception):
             await public[ACCOUNTS].flush(view.redis)
             await view.redis.zrem(f"hangar:gw:{config.namespace}:alive", public[ACCOUNTS].reporter)
