@@ -18,7 +18,6 @@ from django.utils.translation import gettext_lazy as _
 from apps.accounts.models import DirectoryMembership
 from apps.accounts.policy import can
 from apps.audit import recorder
-from apps.gateway import snapshot
 from apps.gateway.models import (
     LIMIT_FIELDS,
     GatewayPolicy,
@@ -120,8 +119,7 @@ def save_project(serializer, user) -> Project:
     else:
         check_project_change(user, serializer.instance, set(serializer.validated_data))
         project = serializer.save()
-    # Weights and activity are in the gateway's snapshot (fair share, keys of inactive projects).
-    snapshot.publish_on_commit()
+    # Weights and activity reach the gateways through the snapshot (receivers.py).
     return project
 
 
@@ -149,7 +147,6 @@ def add_member(project: Project, *, by, user=None, ldap_group: str = "", role=Pr
     except IntegrityError:
         raise ProjectRefused(_("That user or group is already in this project.")) from None
     recorder.describe(target=member, changes={"created": member_record(member)})
-    snapshot.publish_on_commit()
     return member
 
 
@@ -169,8 +166,9 @@ def remove_member(member: ProjectMember, by) -> None:
     require_owner(by, member.project)
     _refuse_last_owner(member, None)
     recorder.describe(target=member, changes={"deleted": member_record(member)})
+    # Membership is not in the gateways' snapshot: it decides who makes and
+    # approves keys, not whether a key works.
     member.delete()
-    snapshot.publish_on_commit()
 
 
 def _refuse_last_owner(member: ProjectMember, new_role: str | None) -> None:
@@ -258,14 +256,12 @@ def save_limit(serializer, user) -> Limit:
         raise ProjectRefused(
             _("That subject already has a limit on this route: change that one.")
         ) from None
-    snapshot.publish_on_commit()
     return limit
 
 
 def delete_limit(limit: Limit) -> None:
     recorder.describe(target=limit, changes={"deleted": recorder.snapshot(limit)})
-    limit.delete()
-    snapshot.publish_on_commit()
+    limit.delete()  # the gateways hear of it through the snapshot (receivers.py)
 
 
 # --- policy --------------------------------------------------------------------------
