@@ -148,6 +148,10 @@ def test_energy_is_split_by_token_share_and_minutes_without_requests_are_idle(si
     # Nothing lost, nothing counted twice.
     total = sum(line["joules"] for line in energy["lines"])
     assert total == pytest.approx(600 + 360_000 + 400)
+    only_b = reports.energy_by_project(site["admin"], {"range": "1h", "deployment": b.pk}, NOW)
+    assert {line["group"]: line["joules"] for line in only_b["lines"]} == {
+        "history": pytest.approx(300), "physics": pytest.approx(100), "idle": 0,
+    }  # fmt: skip
 
 
 def test_an_owner_sees_only_their_projects_energy_and_no_idle_line(site, make_user):
