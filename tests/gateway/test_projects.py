@@ -397,3 +397,21 @@ def test_a_service_accounts_key_cannot_be_put_in_another_project(campus, make_us
 
     assert refused.status_code == 400
     assert "its own project (history)" in refused.json()["detail"]
+
+
+def test_the_csv_and_the_api_give_the_same_totals(campus, history_traffic, admin_user, client_for):
+    physics = campus["physics"]
+    key, _raw = create_consumer_key(
+        name="p", days=1, user=physics["student"], all_routes=True, project=physics["project"]
+    )
+    _usage(physics["project"], physics["student"], key, 17)
+    api = client_for(admin_user).get("/api/v1/usage/?group_by=project&range=7d").json()
+    browser = Client()
+    browser.force_login(admin_user)
+    exported = browser.get("/usage/export/?group_by=project&range=7d").content.decode()
+
+    rows = list(csv.reader(io.StringIO(exported)))
+    header, lines = rows[1], rows[2 : 2 + len(api["totals"])]
+    from_csv = [(r[header.index("group")], int(r[header.index("tokens")])) for r in lines]
+    assert from_csv == [(t["group"], t["tokens"]) for t in api["totals"]]
+    assert from_csv == [("history", 4242), ("physics", 17)]
