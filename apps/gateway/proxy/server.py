@@ -22,6 +22,7 @@ import time
 import aiohttp
 from aiohttp import web
 
+from apps.core import forwarded
 from apps.gateway.proxy import config as gateway_config
 from apps.gateway.proxy.errors import error
 from apps.gateway.proxy.metrics import Metrics, export
@@ -45,16 +46,11 @@ CONFIG = web.AppKey("config", gateway_config.GatewayConfig)
 
 def client_address(request: web.Request) -> str:
     """The peer's address; X-Forwarded-For only from a proxy we were told to trust."""
-    peer = request.remote or ""
-    forwarded = request.headers.get("X-Forwarded-For")
-    proxies = request.app[CONFIG].trusted_proxies
-    if forwarded and proxies:
-        try:
-            if any(ipaddress.ip_address(peer) in net for net in proxies):
-                return forwarded.split(",")[-1].strip()
-        except ValueError:
-            pass
-    return peer
+    return forwarded.client_address(
+        request.remote or "",
+        request.headers.getall("X-Forwarded-For", []),
+        request.app[CONFIG].trusted_proxies,
+    )
 
 
 def _bearer(request: web.Request) -> str | None:
