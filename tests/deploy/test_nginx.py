@@ -30,7 +30,6 @@ CLIENT_ADDRESS = "127.0.0.2"
 FORGED = "203.0.113.99"
 
 
-
 def make_certificate(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "hangar.crt", directory / "hangar.key"
     subprocess.run(
