@@ -8,12 +8,15 @@ import urllib.request
 
 import pytest
 
+from apps.audit.middleware import client_address as audit_client_address
 from apps.audit.models import AuditEvent
 from apps.core.forwarded import ForwardedClientMiddleware, client_address, parse_networks
+from apps.gateway.proxy import config as gateway_config
 from console.config import ConfigError, networks
 from tests.support import processes
 
 NGINX = parse_networks("127.0.0.1, 10.0.0.0/8")
+FORGED = "203.0.113.99"
 
 
 def test_without_trusted_proxies_the_peer_is_the_client():
@@ -150,3 +153,19 @@ def test_a_daphne_told_to_trust_its_peer_takes_the_forwarded_address(live_consol
     enroll_with_forged_address(console.url)
     event = AuditEvent.objects.get(action="inventory.enroll")
     assert event.source_address == "203.0.113.99"
+
+
+def test_the_audit_address_is_remote_addr_even_with_https_and_a_forged_header(rf, settings):
+    # Before, HANGAR_HTTPS made the audit middleware (and so the login lockout)
+    # take the leftmost X-Forwarded-For: the one a client writes.
+    settings.HTTPS = True
+    request = rf.post("/login/", REMOTE_ADDR="192.0.2.7", HTTP_X_FORWARDED_FOR=FORGED)
+    assert audit_client_address(request) == "192.0.2.7"
+
+
+def test_the_gateway_trusts_the_consoles_proxies_unless_told_otherwise(monkeypatch):
+    monkeypatch.setenv("HANGAR_TRUSTED_PROXIES", "127.0.0.1")
+    monkeypatch.delenv("HANGAR_GATEWAY_TRUSTED_PROXIES", raising=False)
+    assert gateway_config.load().trusted_proxies == parse_networks("127.0.0.1")
+    monkeypatch.setenv("HANGAR_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8")
+    assert gateway_config.load().trusted_proxies == parse_networks("10.0.0.0/8")
