@@ -33,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
+from django.apps import apps as django_apps
 from django.conf import settings
 from django.db import connection
 from django.db.migrations.loader import MigrationLoader
@@ -40,8 +41,6 @@ from django.db.migrations.loader import MigrationLoader
 FORMAT = 1
 MANIFEST = "manifest.json"
 ARCHIVE_FOLDER = "audit-archive"
-# Rows that `migrate` itself writes; a database holding only these is still empty.
-MIGRATE_WRITES = {"django_migrations", "django_content_type", "auth_permission"}
 SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "KEY")
 
 
@@ -261,17 +260,26 @@ def _unknown_migrations(manifest: dict) -> list[str]:
     ]
 
 
-def database_rows() -> tuple[str, int] | None:
-    """The first table holding data beyond what `migrate` writes, and its row count."""
+def existing_data() -> str | None:
+    """What the database already holds that a restore would destroy, or None.
+
+    A fresh `migrate` fills some tables itself (content types, permissions, the
+    default alert rules), so "empty" means: no user and no audit event. Whatever
+    a person or an agent did through Hangar left an audit event. The models are
+    found by label in the app registry: core imports no app (docs/architecture.md).
+    """
+    found = []
     with connection.cursor() as cursor:
-        for table in sorted(connection.introspection.table_names(cursor)):
-            if table in MIGRATE_WRITES:
+        tables = set(connection.introspection.table_names(cursor))
+        for label, noun in (("auth.User", "users"), ("audit.AuditEvent", "audit events")):
+            table = django_apps.get_model(label)._meta.db_table
+            if table not in tables:
                 continue
             cursor.execute(f"SELECT COUNT(*) FROM {connection.ops.quote_name(table)}")  # noqa: S608
             count = cursor.fetchone()[0]
             if count:
-                return table, count
-    return None
+                found.append(f"{count} {noun}")
+    return ", ".join(found) or None
 
 
 def _drop_tables() -> None:
@@ -329,12 +337,11 @@ def restore_backup(source: Path, force: bool = False) -> Restored:
                 f"{source} is from a newer Hangar ({manifest.get('hangar_version')}, "
                 f"migration {unknown[0]}); restore it with that version"
             )
-        holding = database_rows()
+        holding = existing_data()
         if holding and not force:
-            table, count = holding
             raise BackupError(
-                f"the database {connection.settings_dict['NAME']} is not empty ({count} rows "
-                f"in {table}); restore into an empty database, or pass --force to replace it"
+                f"the database {connection.settings_dict['NAME']} is not empty ({holding}); "
+                "restore into an empty database, or pass --force to replace it"
             )
         _restore_database(vendor, folder, database["member"])
         archive_dir = Path(settings.AUDIT_ARCHIVE_DIR)

@@ -118,3 +118,14 @@ def test_a_sqlite_console_backs_up_and_restores_through_the_backup_api(console_a
     target.manage("restore", str(backup))
     assert "chain intact" in target.manage("audit", "verify", "--archives").stdout
     assert target.counts() == {**counts, "audit.AuditEvent": counts["audit.AuditEvent"] + 1}
+
+
+def test_a_database_that_was_only_migrated_counts_as_empty(
+    populated, new_database, console_at, tmp_path
+):
+    _source, counts, backup = populated
+    target = console_at(ROOT, new_database("migrated"), tmp_path / "migrated-data")
+    target.manage("migrate", "--noinput")  # seeds default alert rules, but no user
+    target.manage("restore", str(backup))
+    assert target.counts()["auth.User"] == counts["auth.User"]
+    assert "chain intact" in target.manage("audit", "verify", "--archives").stdout
