@@ -41,7 +41,10 @@ from django.db.migrations.loader import MigrationLoader
 FORMAT = 1
 MANIFEST = "manifest.json"
 ARCHIVE_FOLDER = "audit-archive"
-SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "KEY")
+# HANGAR_SECRET_KEY, HANGAR_EMAIL_PASSWORD, HANGAR_LDAP_BIND_PASSWORD, ..._API_KEY;
+# not HANGAR_API_TOKEN_MAX_DAYS, a number.
+SECRET_WORDS = ("SECRET", "PASSWORD")
+SECRET_ENDINGS = ("_KEY", "_TOKEN")
 
 
 class BackupError(Exception):
@@ -130,7 +133,7 @@ def settings_record() -> dict:
             continue
         if name.endswith("_URL"):
             variables[name] = _without_password(value)
-        elif any(word in name for word in SECRET_WORDS):
+        elif any(word in name for word in SECRET_WORDS) or name.endswith(SECRET_ENDINGS):
             variables[name] = "(not kept: a secret)"
         else:
             variables[name] = value
