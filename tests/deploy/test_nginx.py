@@ -9,6 +9,8 @@ from __future__ import annotations
 import getpass
 import http.client
 import json
+import os
+import shutil
 import ssl
 import subprocess
 from pathlib import Path
@@ -93,7 +95,9 @@ http {{
 }}
 """
     )
-    command = ["nginx", "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(tmp / "nginx.conf")]
+    binary = shutil.which("nginx", path=f"/usr/sbin:/usr/bin:{os.environ.get('PATH', '')}")
+    assert binary, "nginx is not installed (Debian package nginx; .ci/run installs it)"
+    command = [binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(tmp / "nginx.conf")]
     checked = subprocess.run([*command, "-t"], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
     return processes.start(
