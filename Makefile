@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint format check bundle bench-telemetry bench-deployments bench-ui bench-gateway clean
+.PHONY: run test lint format check bundle bench-telemetry bench-deployments bench-ui bench-gateway bench-fairshare clean
 
 $(STAMP): pyproject.toml
 	@deploy/system-packages.sh build
@@ -48,6 +48,9 @@ bench-ui: $(STAMP)
 
 bench-gateway: $(STAMP)
 	$(BIN)/python -m tests.bench.gateway
+
+bench-fairshare: $(STAMP)
+	$(BIN)/python -m tests.bench.fairshare
 
 # One archive for an offline appliance (docs/install.md); WITH_DEBS=1 carries the
 # Debian packages too. Written to dist/.
