@@ -224,6 +224,8 @@ API_TOKEN_MAX_DAYS = config.integer("API_TOKEN_MAX_DAYS", 365, minimum=1)
 HANGAR_PUBLIC_URL = config.raw(
     "PUBLIC_URL", f"http://{f'[{BIND_HOST}]' if ':' in BIND_HOST else BIND_HOST}:{BIND_PORT}"
 )
+# /metrics names its GPU families Hangar's way, dcgm-exporter's, or both (docs/metrics.md).
+METRICS_GPU_NAMES = config.choice("METRICS_GPU_NAMES", "hangar", ("hangar", "dcgm", "both"))
 # Alert e-mail goes through Django's mail settings.
 EMAIL_HOST = config.raw("EMAIL_HOST", "localhost")
 EMAIL_PORT = config.integer("EMAIL_PORT", 25, minimum=1)

@@ -290,6 +290,7 @@ TRANSLATORS = {
 ENGLISH_ON_PURPOSE = {
     ("alerts/notify.py", "DeliveryFailed"): "the Celery worker stores it as the delivery's "
     "last_error, an operational record written outside any request, like a log line",
+    ("alerts/robots.py", "ValueError"): "a programming guard: only robot receivers reach it",
     ("audit/models.py", "AuditImmutable"): "a programming guard: audit rows never change",
     ("deployments/placement.py", "RuntimeError"): "a programming guard: placement runs "
     "inside the transaction that creates its workers",
