@@ -241,6 +241,12 @@ GATEWAY_KEY_MAX_DAYS = config.integer("GATEWAY_KEY_MAX_DAYS", 365, minimum=1)
 WORKER_DRAIN_SECONDS = config.integer("WORKER_DRAIN_SECONDS", 10, minimum=0)
 # Directories (local or shared storage: NFS, CephFS, Lustre) model files may live under.
 MODEL_ROOTS = config.listing("MODEL_ROOTS", ["/srv/models"])
+# The first start of `make run` offers a demo (apps/gateway/demo.py, README "First five
+# minutes"): a model version shipped in the checkout, so its directory is a model root.
+DEMO = config.boolean("DEMO", True)
+DEMO_MODEL_ROOT = str(BASE_DIR / "deploy" / "demo-models")
+if DEMO and DEMO_MODEL_ROOT not in MODEL_ROOTS:
+    MODEL_ROOTS = [*MODEL_ROOTS, DEMO_MODEL_ROOT]
 
 LOGGING = {
     "version": 1,
