@@ -77,6 +77,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "django.template.context_processors.i18n",
                 "apps.accounts.context.rights",
+                "apps.gateway.context.demo_objects",
             ],
         },
     },

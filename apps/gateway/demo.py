@@ -215,6 +215,6 @@ def snippets(state: dict, gateway_url: str) -> str:
         "  for chunk in stream:\n"
         '      print(chunk.choices[0].delta.content or "", end="", flush=True)\n'
         "  PY\n"
-        "Its latency shows on the deployment page (Deployments -> demo). "
-        "Remove it with the button there, or POST /api/v1/demo/remove/."
+        "Its latency shows on the deployment page (Deployments -> demo). Remove the demo "
+        "with the button on the dashboard, or POST /api/v1/demo/remove/ as an administrator."
     )

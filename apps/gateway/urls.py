@@ -10,4 +10,5 @@ urlpatterns = [
     path("keys/", views.my_keys, name="my-keys"),
     path("keys/all/", views.all_keys, name="all-keys"),
     path("keys/<int:pk>/revoke/", views.key_revoke, name="key-revoke"),
+    path("demo/remove/", views.demo_remove, name="demo-remove"),
 ]
