@@ -117,7 +117,7 @@ def _deployments_page(request, context: dict | None = None, status: int = 200):
             engines=sorted(ENGINES),
             free=free_gpus(request.user),
         )
-    context.setdefault("form", {"replicas": 1, "port": 9000, "gpus_per_replica": 1})
+    context.setdefault("form", {"replicas": 1, "port": "", "gpus_per_replica": 1})
     context.setdefault("errors", {})
     return render(request, "deployments/list.html", context, status=status)
 
@@ -142,7 +142,7 @@ def deployment_create(request):
         "engine": post.get("engine", ""),
         "engine_args": engine_args,
         "replicas": post.get("replicas") or 1,
-        "port": post.get("port"),
+        "port": post.get("port") or None,  # empty: the agent picks each worker's port
         "placement": _placement(post),
     }
     if post.get("health_path"):

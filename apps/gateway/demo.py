@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 from django.conf import settings
@@ -98,13 +97,6 @@ def node_is_online(node_id: int) -> bool:
     return Node.objects.filter(pk=node_id, state=NodeState.ONLINE).exists()
 
 
-def free_port() -> int:
-    """A port free on this machine, where the local agent runs the demo's worker."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def install(node: Node) -> dict:
     """Make the demo on `node` (online); returns the state written, with the key."""
     admin = get_user_model().objects.filter(username="admin").first()
@@ -131,7 +123,7 @@ def install(node: Node) -> dict:
             engine_args=ENGINE_ARGS,
             replicas=1,
             placement={"mode": "pinned", "targets": [{"node": node.pk, "gpus": []}]},
-            port=free_port(),
+            port=None,  # the local agent picks a free one (agents/workers/ports.py)
         )
         route = Route.objects.create(name=NAME, description=DESCRIPTION, created_by=admin)
         RouteTarget.objects.create(route=route, deployment=deployment, weight=100)
