@@ -30,7 +30,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.audit import recorder
 from apps.core.i18n import lazy_message
-from apps.deployments.models import Deployment, DesiredState
+from apps.deployments.models import Deployment, DesiredState, Worker, WorkerState
 from apps.deployments.services import create_deployment, stop_deployment
 from apps.gateway.keys import create_consumer_key, revoke_consumer_key
 from apps.gateway.models import ConsumerKey, Route, RouteTarget
@@ -147,6 +147,12 @@ def install(node: Node) -> dict:
         changes={"created": {k: state[k] for k in ("model", "version", "deployment", "route")}},
     )
     return state
+
+
+def worker_ready(state: dict) -> bool:
+    return Worker.objects.filter(
+        deployment_id=state.get("deployment"), state=WorkerState.READY
+    ).exists()
 
 
 def objects() -> dict:

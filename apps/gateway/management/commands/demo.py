@@ -60,4 +60,13 @@ class Command(BaseCommand):
             time.sleep(1)
         self.stdout.write("Making the demo: model, deployment, route and key `demo` ...")
         state = demo.install(node)
+        # The snippets are printed once they work: when the worker serves.
+        deadline = time.monotonic() + max(wait, 60)
+        while not demo.worker_ready(state) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not demo.worker_ready(state):
+            self.stdout.write(
+                "The demo's worker is not ready yet; its deployment page says why. "
+                "The snippets below work once it is."
+            )
         self.stdout.write(self.style.SUCCESS(demo.snippets(state, gateway_url)))
