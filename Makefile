@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run status test lint format check bench-telemetry bench-deployments bench-ui bench-gateway clean
+.PHONY: run status test lint format check bench-telemetry bench-deployments bench-ui bench-gateway bench-fairshare clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ bench-ui: $(STAMP)
 
 bench-gateway: $(STAMP)
 	$(BIN)/python -m tests.bench.gateway
+
+bench-fairshare: $(STAMP)
+	$(BIN)/python -m tests.bench.fairshare
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

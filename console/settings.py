@@ -204,6 +204,8 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-alerts": {"task": "alerts.sweep", "schedule": 5.0},
     "publish-gateway-snapshot": {"task": "gateway.publish_snapshot", "schedule": 5.0},
     "judge-gateway-traffic": {"task": "gateway.judge_traffic", "schedule": 5.0},
+    "flush-gateway-usage": {"task": "gateway.flush_usage", "schedule": 10.0},
+    "account-gateway-energy": {"task": "gateway.account_energy", "schedule": 60.0},
 }
 
 # Domain settings (docs/configuration.md).
