@@ -33,9 +33,13 @@ def parse_range(text: str) -> tuple[int, int]:
 
 
 def is_free(port: int, host: str) -> bool:
-    """Nothing listens on `port` at `host` (nor on every address, for 127.0.0.1)."""
+    """Nothing listens on `port` at `host` (nor on every address, for 127.0.0.1).
+
+    The probe sets SO_REUSEADDR as the engines' servers do, so connections of a
+    worker that just stopped, still in TIME_WAIT, do not make its port look taken."""
     for address in {host, "0.0.0.0"}:  # noqa: S104 (a probe, closed at once)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((address, port))
             except OSError:
