@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint format check bundle bench-telemetry bench-deployments bench-ui bench-gateway bench-fairshare clean
+.PHONY: run status test lint format check bundle bench-telemetry bench-deployments bench-ui bench-gateway bench-fairshare clean
 
 $(STAMP): pyproject.toml
 	@deploy/system-packages.sh build
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/python manage.py serve
+
+# The processes of a running `make run`, from any shell in the checkout; other
+# supervisorctl commands: `.venv/bin/python manage.py ctl stop agent` (docs in README.md).
+status: $(STAMP)
+	@$(BIN)/python manage.py ctl status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

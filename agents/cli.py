@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from agents import __version__
+from agents.workers import ports
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -66,6 +67,13 @@ def _gpu_count(text: str) -> int:
     return value
 
 
+def _port_range(text: str) -> tuple[int, int]:
+    try:
+        return ports.parse_range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _model_root(text: str) -> str:
     if not os.path.isabs(text):
         raise argparse.ArgumentTypeError(f"{text!r} must be an absolute path")
@@ -100,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_model_root,
         metavar="DIR",
         help="a directory model files may come from (repeatable; default /srv/models)",
+    )
+    run.add_argument(
+        "--worker-ports",
+        type=_port_range,
+        default=ports.DEFAULT_RANGE,
+        metavar="FIRST-LAST",
+        help="ports for workers whose deployment pins none (default 20000-20999)",
     )
     run.add_argument(
         "--worker-host",
@@ -188,6 +203,7 @@ def _run(args: argparse.Namespace) -> int:
     config = SupervisorConfig(
         model_roots=args.model_root or ["/srv/models"],
         host=args.worker_host,
+        worker_ports=args.worker_ports,
         simulate=bool(args.simulate),
     )
     try:

@@ -579,7 +579,10 @@ def validate_worker_spec(d: Any) -> dict[str, Any]:
             "files": files,
         },
         "gpus": _gpu_list(d["gpus"], "spec.gpus"),
-        "port": _integer(d["port"], "spec.port", _PORT_MIN, _PORT_MAX, nullable=False),
+        # 0: the agent picks a free port of its range (agents/workers/ports.py).
+        "port": 0
+        if d["port"] == 0 and type(d["port"]) is int
+        else _integer(d["port"], "spec.port", _PORT_MIN, _PORT_MAX, nullable=False),
         "health_path": health_path,
         "command": command,
         "api_key": api_key,

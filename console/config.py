@@ -55,6 +55,13 @@ def integer(name: str, default: int, minimum: int = 0) -> int:
     return number
 
 
+def choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = raw(name, default).lower()
+    if value not in choices:
+        raise ConfigError(f"{PREFIX}{name}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def listing(name: str, default: list[str]) -> list[str]:
     value = raw(name)
     if value is None:

@@ -80,6 +80,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "django.template.context_processors.i18n",
                 "apps.accounts.context.rights",
+                "apps.gateway.context.demo_objects",
             ],
         },
     },
@@ -231,6 +232,8 @@ API_TOKEN_MAX_DAYS = config.integer("API_TOKEN_MAX_DAYS", 365, minimum=1)
 HANGAR_PUBLIC_URL = config.raw(
     "PUBLIC_URL", f"http://{f'[{BIND_HOST}]' if ':' in BIND_HOST else BIND_HOST}:{BIND_PORT}"
 )
+# /metrics names its GPU families Hangar's way, dcgm-exporter's, or both (docs/metrics.md).
+METRICS_GPU_NAMES = config.choice("METRICS_GPU_NAMES", "hangar", ("hangar", "dcgm", "both"))
 # Alert e-mail goes through Django's mail settings.
 EMAIL_HOST = config.raw("EMAIL_HOST", "localhost")
 EMAIL_PORT = config.integer("EMAIL_PORT", 25, minimum=1)
@@ -246,6 +249,12 @@ GATEWAY_KEY_MAX_DAYS = config.integer("GATEWAY_KEY_MAX_DAYS", 365, minimum=1)
 WORKER_DRAIN_SECONDS = config.integer("WORKER_DRAIN_SECONDS", 10, minimum=0)
 # Directories (local or shared storage: NFS, CephFS, Lustre) model files may live under.
 MODEL_ROOTS = config.listing("MODEL_ROOTS", ["/srv/models"])
+# The first start of `make run` offers a demo (apps/gateway/demo.py, README "First five
+# minutes"): a model version shipped in the checkout, so its directory is a model root.
+DEMO = config.boolean("DEMO", True)
+DEMO_MODEL_ROOT = str(BASE_DIR / "deploy" / "demo-models")
+if DEMO and DEMO_MODEL_ROOT not in MODEL_ROOTS:
+    MODEL_ROOTS = [*MODEL_ROOTS, DEMO_MODEL_ROOT]
 
 LOGGING = {
     "version": 1,

@@ -6,6 +6,7 @@ from apps.accounts.api.views import MeView
 from apps.accounts.permissions import public_view
 from apps.core import views as core
 from apps.gateway.api import views as gateway
+from apps.gateway.api.demo import DemoRemoveView, DemoView
 from apps.inventory.api.views import EnrollAgentView
 from apps.telemetry.views import prometheus_metrics
 from console.api import router
@@ -23,6 +24,8 @@ api_v1 = [
     path("open-routes/", gateway.OpenRoutesView.as_view(), name="open-routes"),
     path("usage/", gateway.UsageView.as_view(), name="usage"),
     path("usage/energy/", gateway.EnergyView.as_view(), name="usage-energy"),
+    path("demo/", DemoView.as_view(), name="demo"),
+    path("demo/remove/", DemoRemoveView.as_view(), name="demo-remove"),
     *router.urls,
 ]
 

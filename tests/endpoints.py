@@ -439,6 +439,10 @@ ENDPOINTS: list[Endpoint] = [
     E("GET", "/keys/all/", "keys.manage", 200, page=True),
     E("POST", "/keys/{ckey}/revoke/", AUTHENTICATED, 302, kind="object", page=True,
       audit_action="gateway.key.revoke"),
+    # -- the first-run demo (apps/gateway/demo.py): none in the World, so removal is 409
+    E("GET", "/api/v1/demo/", "settings.manage", 200),
+    E("POST", "/api/v1/demo/remove/", "settings.manage", 409),
+    E("POST", "/demo/remove/", "settings.manage", 302, page=True),
     # -- core and login --------------------------------------------------------------
     E("GET", "/healthz", PUBLIC, 200),
     E("GET", "/api/schema/", PUBLIC, 200),

@@ -38,7 +38,7 @@ from typing import Any
 import agents
 from agents import protocol
 from agents.files import write_private
-from agents.workers import engines, gpu_release, procs, verify
+from agents.workers import engines, gpu_release, ports, procs, verify
 from agents.workers.exits import classify_exit, read_kernel_log
 from agents.workers.latency import ProbeWindow, PrometheusWindow
 from agents.workers.runlog import RunLogs, read_json, write_json
@@ -62,6 +62,7 @@ LAST_LOG_LINES = protocol.MAX_LOG_LINES
 class SupervisorConfig:
     model_roots: list[str] = field(default_factory=lambda: ["/srv/models"])
     host: str = "127.0.0.1"  # where workers listen; health checks always use 127.0.0.1
+    worker_ports: tuple[int, int] = ports.DEFAULT_RANGE  # for specs with port 0 (ports.py)
     simulate: bool = False  # simulated GPUs: nothing holds them (no NVML)
     health_interval_s: float = 2.0
     startup_health_interval_s: float = 0.25
@@ -192,6 +193,8 @@ class Supervisor:
             return _result(operation_id, False, f"invalid worker spec: {exc}")
         runner = self.runners.get(spec["worker_id"])
         if runner is not None and runner.active:
+            if spec["port"] == 0:  # "any port": the one this worker chose is as good
+                spec = {**spec, "port": runner.spec["port"]}
             if runner.spec == spec:
                 return _result(operation_id, True, "already running", runner.snapshot())
             return _result(
@@ -276,6 +279,14 @@ class Supervisor:
         except Exception as exc:  # no driver, lost GPU: the check cannot be made
             log.warning("cannot list GPU processes through NVML (%s); not waiting", exc)
             return []
+
+    def ports_in_use(self, exclude: int) -> set[int]:
+        """Ports of the other workers meant to run: not to be handed out again."""
+        return {
+            r.spec["port"]
+            for r in self.runners.values()
+            if r.id != exclude and r.desired == "running" and isinstance(r.spec, dict)
+        }
 
     def hangar_pids(self, exclude: int) -> set[int]:
         pids: set[int] = set()
@@ -410,6 +421,8 @@ class WorkerRunner:
         """Accept the spec and begin (verify, start) in the worker's thread; the status now."""
         if self.thread is not None and self.thread.is_alive():
             raise RuntimeError(f"worker {self.id} is still being stopped; try again shortly")
+        if spec["port"] == 0:
+            spec = {**spec, "port": self._agent_port()}
         self.spec = spec
         self.logs.secret = spec["api_key"]
         write_json(self.dir / "spec.json", spec)
@@ -434,6 +447,15 @@ class WorkerRunner:
         accepted = self.snapshot()
         self._spawn(adopted=False)
         return accepted
+
+    def _agent_port(self) -> int:
+        """The port this worker chose before, while still free; else a new free one."""
+        taken = self.sup.ports_in_use(exclude=self.id)
+        previous = self.spec.get("port") if isinstance(self.spec, dict) else None
+        host = self.cfg.host
+        if previous and previous not in taken and ports.is_free(previous, host):
+            return previous
+        return ports.choose(self.cfg.worker_ports, taken, host)
 
     def stop(self, operation_id: str) -> None:
         self.desired = "stopped"

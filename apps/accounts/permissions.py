@@ -13,6 +13,8 @@ from functools import wraps
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed
+from django.shortcuts import render
+from django.urls import Resolver404, resolve
 from django.utils.translation import gettext_lazy as _
 from rest_framework.permissions import BasePermission
 
@@ -74,6 +76,35 @@ def public_view(view, methods: tuple[str, ...] = ("GET", "HEAD")):
     return view
 
 
+def nearest_page(path: str) -> str:
+    """The closest address above `path` that is a page: /deployments/new/ -> /deployments/,
+    /alerts/5/acknowledge/ -> /alerts/ (there is no /alerts/5/)."""
+    parts = [p for p in path.split("/") if p]
+    while parts:
+        parts.pop()
+        candidate = "/" + "".join(f"{p}/" for p in parts)
+        try:
+            match = resolve(candidate)
+        except Resolver404:
+            continue
+        if "GET" in getattr(match.func, "policy_methods", ("GET",)):
+            return candidate
+    return "/"
+
+
+def post_only_page(request, methods: tuple[str, ...]):
+    """A GET of an address that only takes a form (a bookmarked or reloaded action
+    URL): a page saying so, with a link to where the form is, not an empty 405."""
+    response = render(
+        request,
+        "errors/405.html",
+        {"page": nearest_page(request.path), "methods": ", ".join(methods)},
+        status=405,
+    )
+    response["Allow"] = ", ".join(methods)
+    return response
+
+
 def requires(action: str, methods: tuple[str, ...] = ("GET", "HEAD")):
     """Decorator for function views: the HTTP methods they answer, then log in
     first, then the policy decides. Pages are GET-only unless they say otherwise."""
@@ -83,6 +114,8 @@ def requires(action: str, methods: tuple[str, ...] = ("GET", "HEAD")):
         @wraps(view)
         def wrapper(request, *args, **kwargs):
             if request.method not in methods:
+                if request.method in ("GET", "HEAD"):
+                    return post_only_page(request, methods)
                 return HttpResponseNotAllowed(methods)
             if action not in _NOT_AN_ACTION:
                 recorder.describe(action=action)

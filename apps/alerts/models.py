@@ -8,6 +8,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
 
 
 class Severity(models.TextChoices):
@@ -34,14 +35,26 @@ class Receiver(models.Model):
     """Where notifications go. The console's own live list needs no receiver."""
 
     class Kind(models.TextChoices):
-        WEBHOOK = "webhook"
-        EMAIL = "email"
+        WEBHOOK = "webhook", _("Webhook")
+        EMAIL = "email", _("E-mail")
+        # Group robots of the IM services campus IT in China lives in (apps/alerts/robots.py).
+        WECOM = "wecom", _("WeCom (企业微信) group robot")
+        DINGTALK = "dingtalk", _("DingTalk (钉钉) group robot")
+        FEISHU = "feishu", _("Feishu (飞书) group robot")
+
+    ROBOTS = (Kind.WECOM, Kind.DINGTALK, Kind.FEISHU)
+    URL_KINDS = (Kind.WEBHOOK, *ROBOTS)
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     url = models.URLField(max_length=500, blank=True, default="")
-    # The HMAC-SHA256 key for X-Hangar-Signature; write-only in the API.
+    # The HMAC-SHA256 key for X-Hangar-Signature, or DingTalk's / Feishu's signing
+    # secret ("加签" / "签名校验"); write-only in the API.
     secret = models.CharField(max_length=200, blank=True, default="")
+    # The language a group robot's message is written in (webhooks send JSON).
+    language = models.CharField(
+        max_length=10, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE
+    )
     emails = models.JSONField(default=list, blank=True)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

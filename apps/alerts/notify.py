@@ -18,6 +18,7 @@ import urllib.request
 from django.conf import settings
 from django.core.mail import send_mail
 
+from apps.alerts import robots
 from apps.alerts.models import Alert, Delivery, Receiver
 
 PAYLOAD_VERSION = 1
@@ -34,6 +35,11 @@ def alert_url(alert: Alert) -> str:
     return settings.HANGAR_PUBLIC_URL.rstrip("/") + f"/api/v1/alerts/{alert.pk}/"
 
 
+def alert_page_url(alert_id: int) -> str:
+    """The console page showing this alert, for messages a person reads."""
+    return settings.HANGAR_PUBLIC_URL.rstrip("/") + f"/alerts/?state=all&id={alert_id}"
+
+
 def _iso(value) -> str | None:
     return value.isoformat() if value else None
 
@@ -45,6 +51,7 @@ def payload(alert: Alert, event: str) -> dict:
         "alert": {
             "id": alert.pk,
             "url": alert_url(alert),
+            "page_url": alert_page_url(alert.pk),
             "rule": {"id": alert.rule_id, "name": alert.rule_name},
             "state": alert.state,
             "severity": alert.severity,
@@ -90,6 +97,8 @@ def send(delivery: Delivery) -> None:
             post_webhook(receiver, delivery)
         elif receiver.kind == Receiver.Kind.EMAIL:
             send_email(receiver, delivery.payload)
+        elif receiver.kind in Receiver.ROBOTS:
+            post_robot(receiver, delivery)
         else:
             raise DeliveryFailed(f"unknown receiver kind {receiver.kind!r}")
     except DeliveryFailed:
@@ -103,30 +112,47 @@ def send(delivery: Delivery) -> None:
 def post_webhook(receiver: Receiver, delivery: Delivery) -> None:
     body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
     headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "hangar-alerts/1",
         "X-Hangar-Event": delivery.event,
         "X-Hangar-Delivery": str(delivery.pk),
     }
     if receiver.secret:
         headers[SIGNATURE_HEADER] = signature(receiver.secret, int(time.time()), body)
-    if not receiver.url.startswith(("http://", "https://")):
-        raise DeliveryFailed(f"{receiver.url!r} is not an http(s) URL")
-    request = urllib.request.Request(receiver.url, data=body, headers=headers, method="POST")  # noqa: S310 (scheme checked)
+    _post_json(receiver.url, body, headers)
+
+
+def post_robot(receiver: Receiver, delivery: Delivery) -> None:
+    """A group robot answers HTTP 200 even when it refuses a message (bad signature,
+    unknown key, rate limit): its JSON answer says so, and that is a failure to retry."""
+    url, body = robots.request(receiver, delivery.payload, int(time.time() * 1000))
+    answer = _post_json(url, json.dumps(body, ensure_ascii=False).encode(), {})
+    refusal = robots.refusal(receiver.kind, answer)
+    if refusal:
+        raise DeliveryFailed(f"{receiver.get_kind_display()} refused the message: {refusal}")
+
+
+def _post_json(url: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """POST a JSON body; any answer but a 2xx is DeliveryFailed. Returns the answer's body."""
+    headers = {"Content-Type": "application/json", "User-Agent": "hangar-alerts/1", **headers}
+    if not url.startswith(("http://", "https://")):
+        raise DeliveryFailed(f"{url!r} is not an http(s) URL")
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 (scheme checked)
+    shown = robots.redacted(url)
     try:
         with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:  # noqa: S310
             status = response.status
+            answer = response.read(64 * 1024)
     except urllib.error.HTTPError as exc:
-        raise DeliveryFailed(f"HTTP {exc.code} from {receiver.url}") from exc
+        raise DeliveryFailed(f"HTTP {exc.code} from {shown}") from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DeliveryFailed(f"could not reach {receiver.url}: {reason}") from exc
+        raise DeliveryFailed(f"could not reach {shown}: {reason}") from exc
     except http.client.HTTPException as exc:  # BadStatusLine, LineTooLong, too many headers
         raise DeliveryFailed(
-            f"{receiver.url} did not answer in HTTP: {type(exc).__name__}: {exc}"
+            f"{shown} did not answer in HTTP: {type(exc).__name__}: {exc}"
         ) from exc
     if not 200 <= status < 300:
-        raise DeliveryFailed(f"HTTP {status} from {receiver.url}")
+        raise DeliveryFailed(f"HTTP {status} from {shown}")
+    return answer
 
 
 def send_email(receiver: Receiver, body: dict) -> None:

@@ -10,6 +10,7 @@ gets its target and changes as the API's do: found_or_404 watches the object,
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -67,6 +68,10 @@ def alert_list(request):
     cluster = params.get("cluster", "")
     if cluster.isdigit():
         alerts = alerts.filter(cluster_id=int(cluster))
+    # One alert, whatever its state: where a notification's link lands (notify.alert_page_url).
+    one = params.get("id", "")
+    if one.isdigit():
+        alerts = alerts.filter(pk=int(one))
     page = Paginator(alerts.order_by("-started_at", "-id"), ALERTS_PER_PAGE).get_page(
         params.get("page")
     )
@@ -348,6 +353,7 @@ def _receiver_data(post, instance: Receiver | None = None) -> dict:
         "kind": post.get("kind", ""),
         "url": post.get("url", ""),
         "emails": [e.strip() for e in post.get("emails", "").replace(",", "\n").split() if e],
+        "language": post.get("language", "") or settings.LANGUAGE_CODE,
         "enabled": post.get("enabled") in ("on", "true", "1"),
     }
     if post.get("secret"):
@@ -369,7 +375,7 @@ def _receivers_page(request, context: dict | None = None, status: int = 200):
         delivered=Count("deliveries", filter=Q(deliveries__state=Delivery.State.SENT)),
         rule_count=Count("rules", distinct=True),
     ).order_by("name")
-    context.update(receivers=receivers, kinds=Receiver.Kind.values)
+    context.update(receivers=receivers, kinds=Receiver.Kind.choices, languages=settings.LANGUAGES)
     context.setdefault("form", {"enabled": "on"})
     context.setdefault("errors", {})
     return render(request, "alerts/receivers.html", context, status=status)
@@ -399,13 +405,18 @@ def receiver_create(request):
 @requires(MANAGE, methods=("GET", "HEAD", "POST"))
 def receiver_edit(request, pk: int):
     receiver = _receiver_or_404(request, pk)
-    context = {"receiver": receiver, "kinds": Receiver.Kind.values}
+    context = {
+        "receiver": receiver,
+        "kinds": Receiver.Kind.choices,
+        "languages": settings.LANGUAGES,
+    }
     if request.method != "POST":
         form = {
             "name": receiver.name,
             "kind": receiver.kind,
             "url": receiver.url,
             "emails": "\n".join(receiver.emails),
+            "language": receiver.language,
             "enabled": "on" if receiver.enabled else "",
         }
         return render(request, "alerts/receiver_edit.html", {**context, "form": form})

@@ -38,7 +38,11 @@ class Deployment(models.Model):
     # {"mode": "pinned", "targets": [{"node": 3, "gpus": [0, 1]}, ...]} or
     # {"mode": "auto", "gpus_per_replica": 1, "min_free_gib": 20}
     placement = models.JSONField(default=dict)
-    port = models.PositiveIntegerField(help_text="First port; replica n listens on port + n.")
+    # Pinned: replica n listens on port + n. Empty: each worker's agent picks a free
+    # port of its range (hangar-agent run --worker-ports; agents/workers/ports.py).
+    port = models.PositiveIntegerField(
+        null=True, blank=True, help_text="First port (pinned); empty: the agent picks one."
+    )
     desired_state = models.CharField(
         max_length=16, choices=DesiredState.choices, default=DesiredState.RUNNING
     )
@@ -101,7 +105,8 @@ class Worker(models.Model):
     )
     slot = models.PositiveSmallIntegerField(help_text="Replica number within the deployment.")
     gpus = models.JSONField(default=list)
-    port = models.PositiveIntegerField()
+    # Empty until the agent reports the port it picked (the deployment pins none).
+    port = models.PositiveIntegerField(null=True, blank=True)
     desired_state = models.CharField(
         max_length=16, choices=DesiredState.choices, default=DesiredState.RUNNING
     )

@@ -63,7 +63,7 @@ def worker_spec(worker: Worker) -> dict:
             ],
         },
         "gpus": list(worker.gpus),
-        "port": worker.port,
+        "port": worker.port or 0,  # 0: the agent picks a free port (protocol §4)
         "health_path": deployment.health_path or None,
         "command": deployment.command,
         "api_key": worker.engine_secret or None,
@@ -102,6 +102,8 @@ def dispatch(worker: Worker, verb: str) -> str:
 
 
 def _replaces_a_draining_worker(worker: Worker) -> bool:
+    if worker.port is None:  # the agent picks another free port: no need to wait
+        return False
     return (
         Worker.objects.filter(
             node_id=worker.node_id,
@@ -163,7 +165,7 @@ def _add_workers(deployment: Deployment, slots: list[int]) -> list[str]:
             model_version=deployment.model_version,
             slot=slot,
             gpus=gpus,
-            port=deployment.port + slot,
+            port=None if deployment.port is None else deployment.port + slot,
             desired_state=deployment.desired_state,
         )
         if deployment.desired_state == DesiredState.RUNNING:
@@ -362,7 +364,7 @@ def _rollout_step(deployment: Deployment) -> list[str]:
         model_version_id=target,
         slot=victim.slot,
         gpus=victim.gpus,
-        port=victim.port,
+        port=victim.port if deployment.port is not None else None,
         desired_state=DesiredState.RUNNING,
     )
     operations.append(dispatch(replacement, "start_worker"))
@@ -382,7 +384,7 @@ def _restore_slots(deployment: Deployment, broken: list[Worker]) -> list[str]:
             model_version_id=previous,
             slot=worker.slot,
             gpus=worker.gpus,
-            port=worker.port,
+            port=worker.port if deployment.port is not None else None,
             desired_state=DesiredState.RUNNING,
         )
         operations.append(dispatch(restored, "start_worker"))
@@ -396,6 +398,7 @@ EMPTY = {"cause": "", "evidence": "", "error": "", "progress": {}, "last_log": [
 STATUS_FIELDS = (
     "state",
     "pid",
+    "port",  # the agent's pick where the deployment pins none
     "restarts",
     "run",
     "exit_code",
@@ -463,6 +466,8 @@ def _store_status(worker: Worker, status: dict) -> None:
     for name in STATUS_FIELDS:
         if name in status:
             value = status[name]
+            if name == "port" and value is None:
+                continue  # a port once known stays the worker's
             setattr(worker, name, EMPTY.get(name) if value is None else value)
             fields.append(name)
     worker.reported_at = timezone.now()

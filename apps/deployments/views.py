@@ -117,9 +117,22 @@ def _deployments_page(request, context: dict | None = None, status: int = 200):
             engines=sorted(ENGINES),
             free=free_gpus(request.user),
         )
-    context.setdefault("form", {"replicas": 1, "port": 9000, "gpus_per_replica": 1})
+    context.setdefault(
+        "form",
+        {"replicas": 1, "port": "", "gpus_per_replica": 1, "engine": _likely_engine(request.user)},
+    )
     context.setdefault("errors", {})
     return render(request, "deployments/list.html", context, status=status)
+
+
+def _likely_engine(user) -> str:
+    """The engine the form starts on: `generic` (first by name) needs a command the
+    form has no field for, so never that; the reference engine where every node the
+    user sees only simulates its GPUs (a laptop, a first `make run`), else vLLM."""
+    nodes = restrict(Node.objects.all(), user, "inventory.view")
+    if nodes.exists() and not nodes.filter(simulated=False).exists():
+        return "reference"
+    return "vllm"
 
 
 @requires("deployments.view")
@@ -142,7 +155,7 @@ def deployment_create(request):
         "engine": post.get("engine", ""),
         "engine_args": engine_args,
         "replicas": post.get("replicas") or 1,
-        "port": post.get("port"),
+        "port": post.get("port") or None,  # empty: the agent picks each worker's port
         "placement": _placement(post),
     }
     if post.get("health_path"):

@@ -82,6 +82,7 @@ def build() -> dict:
             state=WorkerState.READY,
             desired_state=DesiredState.RUNNING,
             deployment__desired_state=DesiredState.RUNNING,
+            port__isnull=False,  # an agent-picked port is known from the first report
         )
         .select_related("node")
         .order_by("pk")

@@ -22,4 +22,5 @@ urlpatterns = [
     path("usage/", pages.usage, name="usage"),
     path("usage/mine/", pages.my_usage, name="my-usage"),
     path("usage/export/", pages.usage_export, name="usage-export"),
+    path("demo/remove/", views.demo_remove, name="demo-remove"),
 ]

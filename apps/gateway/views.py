@@ -23,7 +23,7 @@ from apps.audit import recorder
 from apps.core.i18n import in_english
 from apps.core.pages import found_or_404
 from apps.deployments.models import Deployment
-from apps.gateway import projects, reports, services
+from apps.gateway import demo, projects, reports, services
 from apps.gateway.api.serializers import ConsumerKeyCreateSerializer, RouteSerializer
 from apps.gateway.keys import KeyRefused, revoke_consumer_key
 from apps.gateway.models import Route, ServiceAccount
@@ -298,3 +298,18 @@ def all_keys(request):
             "filters": {"owner": owner, "state": state},
         },
     )
+
+
+@requires("settings.manage", methods=("POST",))
+def demo_remove(request):
+    """The "Remove the demo" button on the dashboard."""
+    try:
+        demo.remove()
+    except demo.DemoError as exc:
+        messages.error(request, str(exc))
+        return redirect("dashboard")
+    messages.success(
+        request,
+        _("The demo is removed: its deployment is stopped, its route deleted and its key revoked."),
+    )
+    return redirect("dashboard")

@@ -3,7 +3,9 @@ request numbers per deployment."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import HttpResponse
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view, permission_classes, renderer_classes
 from rest_framework.renderers import BaseRenderer
@@ -12,11 +14,11 @@ from apps.accounts.permissions import PolicyPermission
 from apps.accounts.policy import restrict
 from apps.alerts.models import Alert
 from apps.alerts.services import firing_counts
-from apps.deployments.models import Deployment
+from apps.deployments.models import Deployment, Worker, WorkerState
 from apps.gateway import traffic
-from apps.inventory.models import Node
-from apps.telemetry import live
-from apps.telemetry.series import GPU_METRICS, HOST_METRICS
+from apps.gateway.models import Route
+from apps.inventory.models import GPU, Node
+from apps.telemetry import exposition, live
 
 
 class PlainTextRenderer(BaseRenderer):
@@ -28,93 +30,99 @@ class PlainTextRenderer(BaseRenderer):
         return str(data.get("detail", data) if isinstance(data, dict) else data).encode()
 
 
-def _label(value) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
-
-
-def exposition(nodes, latest: dict[int, dict]) -> str:
-    lines: list[str] = []
-    states = [
-        f'hangar_node_up{{node="{_label(n.hostname)}",cluster="{_label(n.cluster.name)}",'
-        f'state="{n.state}"}} {1 if n.state in ("online", "degraded") else 0}'
-        for n in nodes
-    ]
-    lines += [
-        "# HELP hangar_node_up 1 when the node's agent reports, by state.",
-        "# TYPE hangar_node_up gauge",
-        *states,
-    ]
-    for metric in GPU_METRICS:
-        lines += [f"# TYPE hangar_gpu_{metric} gauge"]
-        for node in nodes:
-            for gpu in (latest.get(node.pk) or {}).get("gpus", ()):
-                value = gpu.get(metric)
-                if value is not None:
-                    lines.append(
-                        f'hangar_gpu_{metric}{{node="{_label(node.hostname)}",'
-                        f'gpu="{gpu["index"]}",uuid="{_label(gpu.get("uuid", ""))}"}} {value}'
-                    )
-    for metric in HOST_METRICS:
-        lines += [f"# TYPE hangar_host_{metric} gauge"]
-        for node in nodes:
-            value = ((latest.get(node.pk) or {}).get("host") or {}).get(metric)
-            if value is not None:
-                lines.append(f'hangar_host_{metric}{{node="{_label(node.hostname)}"}} {value}')
-    return "\n".join(lines) + "\n"
-
-
 @extend_schema(exclude=True)  # Prometheus text format, not part of the JSON API
 @api_view(["GET"])
 @permission_classes([PolicyPermission])
 @renderer_classes([PlainTextRenderer])
 def prometheus_metrics(request):
-    """Scrape with an API token of a viewer (Prometheus `authorization` bearer)."""
-    nodes = list(restrict(Node.objects.select_related("cluster"), request.user, "telemetry.view"))
-    body = exposition(nodes, live.latest_samples([n.pk for n in nodes]))
-    alerts = restrict(Alert.objects.all(), request.user, "alerts.view")
-    body += "# HELP hangar_alerts_firing Firing (incl. acknowledged) alerts.\n"
-    body += "# TYPE hangar_alerts_firing gauge\n" + "".join(
-        f'hangar_alerts_firing{{severity="{severity}",rule="{_label(rule)}"}} {count}\n'
-        for severity, rule, count in firing_counts(alerts)
+    """Scrape with an API token of a viewer (Prometheus `authorization` bearer).
+
+    `?names=hangar|dcgm|both` picks the GPU families' names for this scrape
+    (default HANGAR_METRICS_GPU_NAMES); docs/metrics.md lists every family."""
+    names = request.GET.get("names", settings.METRICS_GPU_NAMES)
+    if names not in exposition.NAME_SCHEMES:
+        return HttpResponse(
+            _("names must be one of: %(choices)s.")
+            % {"choices": ", ".join(exposition.NAME_SCHEMES)},
+            status=400,
+            content_type="text/plain; charset=utf-8",
+        )
+    user = request.user
+    nodes = list(restrict(Node.objects.select_related("cluster"), user, "telemetry.view"))
+    latest = live.latest_samples([n.pk for n in nodes])
+    gpus = {
+        (g.node_id, g.index): {"name": g.name, "pci_bus_id": g.pci_bus_id}
+        for g in GPU.objects.filter(node__in=nodes)
+    }
+    out = exposition.Exposition()
+    exposition.node_and_gpu_families(out, nodes, latest, gpus, names)
+    exposition.worker_families(out, _worker_rows(user, nodes, latest))
+    alerts = restrict(Alert.objects.all(), user, "alerts.view")
+    out.family(
+        "hangar_alerts_firing",
+        "gauge",
+        "Firing (incl. acknowledged) alerts, by severity and rule.",
+        (
+            (exposition.labels(severity=severity, rule=rule), count)
+            for severity, rule, count in firing_counts(alerts)
+        ),
     )
-    deployments = restrict(
-        Deployment.objects.select_related("cluster"), request.user, "deployments.view"
+    numbers = traffic.current_numbers()
+    deployments = restrict(Deployment.objects.select_related("cluster"), user, "deployments.view")
+    exposition.traffic_families(
+        out,
+        "deployment",
+        [
+            (
+                {"deployment": d.name, "id": d.pk, "cluster": d.cluster.name},
+                numbers["deployments"][key],
+            )
+            for d in deployments
+            if (key := str(d.pk)) in numbers["deployments"]
+        ],
     )
-    body += deployment_exposition(deployments, traffic.current_numbers()["deployments"])
-    return HttpResponse(body, content_type="text/plain; version=0.0.4")
+    routes = restrict(Route.objects.all(), user, "gateway.view").values_list("name", flat=True)
+    exposition.traffic_families(
+        out,
+        "route",
+        [
+            ({"route": name}, numbers["routes"][name])
+            for name in routes
+            if name in numbers["routes"]
+        ],
+    )
+    return HttpResponse(out.text(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-# (name, help, field of apps/gateway/traffic.py's numbers, factor: ms -> s)
-DEPLOYMENT_GAUGES = (
-    ("requests_per_second", "Requests/s through the gateways.", "requests_per_s", 1),
-    ("http_5xx_ratio", "Share of requests answered with a 5xx status.", "http_5xx_rate", 1),
-    ("http_4xx_ratio", "Share of requests answered with a 4xx status.", "http_4xx_rate", 1),
-    ("latency_p50_seconds", "Median time to the whole answer.", "latency_p50_ms", 0.001),
-    ("latency_p95_seconds", "95th percentile time to the whole answer.", "latency_p95_ms", 0.001),
-    ("latency_p99_seconds", "99th percentile time to the whole answer.", "latency_p99_ms", 0.001),
-    ("first_token_p50_seconds", "Median time to a stream's first chunk.", "ttft_p50_ms", 0.001),
-    ("first_token_p99_seconds", "99th percentile time to first chunk.", "ttft_p99_ms", 0.001),
-    ("tokens_per_second", "Prompt and completion tokens/s.", "tokens_per_s", 1),
-    ("in_flight", "Requests in flight now.", "in_flight", 1),
-)
-
-
-def deployment_exposition(deployments, numbers: dict[str, dict]) -> str:
-    """hangar_deployment_* gauges: the gateways' latest window (a few seconds) per deployment."""
-    rows = [(d, numbers[str(d.pk)]) for d in deployments if str(d.pk) in numbers]
-    lines: list[str] = []
-    for name, help_text, field, factor in DEPLOYMENT_GAUGES:
-        lines += [f"# HELP hangar_deployment_{name} {help_text}"]
-        lines += [f"# TYPE hangar_deployment_{name} gauge"]
-        for deployment, window in rows:
-            value = window.get(field)
-            if value is not None:
-                labels = (
-                    f'deployment="{_label(deployment.name)}",id="{deployment.pk}",'
-                    f'cluster="{_label(deployment.cluster.name)}"'
-                )
-                lines.append(f"hangar_deployment_{name}{{{labels}}} {value * factor:g}")
-    return "\n".join(lines) + "\n"
+def _worker_rows(user, nodes, latest: dict[int, dict]) -> list[tuple[dict, dict]]:
+    """Each worker of a deployment the user may see, on a node they may see: its state
+    and availability from the database, and its agent's latest measurements."""
+    reported = {
+        w["worker_id"]: w
+        for node in nodes
+        for w in (latest.get(node.pk) or {}).get("workers") or ()
+    }
+    visible = restrict(Deployment.objects.all(), user, "deployments.view")
+    workers = (
+        Worker.objects.filter(deployment__in=visible, node__in=nodes)
+        .exclude(state=WorkerState.STOPPED)
+        .select_related("deployment", "node")
+        .order_by("deployment_id", "slot", "pk")
+    )
+    rows = []
+    for w in workers:
+        numbers = dict(reported.get(w.pk) or {})
+        numbers["state"] = w.state
+        if w.availability is not None:
+            numbers["availability"] = w.availability
+        lbl = {
+            "node": w.node.hostname,
+            "worker": w.pk,
+            "deployment": w.deployment.name,
+            "deployment_id": w.deployment_id,
+        }
+        rows.append((lbl, numbers))
+    return rows
 
 
 prometheus_metrics.cls.policy = {"get": "telemetry.view"}

@@ -290,6 +290,7 @@ TRANSLATORS = {
 ENGLISH_ON_PURPOSE = {
     ("alerts/notify.py", "DeliveryFailed"): "the Celery worker stores it as the delivery's "
     "last_error, an operational record written outside any request, like a log line",
+    ("alerts/robots.py", "ValueError"): "a programming guard: only robot receivers reach it",
     ("audit/models.py", "AuditImmutable"): "a programming guard: audit rows never change",
     ("core/backup.py", "BackupError"): "the one-line error of manage.py backup and restore, "
     "which run outside any request and its language, like the commands' own errors",

@@ -44,6 +44,7 @@ def test_the_openai_client_reaches_a_reference_deployment_of_a_fresh_make_run(tm
             "HANGAR_GATEWAY_BIND": f"127.0.0.1:{processes.free_port()}",
             "HANGAR_GATEWAY_ADMIN_BIND": f"127.0.0.1:{processes.free_port()}",
             "HANGAR_MODEL_ROOTS": str(models),
+            "HANGAR_DEMO": "false",  # the newcomer's own route, not the first-run demo's
             "PATH": f"{processes.BIN}{os.pathsep}{env['PATH']}",
             "PYTHONUNBUFFERED": "1",
         }

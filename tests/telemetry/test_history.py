@@ -52,7 +52,7 @@ def test_prometheus_exports_latest_gauges_to_a_token_holder_only(client, make_us
     response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert response.status_code == 200
     text = response.content.decode()
-    assert 'hangar_gpu_temperature{node="prom-1",gpu="0",uuid="GPU-test-0"} 77' in text
+    assert 'hangar_gpu_temperature_celsius{node="prom-1",gpu="0",uuid="GPU-test-0"} 77' in text
     assert 'hangar_node_up{node="prom-1",cluster="campus-a",state="online"} 1' in text
 
 

@@ -29,6 +29,7 @@ class ReceiverSerializer(serializers.ModelSerializer):
             "secret",
             "has_secret",
             "emails",
+            "language",
             "enabled",
             "created_at",
             "failing",
@@ -54,10 +55,22 @@ class ReceiverSerializer(serializers.ModelSerializer):
         kind = attrs.get("kind", getattr(self.instance, "kind", None))
         url = attrs.get("url", getattr(self.instance, "url", ""))
         emails = attrs.get("emails", getattr(self.instance, "emails", []))
-        if kind == Receiver.Kind.WEBHOOK and not url:
-            raise serializers.ValidationError({"url": _("A webhook receiver needs a URL.")})
-        if kind == Receiver.Kind.WEBHOOK and not url.startswith(("http://", "https://")):
+        if kind in Receiver.URL_KINDS and not url:
+            raise serializers.ValidationError(
+                {"url": _("A %(kind)s receiver needs its webhook URL.") % {"kind": kind}}
+            )
+        if kind in Receiver.URL_KINDS and not url.startswith(("http://", "https://")):
             raise serializers.ValidationError({"url": _("Use an http:// or https:// URL.")})
+        secret = attrs.get("secret", getattr(self.instance, "secret", ""))
+        if kind == Receiver.Kind.WECOM and secret:
+            raise serializers.ValidationError(
+                {
+                    "secret": _(
+                        "WeCom group robots do not sign messages: the key in the webhook URL "
+                        "is the credential. Leave the secret empty."
+                    )
+                }
+            )
         if kind == Receiver.Kind.EMAIL and not emails:
             raise serializers.ValidationError(
                 {"emails": _("An e-mail receiver needs at least one address.")}

@@ -123,8 +123,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError(_("replicas must be between 1 and 64."))
         return value
 
-    def validate_port(self, value: int) -> int:
-        if not 1024 <= value <= 65000:
+    def validate_port(self, value: int | None) -> int | None:
+        if value is not None and not 1024 <= value <= 65000:
             raise serializers.ValidationError(_("Use a port between 1024 and 65000."))
         return value
 

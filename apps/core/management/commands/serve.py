@@ -2,7 +2,10 @@
 
 Migrates, creates the first administrator, starts an embedded Redis when none
 answers, enrolls an agent for this machine, and hands over to supervisord with
-deploy/supervisord.conf. Ctrl-C reaches supervisord, which stops every program.
+deploy/supervisord.conf. Ctrl-C reaches supervisord, which stops every program;
+then the inference workers the local agent started are stopped too (they run in
+process groups of their own, to outlive restarts of the agent alone, which
+re-adopts them), and the command says which.
 supervisord rather than honcho: honcho stops everything when one process exits,
 so a killed agent would take the console down with it.
 """
@@ -13,6 +16,8 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
@@ -22,7 +27,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from agents.workers import leftovers
 from apps.accounts.services import ensure_initial_admin
+from apps.gateway import demo
 from apps.inventory.local import enroll_local_agent, local_gpu_flags
 
 
@@ -120,6 +127,9 @@ class Command(BaseCommand):
             )
 
         url = f"http://{settings.BIND_HOST}:{settings.BIND_PORT}/"
+        # The demo needs the local agent to run its worker; a first start without one
+        # leaves the choice to a later start.
+        make_demo = not no_agent and demo.decide_on_first_start(first_start=bool(password))
         if not no_agent:
             state_dir = Path(settings.DATA_DIR) / "agent"
             enroll_local_agent(state_dir, url.rstrip("/"))
@@ -152,4 +162,55 @@ class Command(BaseCommand):
         sys.stdout.flush()
         config = Path(settings.BASE_DIR) / "deploy" / "supervisord.conf"
         os.chdir(settings.BASE_DIR)
-        os.execve(supervisord, [supervisord, "-c", str(config)], env)
+        helpers = []
+        if make_demo:
+            self.stdout.write(
+                "First start: making a demo once the local node is online "
+                "(HANGAR_DEMO=false declines it on a first start)."
+            )
+            sys.stdout.flush()
+            demo_argv = ["manage.py", "demo", "install", "--wait", "180"]
+            helpers.append([sys.executable, *demo_argv, "--gateway-url", gateway])
+        elif demo.is_installed():
+            self.stdout.write(demo.snippets(demo.read_state(), gateway))
+            sys.stdout.flush()
+        code = run_in_foreground([supervisord, "-c", str(config)], env, helpers)
+        if not no_agent:
+            self.stop_workers(Path(settings.DATA_DIR) / "agent")
+        sys.exit(code)
+
+    def stop_workers(self, state_dir: Path) -> None:
+        """The agent is gone with supervisord; its workers would hold GPUs unwatched."""
+        running = leftovers.running_workers(state_dir)
+        if not running:
+            return
+        names = ", ".join(f"worker {w['worker_id']} (pid {w['pid']})" for w in running)
+        self.stdout.write(f"Stopping the inference workers the local agent started: {names}")
+        sys.stdout.flush()
+        stopped = leftovers.stop_all(state_dir)
+        self.stdout.write(
+            f"Stopped {len(stopped)} inference worker(s); the next `make run` starts "
+            "them again (their deployments still want them running)."
+        )
+
+
+def run_in_foreground(argv: list[str], env: dict[str, str], helpers: list[list[str]]) -> int:
+    """Run supervisord as our child and pass it the signals we get: a terminal's
+    Ctrl-C reaches both of us, a `kill` of this process only us. `helpers` run
+    beside it (the demo's installer) and end with it. Returns its exit code."""
+    child = subprocess.Popen(argv, env=env)
+    started = [subprocess.Popen(helper, env=env) for helper in helpers]
+
+    def forward(signum, _frame):
+        if child.poll() is None:
+            child.send_signal(signum)
+        for helper in started:
+            if helper.poll() is None:
+                helper.terminate()
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    code = child.wait()
+    for helper in started:
+        helper.wait()
+    return code
