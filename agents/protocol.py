@@ -257,7 +257,7 @@ def _gpu_facts(g: Any, i: int) -> dict[str, Any]:
 # --- samples -----------------------------------------------------------------
 
 _SAMPLE_REQUIRED = frozenset({"seq", "ts", "simulated", "gpus", "host", "faults"})
-_SAMPLE_KEYS = _SAMPLE_REQUIRED | {"coalesced", "workers"}
+_SAMPLE_KEYS = _SAMPLE_REQUIRED | {"coalesced", "workers", "health"}
 _GPU_SAMPLE_KEYS = frozenset(
     {
         "index",
@@ -303,6 +303,7 @@ def validate_sample(d: Any) -> dict[str, Any]:
         "workers": [
             validate_worker_metrics(w, f"sample.workers[{i}]") for i, w in enumerate(workers)
         ],
+        **({"health": validate_health(d["health"])} if "health" in d else {}),
     }
 
 
@@ -340,6 +341,103 @@ def _gpu_sample(g: Any, i: int) -> dict[str, Any]:
         "xid_errors": _integer(g["xid_errors"], f"{where}.xid_errors", 0, _COUNTER_MAX),
         "fault": fault,
     }
+
+
+# --- GPU health (docs/health.md): present in a sample only when it was read ---
+
+HEALTH_COUNTERS = (
+    "ecc_volatile_corrected",
+    "ecc_volatile_uncorrected",
+    "ecc_aggregate_corrected",
+    "ecc_aggregate_uncorrected",
+    "retired_pages_single_bit",
+    "retired_pages_double_bit",
+    "remapped_rows_correctable",
+    "remapped_rows_uncorrectable",
+    "pcie_replay_counter",
+)
+HEALTH_FLAGS = (
+    "persistence_mode",
+    "ecc_mode",
+    "retired_pages_pending",
+    "remapped_rows_pending",
+    "remapped_rows_failure",
+)
+HEALTH_LINK_FIELDS = (
+    "pcie_link_gen",
+    "pcie_link_gen_max",
+    "pcie_link_width",
+    "pcie_link_width_max",
+)
+NVLINK_COUNTER_NAMES = ("replay", "recovery", "crc_flit", "crc_data")
+MAX_NVLINKS = 18
+MAX_XIDS = 64
+_HEALTH_KEYS = frozenset(
+    {
+        "index",
+        "uuid",
+        *HEALTH_COUNTERS,
+        *HEALTH_FLAGS,
+        *HEALTH_LINK_FIELDS,
+        "throttle_reasons",
+        "nvlink",
+        "xids",
+        "unsupported",
+        "failed",
+    }
+)
+_NVLINK_KEYS = frozenset({"link", "active", *NVLINK_COUNTER_NAMES})
+
+
+def validate_health(value: Any) -> list[dict[str, Any]]:
+    entries = [_gpu_health(h, i) for i, h in enumerate(_list(value, "sample.health", MAX_GPUS))]
+    _unique_indexes(entries, "sample.health")
+    return entries
+
+
+def _gpu_health(h: Any, i: int) -> dict[str, Any]:
+    where = f"sample.health[{i}]"
+    h = _require_dict(h, where)
+    _check_keys(h, _HEALTH_KEYS, _HEALTH_KEYS, where)
+    out: dict[str, Any] = {
+        "index": _integer(h["index"], f"{where}.index", 0, MAX_GPUS - 1, nullable=False),
+        "uuid": _text(h["uuid"], f"{where}.uuid", nullable=True, max_len=96),
+    }
+    for key in HEALTH_COUNTERS:
+        out[key] = _integer(h[key], f"{where}.{key}", 0, _COUNTER_MAX)
+    for key in HEALTH_FLAGS:
+        out[key] = _boolean(h[key], f"{where}.{key}", nullable=True)
+    for key in HEALTH_LINK_FIELDS:
+        out[key] = _integer(h[key], f"{where}.{key}", 0, 64)
+    reasons = h["throttle_reasons"]
+    if reasons is not None:
+        reasons = _list(reasons, f"{where}.throttle_reasons", len(THROTTLE_REASONS))
+        for reason in reasons:
+            if reason not in THROTTLE_REASONS:
+                raise ProtocolError(f"{where}.throttle_reasons has unknown reason {reason!r}")
+        reasons = list(reasons)
+    out["throttle_reasons"] = reasons
+    links = []
+    for j, link in enumerate(_list(h["nvlink"], f"{where}.nvlink", MAX_NVLINKS)):
+        lw = f"{where}.nvlink[{j}]"
+        link = _require_dict(link, lw)
+        _check_keys(link, _NVLINK_KEYS, _NVLINK_KEYS, lw)
+        entry = {
+            "link": _integer(link["link"], f"{lw}.link", 0, MAX_NVLINKS - 1, nullable=False),
+            "active": _boolean(link["active"], f"{lw}.active", nullable=True),
+        }
+        for name in NVLINK_COUNTER_NAMES:
+            entry[name] = _integer(link[name], f"{lw}.{name}", 0, _COUNTER_MAX)
+        links.append(entry)
+    out["nvlink"] = links
+    xids = _list(h["xids"], f"{where}.xids", MAX_XIDS)
+    out["xids"] = [
+        _integer(x, f"{where}.xids[{k}]", 0, 2**31, nullable=False) for k, x in enumerate(xids)
+    ]
+    for key in ("unsupported", "failed"):
+        items = _list(h[key], f"{where}.{key}", 128)
+        out[key] = [_text(item, f"{where}.{key}[{k}]", max_len=200) for k, item in enumerate(items)]
+    return out
 
 
 def _host(h: Any) -> dict[str, Any]:
