@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from apps.accounts.api.views import MeView
 from apps.accounts.permissions import public_view
 from apps.core import views as core
-from apps.inventory.api.views import EnrollAgentView
+from apps.inventory.api.views import EnrollAgentView, HealthPolicyView
 from apps.telemetry.views import prometheus_metrics
 from console.api import router
 
@@ -18,6 +18,7 @@ api_v1 = [
     path("", core.ApiRootView.as_view(), name="api-root"),
     path("me/", MeView.as_view(), name="me"),
     path("agent/enroll/", EnrollAgentView.as_view(), name="agent-enroll"),
+    path("health-policy/", HealthPolicyView.as_view(), name="health-policy"),
     *router.urls,
 ]
 

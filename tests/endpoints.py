@@ -144,6 +144,15 @@ ENDPOINTS: list[Endpoint] = [
       kind="object", scoped=True, view=INVENTORY_VIEW),
     E("GET", "/api/v1/gpus/", INVENTORY_VIEW, 200),
     E("GET", "/api/v1/gpus/{gpu}/", INVENTORY_VIEW, 200, kind="object", scoped=True),
+    E("POST", "/api/v1/gpus/{gpu}/cordon/", "inventory.change", 200, kind="object",
+      scoped=True, view=INVENTORY_VIEW, body={"reason": "fan swap"}),
+    E("POST", "/api/v1/gpus/{gpu}/uncordon/", "inventory.change", 200, kind="object",
+      scoped=True, view=INVENTORY_VIEW),
+    E("GET", "/api/v1/health-policy/", INVENTORY_VIEW, 200),
+    E("PUT", "/api/v1/health-policy/", "settings.manage", 200,
+      body={"critical_xids": [48, 79, 95], "stop_workers_when_unhealthy": True}),
+    E("PATCH", "/api/v1/health-policy/", "settings.manage", 200,
+      body={"degrade_on_link_gen_below_max": True}),
     E("GET", "/api/v1/enrollment-tokens/", "inventory.enroll", 200),
     E("POST", "/api/v1/enrollment-tokens/", "inventory.enroll", 201, kind="create",
       scoped=True, body={"cluster": "{cluster}", "hours": 1}),
@@ -161,6 +170,10 @@ ENDPOINTS: list[Endpoint] = [
       view=INVENTORY_VIEW, page=True),
     E("POST", "/nodes/{node}/undrain/", "inventory.change", 302, kind="object", scoped=True,
       view=INVENTORY_VIEW, page=True),
+    E("POST", "/nodes/{node}/gpus/0/cordon/", "inventory.change", 302, kind="object",
+      scoped=True, view=INVENTORY_VIEW, page=True),
+    E("POST", "/nodes/{node}/gpus/0/uncordon/", "inventory.change", 302, kind="object",
+      scoped=True, view=INVENTORY_VIEW, page=True),
     E("POST", "/nodes/{node}/retire/", "inventory.enroll", 302, kind="object", scoped=True,
       view=INVENTORY_VIEW, page=True),
     E("POST", "/nodes/{node}/revoke-credential/", "inventory.enroll", 302, kind="object",
@@ -523,7 +536,10 @@ def build_world(caller) -> World:
         # Draining, so that both drain and undrain are valid transitions.
         node = Node.objects.create(cluster=cluster, hostname=hostname, state=NodeState.DRAINING)
         world.nodes[place] = node
-        world.gpus[place] = GPU.objects.create(node=node, index=0, name="H100")
+        # Cordoned, so that both cordon and uncordon are valid (the node drains anyway).
+        world.gpus[place] = GPU.objects.create(
+            node=node, index=0, name="H100", cordoned=True, cordon_reason="matrix"
+        )
         world.etokens[place], _secret = create_enrollment_token(cluster, None, 1)
     world.person = get_user_model().objects.create_user("person", password=STRONG_PASSWORD)
     world.binding = RoleBinding.objects.create(role="viewer", user=world.person)

@@ -7,6 +7,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.core.i18n import lazy_message
 from apps.deployments.models import DesiredState, Worker
+from apps.inventory.health import takes_work
 from apps.inventory.models import GPU, Cluster, Node, NodeState
 from apps.telemetry import live
 
@@ -87,6 +88,20 @@ def place_pinned(cluster, placement: dict, slots: list[int], held) -> dict[int, 
                     gpus=str(sorted(set(gpus) - known)),
                 )
             )
+        refused = sorted(
+            g.index for g in GPU.objects.filter(node=node, index__in=gpus) if not takes_work(g)
+        )
+        if refused:
+            raise PlacementError(
+                lazy_message(
+                    _(
+                        "GPUs %(gpus)s of %(node)s are cordoned or unhealthy and take no new "
+                        "work; pin other GPUs or uncordon them."
+                    ),
+                    gpus=str(refused),
+                    node=str(node),
+                )
+            )
         if set(gpus) & held.get(node.pk, set()):
             raise PlacementError(
                 lazy_message(
@@ -115,6 +130,7 @@ def place_auto(cluster, placement: dict, slots: list[int], held) -> dict[int, tu
             for gpu in node.gpus.all()
             if gpu.index not in held.get(node.pk, set())
             and gpu.state == GPU.State.OK
+            and takes_work(gpu)
             and _free_bytes(readings.get(gpu.index), gpu) >= min_free
         ]
     chosen = {}

@@ -15,13 +15,15 @@ from apps.accounts.policy import PUBLIC, can, can_globally
 from apps.audit import recorder
 from apps.audit.middleware import client_address
 from apps.core.viewsets import HangarViewSet
-from apps.inventory import broker, commands, services
+from apps.inventory import broker, commands, health, services
 from apps.inventory.api.serializers import (
     ClusterSerializer,
+    CordonSerializer,
     EnrollmentTokenCreatedSerializer,
     EnrollmentTokenSerializer,
     EnrollRequestSerializer,
     GPUSerializer,
+    HealthPolicySerializer,
     NodeSerializer,
 )
 from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState
@@ -207,7 +209,26 @@ class GPUViewSet(*CRUD, HangarViewSet):
 
     queryset = GPU.objects.select_related("node")
     serializer_class = GPUSerializer
-    policy = dict(VIEW)
+    policy = {**VIEW, "cordon": "inventory.change", "uncordon": "inventory.change"}
+
+    @extend_schema(request=CordonSerializer, responses=GPUSerializer)
+    @action(detail=True, methods=["post"])
+    def cordon(self, request, pk=None):
+        """Take this GPU out of placement (maintenance); its workers keep running."""
+        gpu = self.get_object()
+        body = CordonSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        health.cordon_gpu(gpu, body.validated_data["reason"] or f"cordoned by {request.user}")
+        return Response(GPUSerializer(gpu).data)
+
+    @extend_schema(request=None, responses=GPUSerializer)
+    @action(detail=True, methods=["post"])
+    def uncordon(self, request, pk=None):
+        gpu = self.get_object()
+        if not gpu.cordoned:
+            raise serializers.ValidationError({"detail": _("The GPU is not cordoned.")})
+        health.uncordon_gpu(gpu)
+        return Response(GPUSerializer(gpu).data)
 
     def get_queryset(self):
         queryset = super().get_queryset()
@@ -313,3 +334,27 @@ def _int_param(params, name: str) -> int:
         return int(params[name])
     except ValueError:
         raise serializers.ValidationError({name: _("Give a numeric id.")}) from None
+
+
+class HealthPolicyView(APIView):
+    """The GPU health policy (docs/health.md): everyone who sees the inventory
+    may read it; admins change it."""
+
+    policy = {"get": "inventory.view", "put": "settings.manage", "patch": "settings.manage"}
+
+    @extend_schema(responses=HealthPolicySerializer)
+    def get(self, request):
+        return Response(HealthPolicySerializer(health.current_policy()).data)
+
+    @extend_schema(request=HealthPolicySerializer, responses=HealthPolicySerializer)
+    def put(self, request):
+        return self._change(request, partial=False)
+
+    @extend_schema(request=HealthPolicySerializer, responses=HealthPolicySerializer)
+    def patch(self, request):
+        return self._change(request, partial=True)
+
+    def _change(self, request, partial: bool):
+        body = HealthPolicySerializer(health.current_policy(), data=request.data, partial=partial)
+        body.is_valid(raise_exception=True)
+        return Response(HealthPolicySerializer(body.save()).data)
