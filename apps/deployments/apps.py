@@ -6,7 +6,5 @@ class DeploymentsConfig(AppConfig):
     label = "deployments"
 
     def ready(self) -> None:
-        from apps.deployments.services import on_gpu_health_changed
-        from apps.inventory.signals import gpu_health_changed
-
-        gpu_health_changed.connect(on_gpu_health_changed, dispatch_uid="deployments-gpu-health")
+        # The standard Django place to connect signal receivers (inventory's hooks).
+        from apps.deployments import receivers  # noqa: F401

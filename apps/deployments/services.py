@@ -435,11 +435,6 @@ def evacuate_gpu(gpu, reasons: list) -> list[str]:
     return operations
 
 
-def on_gpu_health_changed(sender, gpu, old_health, reasons, policy, **kwargs) -> None:
-    if gpu.health == "unhealthy" and policy.stop_workers_when_unhealthy:
-        evacuate_gpu(gpu, reasons)
-
-
 # --- reports from agents -------------------------------------------------------------
 
 # Text and JSON columns store "nothing" as empty rather than null.
