@@ -18,6 +18,7 @@ from apps.telemetry.ingest import NodeIngest
 from tests.agents.agent_helpers import FIXTURES
 from tests.deployments.conftest import make_node, queued_commands, ready_version
 from tests.deployments.test_deployments_api import deploy
+from tests.telemetry.conftest import enrolled  # noqa: F401  (a fixture)
 
 NOW = 1.8e9
 
@@ -315,3 +316,33 @@ def test_a_viewer_reads_the_policy_but_cannot_change_it(make_user, client_for):
     viewer = client_for(make_user("vera", "viewer"))
     assert viewer.get("/api/v1/health-policy/").json()["critical_xids"] == [48, 79]
     assert viewer.patch("/api/v1/health-policy/", {}, format="json").status_code == 403
+
+
+# --- end to end: an agent's health read over the real websocket ---------------------------
+
+
+def test_a_health_read_streamed_by_an_agent_marks_the_gpu_unhealthy(
+    daphne,
+    enrolled,  # noqa: F811
+    reads,
+):
+    from apps.inventory.models import Node, NodeState
+    from tests.support.processes import wait_for
+    from tests.telemetry.conftest import FACTS, AgentSocket, sample
+
+    node, credential = enrolled
+    agent = AgentSocket(daphne.url, credential)
+    agent.send({"type": "hello", "protocol": 1, "agent_version": "1", "facts": FACTS})
+    wait_for(lambda: Node.objects.get(pk=node.pk).state == NodeState.ONLINE, what="online")
+    faulty = copy.deepcopy(reads)
+    faulty[0]["xids"] = [79]
+    with_health = sample(1)
+    with_health["health"] = faulty
+    agent.send({"type": "telemetry", "sample": with_health})
+    gpu = GPU.objects.filter(node=node, index=0)
+    wait_for(lambda: gpu.get().health == "unhealthy", what="GPU 0 unhealthy")
+    assert gpu.get().cordoned
+    assert GPU.objects.get(node=node, index=1).health == "healthy"
+    agent.send({"type": "telemetry", "sample": sample(2)})  # no health: nothing re-judged
+    agent.close()
+    assert gpu.get().health == "unhealthy"
