@@ -762,6 +762,8 @@ def validate_command_answer(verb: str, d: Any) -> Any:
         }
     if verb == "collect_facts":
         return validate_facts(d)
+    if verb == "preflight":
+        return validate_preflight(d)
     d = _require_dict(d, where)
     _check_keys(d, _ANSWER_REQUIRED, _ANSWER_KEYS, where)
     answer: dict[str, Any] = {
@@ -786,3 +788,43 @@ def validate_command_answer(verb: str, d: Any) -> Any:
             validate_worker_status(w, f"{where}.workers[{i}]") for i, w in enumerate(workers)
         ]
     return answer
+
+
+# --- preflight (docs/health.md) --------------------------------------------------
+
+PREFLIGHT_STATUSES = frozenset({"pass", "warn", "fail", "skip"})
+MAX_PREFLIGHT_RESULTS = 256
+_PREFLIGHT_KEYS = frozenset({"started_at", "finished_at", "results"})
+_PREFLIGHT_RESULT_KEYS = frozenset({"check", "subject", "status", "value", "advice"})
+
+
+def validate_preflight(d: Any) -> dict[str, Any]:
+    where = "answer to preflight"
+    d = _require_dict(d, where)
+    _check_keys(d, _PREFLIGHT_KEYS, _PREFLIGHT_KEYS, where)
+    results = []
+    for i, r in enumerate(_list(d["results"], f"{where}.results", MAX_PREFLIGHT_RESULTS)):
+        rw = f"{where}.results[{i}]"
+        r = _require_dict(r, rw)
+        _check_keys(r, _PREFLIGHT_RESULT_KEYS, _PREFLIGHT_RESULT_KEYS, rw)
+        if r["status"] not in PREFLIGHT_STATUSES:
+            raise ProtocolError(f"{rw}.status must be one of {sorted(PREFLIGHT_STATUSES)}")
+        value = r["value"]
+        if value is not None and type(value) not in (bool, int, float, str):
+            raise ProtocolError(f"{rw}.value must be a number, text, true/false or null")
+        if type(value) is str:
+            value = _text(value, f"{rw}.value", max_len=200)
+        results.append(
+            {
+                "check": _text(r["check"], f"{rw}.check", max_len=64),
+                "subject": r["subject"] and _text(r["subject"], f"{rw}.subject", max_len=512),
+                "status": r["status"],
+                "value": value,
+                "advice": r["advice"] and _text(r["advice"], f"{rw}.advice", max_len=200),
+            }
+        )
+    return {
+        "started_at": _number(d["started_at"], f"{where}.started_at", _TS_MIN, _TS_MAX, False),
+        "finished_at": _number(d["finished_at"], f"{where}.finished_at", _TS_MIN, _TS_MAX, False),
+        "results": results,
+    }

@@ -239,6 +239,8 @@ GATEWAY_KEY_MAX_DAYS = config.integer("GATEWAY_KEY_MAX_DAYS", 365, minimum=1)
 WORKER_DRAIN_SECONDS = config.integer("WORKER_DRAIN_SECONDS", 10, minimum=0)
 # Directories (local or shared storage: NFS, CephFS, Lustre) model files may live under.
 MODEL_ROOTS = config.listing("MODEL_ROOTS", ["/srv/models"])
+# The CUDA version (as "12.4") node preflight requires of the driver; empty: not checked.
+PREFLIGHT_MIN_CUDA = config.raw("PREFLIGHT_MIN_CUDA", "") or ""
 
 LOGGING = {
     "version": 1,

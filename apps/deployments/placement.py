@@ -9,6 +9,7 @@ from apps.core.i18n import lazy_message
 from apps.deployments.models import DesiredState, Worker
 from apps.inventory.health import takes_work
 from apps.inventory.models import GPU, Cluster, Node, NodeState
+from apps.inventory.preflight import blocks_work
 from apps.telemetry import live
 
 GiB = 1024**3
@@ -78,6 +79,17 @@ def place_pinned(cluster, placement: dict, slots: list[int], held) -> dict[int, 
                     state=node.state,
                 )
             )
+        failed = blocks_work(node.pk)
+        if failed is not None:
+            raise PlacementError(
+                lazy_message(
+                    _(
+                        "%(node)s failed its preflight and takes no new work until an admin "
+                        "overrides it or a new preflight passes."
+                    ),
+                    node=str(node),
+                )
+            )
         gpus = target.get("gpus") or []
         known = set(GPU.objects.filter(node=node).values_list("index", flat=True))
         if not set(gpus) <= known:
@@ -121,6 +133,7 @@ def place_auto(cluster, placement: dict, slots: list[int], held) -> dict[int, tu
     nodes = list(
         Node.objects.filter(cluster=cluster, state=NodeState.ONLINE).prefetch_related("gpus")
     )
+    nodes = [n for n in nodes if blocks_work(n.pk) is None]
     latest = live.latest_samples([n.pk for n in nodes])
     free: dict[int, list[int]] = {}
     for node in nodes:

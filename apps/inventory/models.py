@@ -170,3 +170,43 @@ class HealthPolicy(models.Model):
 
     def __str__(self) -> str:
         return "GPU health policy"
+
+
+class PreflightRun(models.Model):
+    """One preflight of a node (agents/preflight.py): its checks as the agent measured them.
+
+    The latest run of a node blocks new work on it while it failed, until an
+    admin overrides it (docs/health.md)."""
+
+    class Status(models.TextChoices):
+        PASS = "pass"
+        WARN = "warn"
+        FAIL = "fail"
+        ERROR = "error"  # the agent did not answer: nothing was checked
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="preflight_runs")
+    requested_by = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices)
+    results = models.JSONField(default=list, blank=True)
+    error = models.CharField(max_length=500, blank=True, default="")
+    overridden_at = models.DateTimeField(null=True, blank=True)
+    overridden_by = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    override_reason = models.CharField(max_length=255, blank=True, default="")
+
+    policy_cluster_path = "node__cluster"
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"preflight of {self.node} at {self.started_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def policy_cluster_id(self) -> int | None:
+        return self.node.cluster_id

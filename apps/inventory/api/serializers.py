@@ -6,7 +6,14 @@ from rest_framework import serializers
 from apps.inventory import health as services_health
 from apps.inventory import services
 from apps.inventory.health import POLICY_FIELDS, describe_reasons
-from apps.inventory.models import GPU, Cluster, EnrollmentToken, HealthPolicy, Node
+from apps.inventory.models import (
+    GPU,
+    Cluster,
+    EnrollmentToken,
+    HealthPolicy,
+    Node,
+    PreflightRun,
+)
 
 LABEL_KEY_MAX = 63
 
@@ -182,3 +189,29 @@ class EnrollRequestSerializer(serializers.Serializer):
     token = serializers.CharField(max_length=200)
     hostname = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$", max_length=253)
     facts = serializers.DictField(required=False, default=dict)
+
+
+class PreflightRunSerializer(serializers.ModelSerializer):
+    requested_by = serializers.StringRelatedField()
+    overridden_by = serializers.StringRelatedField()
+
+    class Meta:
+        model = PreflightRun
+        fields = [
+            "id",
+            "node",
+            "requested_by",
+            "started_at",
+            "finished_at",
+            "status",
+            "results",
+            "error",
+            "overridden_at",
+            "overridden_by",
+            "override_reason",
+        ]
+        read_only_fields = fields
+
+
+class OverrideSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=255)

@@ -15,7 +15,7 @@ from apps.accounts.policy import PUBLIC, can, can_globally
 from apps.audit import recorder
 from apps.audit.middleware import client_address
 from apps.core.viewsets import HangarViewSet
-from apps.inventory import broker, commands, health, services
+from apps.inventory import broker, commands, health, preflight, services
 from apps.inventory.api.serializers import (
     ClusterSerializer,
     CordonSerializer,
@@ -25,6 +25,8 @@ from apps.inventory.api.serializers import (
     GPUSerializer,
     HealthPolicySerializer,
     NodeSerializer,
+    OverrideSerializer,
+    PreflightRunSerializer,
 )
 from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState
 from apps.telemetry.history import metric_history
@@ -77,6 +79,9 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
         "metrics": "telemetry.view",
         "ping": "inventory.view",
         "collect_facts": "inventory.change",
+        "preflight": "inventory.change",
+        "preflight_runs": "inventory.view",
+        "preflight_override": "inventory.change",
     }
 
     def get_queryset(self):
@@ -189,6 +194,40 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
         services.apply_facts(node, facts)
         recorder.describe(target=node, changes=recorder.diff(before, recorder.snapshot(node)))
         return Response(NodeSerializer(node).data)
+
+    @extend_schema(request=None, responses=PreflightRunSerializer)
+    @action(detail=True, methods=["post"])
+    def preflight(self, request, pk=None):
+        """Run the node's preflight checks now (up to a minute) and keep the run."""
+        run = preflight.run_preflight(self.get_object(), request.user)
+        code = status.HTTP_504_GATEWAY_TIMEOUT if run.status == "error" else status.HTTP_200_OK
+        return Response(PreflightRunSerializer(run).data, status=code)
+
+    @extend_schema(responses=PreflightRunSerializer(many=True))
+    @action(detail=True, methods=["get"], url_path="preflight-runs")
+    def preflight_runs(self, request, pk=None):
+        """The node's preflight runs, newest first (the last 50)."""
+        runs = self.get_object().preflight_runs.select_related("requested_by", "overridden_by")
+        return Response(PreflightRunSerializer(runs[:50], many=True).data)
+
+    @extend_schema(request=OverrideSerializer, responses=PreflightRunSerializer)
+    @action(detail=True, methods=["post"], url_path="preflight-override")
+    def preflight_override(self, request, pk=None):
+        """Let work onto a node whose latest preflight failed; the reason is audited."""
+        node = self.get_object()
+        body = OverrideSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            run = preflight.override_preflight(node, request.user, body.validated_data["reason"])
+        except preflight.PreflightNotOverridable:
+            raise serializers.ValidationError(
+                {
+                    "detail": _(
+                        "The node's latest preflight did not fail; there is nothing to override."
+                    )
+                }
+            ) from None
+        return Response(PreflightRunSerializer(run).data)
 
     @extend_schema(
         parameters=[
