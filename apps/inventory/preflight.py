@@ -61,7 +61,7 @@ def run_preflight(node: Node, user=None) -> PreflightRun:
             status=overall(answer["results"]),
             results=answer["results"],
         )
-    changes = {"preflight_run": run.pk, "status": run.status, "error": run.error}
+    changes = {"preflight_run": run.pk, "result": run.status, "error": run.error}
     if user is not None:
         recorder.describe(target=node, changes=changes)
     else:
