@@ -24,12 +24,19 @@ class GpuSource(Protocol):
     def close(self) -> None: ...
 
 
-def open_source(simulate: int = 0, seed: int | None = None) -> GpuSource:
-    """The simulated source when `simulate` > 0, else real NVML."""
+def open_source(
+    simulate: int = 0, seed: int | None = None, accelerator: str = "nvidia"
+) -> GpuSource:
+    """The simulated source when `simulate` > 0, else the vendor's real one
+    (agents/accelerators.py): NVML for "nvidia", `npu-smi` for "ascend"."""
     if simulate:
         from agents.simulate import SimulatedSource
 
         return SimulatedSource(simulate, seed=seed)
+    if accelerator == "ascend":
+        from agents.accelerators import AscendSource
+
+        return AscendSource()
     from agents.nvml import NvmlSource
 
     return NvmlSource()
