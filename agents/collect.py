@@ -64,6 +64,7 @@ class Collector:
     def facts(self) -> dict[str, Any]:
         gpu_facts = self.source.facts()
         facts = {**host.facts(), **gpu_facts, "simulated": self.source.simulated}
+        facts["accelerator"] = getattr(self.source, "vendor", "nvidia")
         if self.worker_host:
             facts["worker_host"] = self.worker_host
         return facts

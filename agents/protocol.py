@@ -197,7 +197,9 @@ _FACTS_KEYS = frozenset(
 )
 # Optional: where this agent's workers listen (`--worker-host`), so the gateway knows
 # how to reach them. Agents before the gateway don't send it.
-_FACTS_OPTIONAL = frozenset({"worker_host"})
+_FACTS_OPTIONAL = frozenset({"worker_host", "accelerator"})
+# Whose devices the agent reads (agents/accelerators.py); absent means NVIDIA.
+ACCELERATORS = frozenset({"nvidia", "ascend"})
 _GPU_FACT_REQUIRED = frozenset({"index", "uuid"})
 _GPU_FACT_KEYS = frozenset(
     {"index", "uuid", "name", "memory_total", "pci_bus_id", "power_limit", "mig_mode"}
@@ -223,6 +225,10 @@ def validate_facts(d: Any) -> dict[str, Any]:
         if not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
             raise ProtocolError(f"facts.worker_host = {host!r} is not an address or host name")
         optional["worker_host"] = host
+    if "accelerator" in d:
+        if d["accelerator"] not in ACCELERATORS:
+            raise ProtocolError(f"facts.accelerator must be one of {sorted(ACCELERATORS)}")
+        optional["accelerator"] = d["accelerator"]
     return {
         **optional,
         "hostname": _text(d["hostname"], "facts.hostname", max_len=253),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils.translation import gettext_lazy as _
 
+from agents.accelerators import VENDORS
 from apps.core.i18n import lazy_message
 from apps.deployments.models import DesiredState, Worker
 from apps.inventory.health import takes_work
@@ -46,7 +47,15 @@ def gpus_in_use(deployment=None, slots=()) -> dict[int, set[int]]:
     return held
 
 
-def place_pinned(cluster, placement: dict, slots: list[int], held) -> dict[int, tuple[Node, list]]:
+def runs_engine(node: Node, engine: str | None) -> bool:
+    """Does `engine` run on this node's accelerators (agents/accelerators.py)?"""
+    vendor = VENDORS.get(node.accelerator)
+    return engine is None or vendor is None or engine in vendor.engines
+
+
+def place_pinned(
+    cluster, placement: dict, slots: list[int], held, engine: str | None = None
+) -> dict[int, tuple[Node, list]]:
     targets = placement.get("targets") or []
     if len(targets) < max(slots) + 1:
         raise PlacementError(
@@ -77,6 +86,15 @@ def place_pinned(cluster, placement: dict, slots: list[int], held) -> dict[int, 
                     _("%(node)s is %(state)s and takes no new work; pin another node."),
                     node=str(node),
                     state=node.state,
+                )
+            )
+        if not runs_engine(node, engine):
+            raise PlacementError(
+                lazy_message(
+                    _("%(engine)s does not run on %(node)s's %(vendor)s accelerators."),
+                    engine=engine,
+                    node=str(node),
+                    vendor=node.accelerator,
                 )
             )
         failed = blocks_work(node.pk)
@@ -127,13 +145,15 @@ def place_pinned(cluster, placement: dict, slots: list[int], held) -> dict[int, 
     return chosen
 
 
-def place_auto(cluster, placement: dict, slots: list[int], held) -> dict[int, tuple[Node, list]]:
+def place_auto(
+    cluster, placement: dict, slots: list[int], held, engine: str | None = None
+) -> dict[int, tuple[Node, list]]:
     per_replica = int(placement.get("gpus_per_replica", 1))
     min_free = float(placement.get("min_free_gib", 0)) * GiB
     nodes = list(
         Node.objects.filter(cluster=cluster, state=NodeState.ONLINE).prefetch_related("gpus")
     )
-    nodes = [n for n in nodes if blocks_work(n.pk) is None]
+    nodes = [n for n in nodes if blocks_work(n.pk) is None and runs_engine(n, engine)]
     latest = live.latest_samples([n.pk for n in nodes])
     free: dict[int, list[int]] = {}
     for node in nodes:
@@ -190,7 +210,9 @@ def place(deployment, slots: list[int]) -> dict[int, tuple[Node, list]]:
     held = gpus_in_use(deployment, slots)
     mode = deployment.placement.get("mode")
     if mode == "pinned":
-        return place_pinned(deployment.cluster, deployment.placement, slots, held)
+        return place_pinned(
+            deployment.cluster, deployment.placement, slots, held, deployment.engine
+        )
     if mode == "auto":
-        return place_auto(deployment.cluster, deployment.placement, slots, held)
+        return place_auto(deployment.cluster, deployment.placement, slots, held, deployment.engine)
     raise PlacementError(_("placement.mode must be 'pinned' or 'auto'."))

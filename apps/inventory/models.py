@@ -53,6 +53,8 @@ class Node(models.Model):
     memory_total = models.BigIntegerField(null=True, blank=True)
     agent_version = models.CharField(max_length=64, blank=True, default="")
     simulated = models.BooleanField(default=False)
+    # Whose devices the agent reads: "nvidia" or "ascend" (agents/accelerators.py).
+    accelerator = models.CharField(max_length=16, default="nvidia")
     last_seen = models.DateTimeField(null=True, blank=True)
     credential_hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
     credential_revoked_at = models.DateTimeField(null=True, blank=True)

@@ -346,3 +346,28 @@ def test_a_health_read_streamed_by_an_agent_marks_the_gpu_unhealthy(
     agent.send({"type": "telemetry", "sample": sample(2)})  # no health: nothing re-judged
     agent.close()
     assert gpu.get().health == "unhealthy"
+
+
+# --- accelerators: the vendor is shown and placement knows which engines run on it ----------
+
+
+def test_an_ascend_node_takes_no_engine_its_vendor_does_not_run(
+    node, admin_api, cluster, client, admin_user
+):
+    from apps.inventory.models import Node
+
+    Node.objects.filter(pk=node.pk).update(accelerator="ascend")
+    version = ready_version()
+    refused = deploy(admin_api, cluster, version, node, replicas=1, engine="sglang")
+    assert refused.status_code == 400
+    assert "sglang does not run on gpu-h's ascend accelerators" in refused.json()["detail"]
+    auto = {"mode": "auto", "gpus_per_replica": 1}
+    assert (
+        deploy(
+            admin_api, cluster, version, node, 1, engine="sglang", placement=auto, name="b"
+        ).status_code
+        == 400
+    )
+    assert deploy(admin_api, cluster, version, node, replicas=1, name="c").status_code == 201
+    client.force_login(admin_user)
+    assert 'id="node-accelerator">ascend<' in client.get(f"/nodes/{node.pk}/").content.decode()

@@ -107,6 +107,7 @@ class NodeSerializer(serializers.ModelSerializer):
             "memory_total",
             "agent_version",
             "simulated",
+            "accelerator",
             "last_seen",
             "enrolled_at",
             "credential_revoked",
