@@ -7,8 +7,9 @@ environment variable pins a worker's devices and which engines run on it.
 
 Only the NVIDIA path has run on real hardware. The Ascend parser is tested
 against `npu-smi info` output from public issue reports
-(tests/agents/fixtures/ascend/SOURCES.md) and has never run on an Ascend card.
-AMD (amdsmi) and Hygon DCU (hy-smi) are not built: see docs/health.md.
+(tests/agents/fixtures/ascend/SOURCES.md), the AMD source against amdsmi
+answers from public reports (tests/agents/fixtures/amd/amdsmi_answers.json);
+neither has run on such a card. Hygon DCU (hy-smi) is not built.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ VENDORS = {
     "ascend": Vendor(
         "ascend", "ASCEND_RT_VISIBLE_DEVICES", frozenset({"vllm", "generic", "reference"})
     ),
+    # vLLM's ROCm build. HIP_VISIBLE_DEVICES only: ROCR_VISIBLE_DEVICES is applied
+    # first and HIP's indexes count within what it left, so setting both to the
+    # same list would pin the wrong devices for any list but 0..n-1.
+    "amd": Vendor("amd", "HIP_VISIBLE_DEVICES", frozenset({"vllm", "generic", "reference"})),
 }
 
 
@@ -184,3 +189,86 @@ class AscendSource:
 
     def close(self) -> None:
         pass
+
+
+# --- AMD: the amdsmi Python library ---------------------------------------------------
+
+
+def _percent(value: Any) -> float | None:
+    """amdsmi answers "N/A" where a GPU has no such counter (e.g. in a VM guest)."""
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class AmdSource:
+    """GPU source for AMD GPUs through amdsmi. Reads only the fields whose shape
+    is sourced: name and bus id (facts), GFX and memory-controller activity
+    (sample). Memory, power and temperature stay null until a capture on real
+    hardware shows their units (amdsmi's power units differ between MI200 and
+    MI300, and its own docs were corrected on them)."""
+
+    simulated = False
+    vendor = "amd"
+
+    def __init__(self, amdsmi: Any = None) -> None:
+        if amdsmi is None:
+            import amdsmi  # only on AMD hosts; imported here so others need no ROCm
+        self._smi = amdsmi
+        self._smi.amdsmi_init()
+        self._handles = list(self._smi.amdsmi_get_processor_handles())
+
+    def _call(self, fn: str, handle: Any) -> Any:
+        try:
+            return getattr(self._smi, fn)(handle)
+        except Exception as exc:  # AmdSmiLibraryException and friends
+            return {"amdsmi_error": str(exc)[:200]}
+
+    def facts(self) -> dict[str, Any]:
+        gpus = []
+        for index, handle in enumerate(self._handles):
+            asic = self._call("amdsmi_get_gpu_asic_info", handle)
+            bdf = self._call("amdsmi_get_gpu_device_bdf", handle)
+            bdf = bdf if isinstance(bdf, str) else None
+            gpus.append(
+                {
+                    "index": index,
+                    # The bus id names the slot; amdsmi's UUID format was not sourced.
+                    "uuid": f"amd-{bdf}" if bdf else f"amd-{index}",
+                    "name": asic.get("market_name") if "amdsmi_error" not in asic else None,
+                    "memory_total": None,
+                    "pci_bus_id": bdf,
+                    "power_limit": None,
+                    "mig_mode": False,
+                }
+            )
+        return {"driver_version": None, "cuda_version": None, "gpus": gpus}
+
+    def sample(self) -> tuple[list[dict[str, Any]], list[str]]:
+        gpus, faults = [], []
+        for gpu in self.facts()["gpus"]:
+            activity = self._call("amdsmi_get_gpu_activity", self._handles[gpu["index"]])
+            fault = activity.get("amdsmi_error")
+            gpus.append(
+                {
+                    "index": gpu["index"],
+                    "uuid": gpu["uuid"],
+                    "temperature": None,
+                    "utilization_gpu": _percent(activity.get("gfx_activity")),
+                    "utilization_memory": _percent(activity.get("umc_activity")),
+                    "memory_used": None,
+                    "memory_total": None,
+                    "power_draw": None,
+                    "power_limit": None,
+                    "sm_clock": None,
+                    "fan": None,
+                    "throttle_reasons": [],
+                    "ecc_errors": None,
+                    "xid_errors": None,
+                    "fault": fault,
+                }
+            )
+            if fault:
+                faults.append(f"gpu {gpu['index']}: {fault}")
+        return gpus, faults
+
+    def close(self) -> None:
+        self._smi.amdsmi_shut_down()

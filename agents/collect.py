@@ -28,7 +28,7 @@ def open_source(
     simulate: int = 0, seed: int | None = None, accelerator: str = "nvidia"
 ) -> GpuSource:
     """The simulated source when `simulate` > 0, else the vendor's real one
-    (agents/accelerators.py): NVML for "nvidia", `npu-smi` for "ascend"."""
+    (agents/accelerators.py): NVML for "nvidia", `npu-smi` for "ascend", amdsmi for "amd"."""
     if simulate:
         from agents.simulate import SimulatedSource
 
@@ -37,6 +37,10 @@ def open_source(
         from agents.accelerators import AscendSource
 
         return AscendSource()
+    if accelerator == "amd":
+        from agents.accelerators import AmdSource
+
+        return AmdSource()
     from agents.nvml import NvmlSource
 
     return NvmlSource()

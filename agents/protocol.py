@@ -199,7 +199,7 @@ _FACTS_KEYS = frozenset(
 # how to reach them. Agents before the gateway don't send it.
 _FACTS_OPTIONAL = frozenset({"worker_host", "accelerator"})
 # Whose devices the agent reads (agents/accelerators.py); absent means NVIDIA.
-ACCELERATORS = frozenset({"nvidia", "ascend"})
+ACCELERATORS = frozenset({"nvidia", "ascend", "amd"})
 _GPU_FACT_REQUIRED = frozenset({"index", "uuid"})
 _GPU_FACT_KEYS = frozenset(
     {"index", "uuid", "name", "memory_total", "pci_bus_id", "power_limit", "mig_mode"}

@@ -6,9 +6,13 @@ tests/agents/fixtures/ascend/SOURCES.md.
 
 from __future__ import annotations
 
+import json
+import types
+
 from agents.accelerators import (
     NPU_SMI_INFO,
     VENDORS,
+    AmdSource,
     AscendSource,
     ascend_facts,
     parse_npu_smi_info,
@@ -89,3 +93,64 @@ def test_each_vendor_pins_workers_with_its_own_variable():
     assert pin_environment("nvidia", [0, 3]) == {"CUDA_VISIBLE_DEVICES": "0,3"}
     assert pin_environment("ascend", [1]) == {"ASCEND_RT_VISIBLE_DEVICES": "1"}
     assert "sglang" in VENDORS["nvidia"].engines and "sglang" not in VENDORS["ascend"].engines
+
+
+# --- AMD through amdsmi, replaying answers from public reports ---------------------------
+
+
+class _AmdSmiError(Exception):
+    pass
+
+
+def replay_amdsmi(machine: str):
+    """An amdsmi stand-in answering, for one GPU, what the named report printed;
+    a call the report did not show raises, as amdsmi does for what it cannot read."""
+    answers = json.loads((FIXTURES / "amd" / "amdsmi_answers.json").read_text())
+    known = answers["machines"][machine]
+
+    def call(name):
+        def answer(handle):
+            if name not in known:
+                raise _AmdSmiError(f"{name}: not in the sourced report")
+            return known[name]
+
+        return answer
+
+    names = ("amdsmi_get_gpu_asic_info", "amdsmi_get_gpu_device_bdf", "amdsmi_get_gpu_activity")
+    return types.SimpleNamespace(
+        amdsmi_init=lambda: None,
+        amdsmi_shut_down=lambda: None,
+        amdsmi_get_processor_handles=lambda: ["gpu0"],
+        **{name: call(name) for name in names},
+    )
+
+
+def test_an_mi350x_is_named_by_its_market_name_and_bus_id():
+    facts = AmdSource(replay_amdsmi("mi350x")).facts()
+    validate_facts({**host_facts(), **facts, "simulated": False, "accelerator": "amd"})
+    (gpu,) = facts["gpus"]
+    assert (gpu["name"], gpu["pci_bus_id"], gpu["uuid"]) == (
+        "AMD Instinct MI350X",
+        "0000:05:00.0",
+        "amd-0000:05:00.0",
+    )
+
+
+def test_a_w7700_s_activity_becomes_utilization_and_unsourced_fields_stay_null():
+    collector = Collector(AmdSource(replay_amdsmi("w7700")))
+    sample = validate_sample(collector.sweep())
+    (gpu,) = sample["gpus"]
+    assert (gpu["utilization_gpu"], gpu["utilization_memory"]) == (42, 1)
+    assert gpu["memory_total"] is None and gpu["power_draw"] is None
+    assert collector.facts()["accelerator"] == "amd"
+
+
+def test_an_amdsmi_error_on_activity_is_a_gpu_fault():
+    source = AmdSource(replay_amdsmi("mi350x"))  # this report shows no activity
+    gpus, faults = source.sample()
+    assert gpus[0]["utilization_gpu"] is None
+    assert faults == ["gpu 0: amdsmi_get_gpu_activity: not in the sourced report"]
+
+
+def test_amd_workers_are_pinned_with_hip_visible_devices_only():
+    assert pin_environment("amd", [2, 3]) == {"HIP_VISIBLE_DEVICES": "2,3"}
