@@ -154,3 +154,9 @@ def test_an_amdsmi_error_on_activity_is_a_gpu_fault():
 
 def test_amd_workers_are_pinned_with_hip_visible_devices_only():
     assert pin_environment("amd", [2, 3]) == {"HIP_VISIBLE_DEVICES": "2,3"}
+
+
+def test_the_cli_offers_every_vendor_the_agent_knows():
+    from agents.cli import ACCELERATOR_CHOICES
+
+    assert set(ACCELERATOR_CHOICES) == set(VENDORS)
