@@ -25,6 +25,9 @@ REDIS_URL = config.redis_url()
 # Served behind TLS (a reverse proxy or Daphne with a certificate): cookies get the
 # Secure flag and plain HTTP is redirected. Off for the loopback quick start.
 HTTPS = config.boolean("HTTPS", False)
+# Reverse proxies (nginx: deploy/nginx/hangar.conf) whose X-Forwarded-For and
+# X-Forwarded-Proto are believed; nobody by default (apps/core/forwarded.py).
+TRUSTED_PROXIES = config.networks("TRUSTED_PROXIES")
 
 INSTALLED_APPS = [
     "daphne",
@@ -136,6 +139,8 @@ SECURE_HSTS_PRELOAD = False
 # HSTS preload binds the whole parent domain for years; a campus appliance must not
 # decide that for its university, so the preload check is silenced on purpose.
 SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# The ASGI wrapper (console/asgi.py) removes X-Forwarded-Proto from any peer that is
+# not a trusted proxy, so this header is only ever the trusted proxy's word.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -203,6 +208,8 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-alerts": {"task": "alerts.sweep", "schedule": 5.0},
     "publish-gateway-snapshot": {"task": "gateway.publish_snapshot", "schedule": 5.0},
     "judge-gateway-traffic": {"task": "gateway.judge_traffic", "schedule": 5.0},
+    "flush-gateway-usage": {"task": "gateway.flush_usage", "schedule": 10.0},
+    "account-gateway-energy": {"task": "gateway.account_energy", "schedule": 60.0},
 }
 
 # Domain settings (docs/configuration.md).

@@ -10,7 +10,7 @@ from django.utils.translation import gettext as _
 
 from apps.accounts import lockout
 from apps.accounts.permissions import requires
-from apps.accounts.policy import AUTHENTICATED, PUBLIC
+from apps.accounts.policy import AUTHENTICATED, PUBLIC, can
 from apps.audit import recorder
 from apps.audit.middleware import client_address
 
@@ -71,6 +71,10 @@ def login_view(request):
     lockout.note_login_success(username, address)
     auth.login(request, user)
     recorder.describe(target=user, changes={"backend": user.backend.rsplit(".", 1)[-1]})
+    if context["next"] == "/" and not can(user, "inventory.view"):
+        # The dashboard is the inventory's: someone who only uses the gateway (the
+        # consumer role, or no role) starts at their keys.
+        return redirect("my-keys")
     return redirect(context["next"])
 
 

@@ -33,6 +33,10 @@ DEPLOYMENT_METRICS = (
     "ttft_p99_ms",
     "tokens_per_s",
     "in_flight",
+    # The gateways' fair-share queue (apps/gateway/proxy/fairshare.py).
+    "queue_length",
+    "queue_wait_p50_ms",
+    "queue_wait_p99_ms",
 )
 
 

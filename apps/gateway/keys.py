@@ -52,8 +52,13 @@ def create_consumer_key(
     all_routes: bool = False,
     source_networks: list[str] | None = None,
     created_by=None,
+    project=None,
+    approved: bool = True,
 ) -> tuple[ConsumerKey, str]:
-    """Make a key; returns it and the full key, which is never shown again."""
+    """Make a key; returns it and the full key, which is never shown again.
+
+    `approved=False` makes a key that works only once approved (`approve_consumer_key`).
+    """
     if not 1 <= days <= settings.GATEWAY_KEY_MAX_DAYS:
         raise KeyRefused(
             lazy_message(
@@ -74,6 +79,9 @@ def create_consumer_key(
         source_networks=clean_networks(source_networks or []),
         expires_at=timezone.now() + timedelta(days=days),
         created_by=created_by,
+        project=project,
+        approved_at=timezone.now() if approved else None,
+        approved_by=created_by if approved else None,
     )
     key.routes.set(routes)
     recorder.describe(
@@ -86,6 +94,8 @@ def create_consumer_key(
                 "routes": "all" if all_routes else sorted(r.name for r in routes),
                 "source_networks": key.source_networks,
                 "expires_at": key.expires_at.isoformat(),
+                "project": project.name if project else None,
+                "approved": approved,
             }
         },
     )
@@ -101,3 +111,15 @@ def revoke_consumer_key(key: ConsumerKey) -> None:
         recorder.describe(target=key, changes={"revoked": True})
         # A filtered UPDATE sends no post_save: tell the gateways here.
         snapshot.publish_on_commit()
+
+
+def approve_consumer_key(key: ConsumerKey, by) -> bool:
+    """Let a pending key work; False when it was not pending (approved, revoked or expired)."""
+    updated = ConsumerKey.objects.filter(
+        pk=key.pk, approved_at__isnull=True, revoked_at__isnull=True
+    ).update(approved_at=timezone.now(), approved_by=by)
+    key.refresh_from_db(fields=["approved_at", "approved_by"])
+    if updated:
+        recorder.describe(target=key, changes={"approved": True})
+        snapshot.publish_on_commit()
+    return bool(updated)

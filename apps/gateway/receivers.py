@@ -9,7 +9,7 @@ from django.dispatch import receiver
 from apps.deployments.models import Deployment, Worker
 from apps.deployments.signals import worker_leaving, worker_state_changed
 from apps.gateway import snapshot
-from apps.gateway.models import ConsumerKey, Route, RouteTarget, ServiceAccount
+from apps.gateway.models import ConsumerKey, Limit, Project, Route, RouteTarget, ServiceAccount
 from apps.inventory.models import Node
 from apps.inventory.signals import node_state_changed
 
@@ -33,7 +33,7 @@ def _changed(sender, update_fields) -> bool:
 @receiver(post_save)
 @receiver(post_delete)
 def republish(sender, update_fields=None, **kwargs) -> None:
-    gateway_models = (Route, RouteTarget, ConsumerKey, ServiceAccount)
+    gateway_models = (Route, RouteTarget, ConsumerKey, ServiceAccount, Project, Limit)
     if sender in gateway_models or (sender in RELEVANT_FIELDS and _changed(sender, update_fields)):
         snapshot.publish_on_commit()
 

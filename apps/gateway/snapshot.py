@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 
 from apps.deployments.models import DesiredState, Worker, WorkerState
-from apps.gateway.models import ConsumerKey, Route
+from apps.gateway.models import ConsumerKey, Limit, Project, Route
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,10 @@ def build() -> dict:
                 "node": worker.node_id,
             }
         )
+    projects = {
+        str(p.pk): {"name": p.name, "weight": p.weight}
+        for p in Project.objects.filter(is_active=True)
+    }
     keys = {}
     for key in (
         ConsumerKey.objects.usable()
@@ -109,6 +113,8 @@ def build() -> dict:
         owner_active = key.user.is_active if key.user_id else key.service_account.is_active
         if not owner_active:
             continue
+        if key.project_id is not None and str(key.project_id) not in projects:
+            continue  # a deactivated project's keys stop with it
         keys[key.key_hash] = {
             "id": key.pk,
             "name": key.name,
@@ -117,8 +123,24 @@ def build() -> dict:
             "routes": None if key.all_routes else sorted(r.name for r in key.routes.all()),
             "networks": key.source_networks,
             "expires": key.expires_at.timestamp(),
+            "user": key.user_id,
+            "service_account": key.service_account_id,
+            "project": key.project_id,
         }
     return {
+        "timezone": settings.TIME_ZONE,
+        "projects": projects,
+        "limits": [
+            {
+                "id": limit.pk,
+                "scope": limit.scope,
+                "subject": limit.key_id or limit.user_id or limit.project_id,
+                "route": limit.route.name if limit.route_id else None,
+                "values": limit.values(),
+            }
+            for limit in Limit.objects.select_related("route").order_by("pk")
+            if limit.values()
+        ],
         "routes": {
             route.name: {
                 "targets": [

@@ -218,6 +218,37 @@ def windows(
     return deployments, routes, longest
 
 
+def queue_numbers(reports: dict[str, dict], last: dict[str, dict]) -> dict[str, dict]:
+    """Per deployment: requests waiting now (all processes), and the wait's p50/p99 over
+    the window, from each process's queue-wait histogram (fairshare.py)."""
+    out: dict[str, dict] = {}
+    for reporter, report in reports.items():
+        buckets = list(report.get("buckets") or ())
+        before = (last.get(reporter) or {}).get("queues") or {}
+        for deployment, queue in (report.get("queues") or {}).items():
+            entry = out.setdefault(
+                deployment,
+                {"buckets": buckets, "queue_length": 0, "counts": [0] * (len(buckets) + 1)},
+            )
+            entry["queue_length"] += int(queue.get("waiting") or 0)
+            now_counts = list((queue.get("wait") or {}).get("counts") or ())
+            old_counts = list(
+                ((before.get(deployment) or {}).get("wait") or {}).get("counts") or ()
+            )
+            old_counts = (old_counts + [0] * len(now_counts))[: len(now_counts)]
+            delta = [a - b for a, b in zip(now_counts, old_counts, strict=True)]
+            if any(n < 0 for n in delta):  # the process restarted: all it counted is new
+                delta = now_counts
+            for i, n in enumerate(delta[: len(entry["counts"])]):
+                entry["counts"][i] += n
+    for entry in out.values():
+        counts = entry.pop("counts")
+        entry["queue_wait_p50_ms"] = _ms(quantile(0.50, entry["buckets"], counts))
+        entry["queue_wait_p99_ms"] = _ms(quantile(0.99, entry["buckets"], counts))
+        entry["queued_requests"] = sum(counts)
+    return out
+
+
 # --- the beat task's work ------------------------------------------------------------------
 
 
@@ -236,6 +267,12 @@ def judge_traffic(redis=None) -> dict:
         "deployments": {k: w.numbers(seconds) for k, w in per_deployment.items()},
         "routes": {k: w.numbers(seconds) for k, w in per_route.items()},
     }
+    for deployment, queue in queue_numbers(reports, last).items():
+        numbers = current["deployments"].setdefault(
+            deployment, Window(queue.pop("buckets")).numbers(seconds)
+        )
+        queue.pop("buckets", None)
+        numbers.update(queue)
     redis.set(CURRENT_KEY, json.dumps(current), ex=CURRENT_TTL_S)
     ids = [int(k) for k in current["deployments"] if k.isdigit()]
     known = list(Deployment.objects.filter(pk__in=ids).only("pk", "name", "cluster_id"))

@@ -102,6 +102,8 @@ document.addEventListener("hangar:traffic", (event) => {
   setText(trafficPanel, "ttft_p99_ms", number(t.ttft_p99_ms, 1, " ms"));
   setText(trafficPanel, "tokens_per_s", number(t.tokens_per_s, 1, ""));
   setText(trafficPanel, "in_flight", String(t.in_flight));
+  setText(trafficPanel, "queue_length", String(t.queue_length == null ? 0 : t.queue_length));
+  setText(trafficPanel, "queue_wait_p99_ms", number(t.queue_wait_p99_ms, 1, " ms"));
   trafficPanel.dataset.live = "yes";
 });
 

@@ -92,6 +92,9 @@ AIM_ADDED_P99_MS = 5.0
 AIM_CHUNK_P99_MS = 5.0
 AIM_STREAMS = 1000
 AIM_RATE = 1000.0
+# Limits on (issue 13): three limits per request cost at most this much.
+AIM_LIMITS_RPS_RATIO = 0.90
+AIM_LIMITS_ADDED_P50_MS = 0.5
 KEPT_UP = 0.98
 REQUEST = {"model": ROUTE, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
 SERVER_MODULE = "apps.gateway.proxy.server"
@@ -515,14 +518,20 @@ class World:
     admin_port: int
     key: str
     generation: int
+    limited_key: str = ""
 
-    def targets(self) -> list[Target]:
+    def targets(self, limits: bool = True) -> list[Target]:
         port, secret = self.workers[0]
         path = "/v1/chat/completions"
-        return [
+        targets = [
             Target("direct", f"http://127.0.0.1:{port}{path}", secret),
             Target("gateway", f"http://127.0.0.1:{self.gateway_port}{path}", self.key),
         ]
+        if limits and self.limited_key:
+            # The same gateway, a key with three limits (each far above the load).
+            url = f"http://127.0.0.1:{self.gateway_port}{path}"
+            targets.append(Target("gateway+limits", url, self.limited_key))
+        return targets
 
 
 @dataclass
@@ -624,7 +633,7 @@ def start_stub(args, env: dict, workdir: Path, workers: list[tuple[int, str]]) -
     return proc
 
 
-def create_world_rows(workers: list[tuple[int, str]]) -> str:
+def create_world_rows(workers: list[tuple[int, str]]) -> tuple[str, str]:
     """Cluster, node, deployment with ready workers, route and a consumer key; the raw key."""
     from django.contrib.auth import get_user_model
 
@@ -664,7 +673,18 @@ def create_world_rows(workers: list[tuple[int, str]]) -> str:
     RouteTarget.objects.create(route=route, deployment=deployment, weight=100)
     owner = get_user_model().objects.create_user("bench-student", password=secrets.token_hex(16))
     _key, raw = create_consumer_key(name="bench", days=1, user=owner, all_routes=True)
-    return raw
+    # Three limits on every request of the second key: its own requests per minute, its
+    # project's tokens per minute, and each member's concurrent requests.
+    from apps.gateway.models import Limit, Project
+
+    project = Project.objects.create(name="bench-dept")
+    limited, limited_raw = create_consumer_key(
+        name="bench limited", days=1, user=owner, all_routes=True, project=project
+    )
+    Limit.objects.create(scope="key", key=limited, requests_per_minute=10**9)
+    Limit.objects.create(scope="project", project=project, tokens_per_minute=10**15)
+    Limit.objects.create(scope="each-member", project=project, concurrent_requests=10**6)
+    return raw, limited_raw
 
 
 def start_gateway(args, env: dict, workdir: Path, generation: int):
@@ -952,6 +972,36 @@ def summarize(phases: list[Phase], args) -> dict:
                 and rate >= AIM_RATE,
             }
         )
+    limited = best.get("gateway+limits")
+    if limited is not None and "gateway" in best:
+        off, on = best["gateway"].result, limited.result
+        summary["limits"] = {
+            "max_rps_off": round(off["per_s"]),
+            "max_rps_on": round(on["per_s"]),
+            "ratio": round(on["per_s"] / off["per_s"], 3),
+            # CPU per request is steadier than throughput on a shared machine.
+            "gateway_cpu_ms_per_request_off": round(
+                1000 * best["gateway"].gateway_cpu_s / max(1, off["requests"]), 3
+            ),
+            "gateway_cpu_ms_per_request_on": round(
+                1000 * limited.gateway_cpu_s / max(1, on["requests"]), 3
+            ),
+            "added_p50_ms": [],
+        }
+        for rate in args.rates:
+            fixed = _pair(phases, "fixed-rate", offered_per_s=rate)
+            if {"gateway", "gateway+limits"} <= fixed.keys():
+                g, gl = fixed["gateway"].result, fixed["gateway+limits"].result
+                summary["limits"]["added_p50_ms"].append(
+                    {
+                        "offered_per_s": rate,
+                        "p50": round(gl["latency_ms"]["p50"] - g["latency_ms"]["p50"], 3),
+                        "p99": round(gl["latency_ms"]["p99"] - g["latency_ms"]["p99"], 3),
+                    }
+                )
+        summary["limits"]["met"] = summary["limits"]["ratio"] >= AIM_LIMITS_RPS_RATIO and all(
+            a["p50"] <= AIM_LIMITS_ADDED_P50_MS for a in summary["limits"]["added_p50_ms"]
+        )
     summary["streams"] = []
     for count in args.stream_counts:
         pair = _pair(phases, "streams", streams=count)
@@ -1056,6 +1106,20 @@ def verdicts(summary: dict) -> list[str]:
                 else ""
             )
         )
+    if lim := summary.get("limits"):
+        added = "; ".join(
+            f"at {a['offered_per_s']:,.0f} req/s p50 {a['p50']:+.2f} ms, p99 {a['p99']:+.2f} ms"
+            for a in lim["added_p50_ms"]
+        )
+        lines.append(
+            f"- Limits on (three limits per request, issue 13): {lim['max_rps_on']:,} req/s vs "
+            f"{lim['max_rps_off']:,} with limits off (ratio {lim['ratio']:.2f}; aim ≥ "
+            f"{AIM_LIMITS_RPS_RATIO:.2f}); added latency over limits off: {added or 'not run'} "
+            f"(aim p50 ≤ {AIM_LIMITS_ADDED_P50_MS:g} ms): "
+            f"**{'met' if lim['met'] else 'NOT met'}**. Gateway CPU per request "
+            f"{lim['gateway_cpu_ms_per_request_on']:.3f} ms with limits, "
+            f"{lim['gateway_cpu_ms_per_request_off']:.3f} ms without."
+        )
     for s in summary.get("streams", []):
         a = s["added_ms"]
         scale = "" if s["streams"] >= AIM_STREAMS else f" (scaled down from {AIM_STREAMS:,})"
@@ -1153,7 +1217,7 @@ def section(phases, summary, profile, args, command: str, took: float) -> str:
         " - generator",
         "(other users' processes, Redis, PostgreSQL).",
         "",
-        "Against the aims (issue 12):",
+        "Against the aims (issues 12 and 13):",
         "",
         *verdicts(summary),
     ]
@@ -1259,23 +1323,29 @@ def run_benchmark(args, workdir: Path) -> tuple[list[Phase], dict | None]:
         started.append(stub)
         if args.world:
             key, stored = saved["key"], saved["snapshot"]
+            limited_key = saved.get("limited_key", "")
             generation = json.loads(stored)["generation"]
             redis_client.set(SNAPSHOT_KEY, stored)
             redis_client.set(SNAPSHOT_KEY + ":generation-stored", generation)
             redis_client.set(SNAPSHOT_KEY + ":checked-at", time.time())
         else:
-            key = create_world_rows(workers)
+            key, limited_key = create_world_rows(workers)
             from apps.gateway import snapshot
 
             generation = snapshot.publish()
             if args.save_world:
                 stored = redis_client.get(SNAPSHOT_KEY).decode()
-                world_file = {"workers": workers, "key": key, "snapshot": stored}
+                world_file = {
+                    "workers": workers,
+                    "key": key,
+                    "limited_key": limited_key,
+                    "snapshot": stored,
+                }
                 args.save_world.write_text(json.dumps(world_file))
                 print(f"saved the world in {args.save_world}", flush=True)
         gateway, port, admin_port = start_gateway(args, env, workdir, generation)
         started.append(gateway)
-        world = World(stub, gateway, workers, port, admin_port, key, generation)
+        world = World(stub, gateway, workers, port, admin_port, key, generation, limited_key)
         check_world(world)
         phases: list[Phase] = []
         only = set(args.only or ("max-rps", "fixed-rate", "streams"))
@@ -1296,7 +1366,7 @@ def run_benchmark(args, workdir: Path) -> tuple[list[Phase], dict | None]:
                     done(fixed_rate(args, world, target, rate, workdir))
         if "streams" in only:
             for count in args.stream_counts:
-                for target in targets:
+                for target in world.targets(limits=False):
                     done(streaming(args, world, target, count, workdir))
         profile = profile_gateway(args, world, workdir) if args.profile else None
         if gateway.poll() is not None:

@@ -24,7 +24,32 @@ ZH_HANS = {
     "The model's worker did not answer in time.": "模型的工作进程未能及时响应。",
     "The gateway cannot confirm keys right now (its view is {age:.0f} s old).": "网关目前无法确认密钥（其数据已过期 {age:.0f} 秒）。",
     "The gateway has no routes yet; the console has not published them.": "网关尚无路由信息，控制台尚未发布。",
+    # limits (limits.py) and the queue (fairshare.py)
+    "Rate limit reached: {limit} requests per minute for {subject}. Try again in {reset}.": "已达到速率限制：{subject}每分钟最多 {limit} 个请求。请在 {reset} 后重试。",
+    "Rate limit reached: {limit} tokens per minute for {subject} ({used} used; this request may need {amount}). Try again in {reset}.": "已达到速率限制：{subject}每分钟最多 {limit} 个 token（已用 {used}，本请求可能需要 {amount}）。请在 {reset} 后重试。",
+    "Daily budget reached: {limit} tokens per day for {subject} ({used} used; this request may need {amount}). It resets at {reset_at}.": "已达到每日额度：{subject}每天最多 {limit} 个 token（已用 {used}，本请求可能需要 {amount}）。额度将于 {reset_at} 重置。",
+    "Weekly budget reached: {limit} tokens per week for {subject} ({used} used; this request may need {amount}). It resets at {reset_at}.": "已达到每周额度：{subject}每周最多 {limit} 个 token（已用 {used}，本请求可能需要 {amount}）。额度将于 {reset_at} 重置。",
+    "Too many requests at once: {limit} at a time for {subject}. Wait for one to finish.": "并发请求过多：{subject}最多同时 {limit} 个请求。请等待已有请求完成。",
+    "This request may need {amount} tokens, more than {subject} may use in a whole window ({limit}); lower max_tokens or shorten the prompt.": "本请求可能需要 {amount} 个 token，超过{subject}在一个周期内的上限（{limit}）；请减小 max_tokens 或缩短提示。",
+    "The model {model} is busy: the request waited {waited:.0f} s in the queue. Try again shortly.": "模型 {model} 繁忙：请求已在队列中等待 {waited:.0f} 秒。请稍后再试。",
+    "The model {model} is busy and its queue is full. Try again shortly.": "模型 {model} 繁忙，等待队列已满。请稍后再试。",
+    "The gateway cannot check this key's limits right now.": "网关目前无法检查此密钥的用量限制。",
 }
+
+# Who a limit holds, as the refusal names it.
+SUBJECTS = {
+    "key": ("this key", "此密钥"),
+    "user": ("your account", "您的账户"),
+    "project": ("project {project}", "项目 {project} "),
+    "each-member": ("each member of project {project}", "项目 {project} 的每位成员"),
+    "each-key": ("each key of project {project}", "项目 {project} 的每个密钥"),
+}
+
+
+def subject_text(request: web.Request, scope: str, project: str) -> str:
+    english, chinese = SUBJECTS[scope]
+    template = chinese if language(request) == "zh-hans" else english
+    return template.format(project=project)
 
 
 def language(request: web.Request) -> str:

@@ -28,8 +28,11 @@ class Metrics:
         self.tokens: dict[tuple[str, str, str], int] = defaultdict(int)
         self.refused: dict[tuple[str, str], int] = defaultdict(int)
         self.in_flight: dict[tuple[str, str], int] = defaultdict(int)
+        self.queue_wait: dict[str, Histogram] = defaultdict(Histogram)
         self.retries = 0
         self.cancelled = 0
+        self.limits_unchecked = 0
+        self.fair = None  # the FairShare, for the queue's length
         # Key id -> when this process last let it through (the console keeps it).
         self.key_used: dict[int, float] = {}
 
@@ -79,6 +82,39 @@ class Metrics:
         lines += ["# TYPE hangar_gateway_refused_total counter"]
         for (reason, prefix), n in sorted(self.refused.items()):
             lines.append(f'hangar_gateway_refused_total{{reason="{reason}",key="{prefix}"}} {n}')
+        lines += [
+            "# HELP hangar_gateway_queue_wait_seconds Time requests waited for a slot "
+            "(those that waited at all).",
+            "# TYPE hangar_gateway_queue_wait_seconds histogram",
+        ]
+        for deployment, hist in sorted(self.queue_wait.items()):
+            running = 0
+            for bound, count in zip((*BUCKETS, float("inf")), hist.counts, strict=True):
+                running += count
+                le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                lines.append(
+                    f'hangar_gateway_queue_wait_seconds_bucket{{deployment="{deployment}",'
+                    f'le="{le}"}} {running}'
+                )
+            lines.append(
+                f'hangar_gateway_queue_wait_seconds_sum{{deployment="{deployment}"}} {hist.sum:.6f}'
+            )
+            lines.append(
+                f'hangar_gateway_queue_wait_seconds_count{{deployment="{deployment}"}} {running}'
+            )
+        lines += [
+            "# HELP hangar_gateway_queued Requests waiting for a slot now.",
+            "# TYPE hangar_gateway_queued gauge",
+        ]
+        if self.fair is not None:
+            for deployment, state in sorted(self.fair.deployments.items()):
+                lines.append(f'hangar_gateway_queued{{deployment="{deployment}"}} {state.waiting}')
+        lines += [
+            "# HELP hangar_gateway_limits_unchecked_total Requests served without a limit "
+            "check because Redis could not be asked.",
+            "# TYPE hangar_gateway_limits_unchecked_total counter",
+            f"hangar_gateway_limits_unchecked_total {self.limits_unchecked}",
+        ]
         age = snapshot_age if snapshot_age != float("inf") else -1
         lines += [
             "# TYPE hangar_gateway_upstream_retries_total counter",
@@ -130,4 +166,20 @@ def export(metrics: Metrics) -> dict:
     for (route, deployment), n in metrics.in_flight.items():
         entry(route, deployment)["in_flight"] = n
     keys_used = {str(key): at for key, at in metrics.key_used.items()}
-    return {"buckets": list(BUCKETS), "entries": list(entries.values()), "keys_used": keys_used}
+    queues = {}
+    deployments = set(metrics.queue_wait)
+    if metrics.fair is not None:
+        deployments |= set(metrics.fair.deployments)
+    for deployment in deployments:
+        hist = metrics.queue_wait.get(deployment)
+        state = metrics.fair.deployments.get(deployment) if metrics.fair else None
+        queues[deployment] = {
+            "waiting": state.waiting if state else 0,
+            "wait": {"counts": list(hist.counts), "sum": hist.sum} if hist else None,
+        }
+    return {
+        "buckets": list(BUCKETS),
+        "entries": list(entries.values()),
+        "keys_used": keys_used,
+        "queues": queues,
+    }

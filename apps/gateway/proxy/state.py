@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from apps.gateway.proxy.config import GatewayConfig
+from apps.gateway.proxy.limits import Rule, subject_of
 
 log = logging.getLogger("hangar.gateway")
 
@@ -39,6 +40,17 @@ class Key:
     routes: frozenset | None  # None: every route
     networks: tuple
     expires: float
+    user: int | None = None
+    service_account: int | None = None
+    project: int | None = None
+    # Every limit that applies to this key, with its counter's subject (limits.py).
+    rules: tuple = ()
+    # The fair-share lane: the project, or the key alone when it has none.
+    lane: str = ""
+    weight: int = 100
+
+
+DEFAULT_WEIGHT = 100
 
 
 @dataclass
@@ -47,12 +59,31 @@ class Snapshot:
     routes: dict = field(default_factory=dict)
     deployments: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)
+    timezone: str = "UTC"
+    projects: dict = field(default_factory=dict)  # id (str) -> {"name", "weight"}
 
     @classmethod
     def parse(cls, raw: bytes) -> Snapshot:
         data = json.loads(raw)
-        keys = {
-            digest: Key(
+        projects = data.get("projects", {})
+        rules = [
+            Rule(
+                id=r["id"],
+                scope=r["scope"],
+                subject=r["subject"],
+                route=r["route"],
+                values=r["values"],
+            )
+            for r in data.get("limits", ())
+        ]
+        # Limits by whom they hold, so each key finds its own without a scan of all.
+        by_subject: dict[tuple[str, int], list[Rule]] = {}
+        for rule in rules:
+            kind = {"key": "k", "user": "u"}.get(rule.scope, "p")
+            by_subject.setdefault((kind, rule.subject), []).append(rule)
+        keys = {}
+        for digest, k in data["keys"].items():
+            key = Key(
                 id=k["id"],
                 name=k["name"],
                 prefix=k["prefix"],
@@ -60,14 +91,28 @@ class Snapshot:
                 routes=None if k["routes"] is None else frozenset(k["routes"]),
                 networks=tuple(ipaddress.ip_network(n) for n in k["networks"]),
                 expires=k["expires"],
+                user=k.get("user"),
+                service_account=k.get("service_account"),
+                project=k.get("project"),
             )
-            for digest, k in data["keys"].items()
-        }
+            candidates = by_subject.get(("k", key.id), []) + by_subject.get(("u", key.user), [])
+            candidates += by_subject.get(("p", key.project), [])
+            key.rules = tuple(
+                (rule, subject)
+                for rule in candidates
+                if (subject := subject_of(rule, key)) is not None
+            )
+            project = projects.get(str(key.project)) if key.project is not None else None
+            key.lane = f"p{key.project}" if project else f"k{key.id}"
+            key.weight = project["weight"] if project else DEFAULT_WEIGHT
+            keys[digest] = key
         return cls(
             generation=data["generation"],
             routes=data["routes"],
             deployments=data["deployments"],
             keys=keys,
+            timezone=data.get("timezone", "UTC"),
+            projects=projects,
         )
 
 
@@ -83,6 +128,10 @@ class View:
         self._redis = aioredis.Redis.from_url(
             config.redis_url, socket_connect_timeout=2, socket_timeout=5
         )
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
 
     # --- freshness --------------------------------------------------------------
 
@@ -171,7 +220,7 @@ class View:
                 self.confirmed_at = float(confirmed)
             self.redis_ok = True
             return True
-        except (aioredis.RedisError, OSError, ValueError) as exc:
+        except (aioredis.RedisError, OSError, ValueError, KeyError) as exc:
             if self.redis_ok:
                 log.warning("cannot refresh the snapshot from Redis: %s", exc)
             self.redis_ok = False
