@@ -76,13 +76,25 @@ def merge(older: Sample, newer: Sample) -> Sample:
     )
     for key in ("memory_used", "disk_used"):
         host[key] = _mean(older["host"][key], wa, newer["host"][key], wb, as_int=True)
-    return {
+    merged = {
         **newer,
         "gpus": gpus,
         "host": host,
         "faults": _union(older["faults"], newer["faults"])[:MAX_FAULTS],
         "coalesced": wa + wb - 1,
     }
+    health = _merge_health(older.get("health"), newer.get("health"))
+    if health is not None:
+        merged["health"] = health
+    return merged
+
+
+def _merge_health(older: list | None, newer: list | None) -> list | None:
+    """The newer health read, keeping the Xids of an older one it replaces."""
+    if older is None or newer is None:
+        return newer if older is None else older
+    older_xids = {h["index"]: h["xids"] for h in older}
+    return [{**h, "xids": [*older_xids.get(h["index"], []), *h["xids"]][:64]} for h in newer]
 
 
 class SampleBuffer:

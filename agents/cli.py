@@ -36,6 +36,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# agents/accelerators.py VENDORS; kept literal so --help needs no import.
+ACCELERATOR_CHOICES = ("nvidia", "ascend", "amd")
+
+
 def default_state_dir() -> Path:
     if os.environ.get("HANGAR_AGENT_STATE_DIR"):
         return Path(os.environ["HANGAR_AGENT_STATE_DIR"])
@@ -96,11 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--token", required=True, help="one-time enrollment token")
     enroll.add_argument("--state-dir", type=Path, help=state_help)
     enroll.add_argument("--simulate", type=_gpu_count, default=0, metavar="N", help=simulate_help)
+    accelerator_help = "whose devices to read: nvidia (NVML), ascend (npu-smi), amd (amdsmi)"
+    enroll.add_argument(
+        "--accelerator", choices=ACCELERATOR_CHOICES, default="nvidia", help=accelerator_help
+    )
 
     run = commands.add_parser("run", help="stream telemetry and take commands")
     run.add_argument("--state-dir", type=Path, help=state_help)
     run.add_argument("--interval", type=_interval, default=1.0, help="seconds between sweeps")
     run.add_argument("--simulate", type=_gpu_count, default=0, metavar="N", help=simulate_help)
+    run.add_argument(
+        "--accelerator", choices=ACCELERATOR_CHOICES, default="nvidia", help=accelerator_help
+    )
     run.add_argument("--no-celery", action="store_true", help="do not start the command worker")
     run.add_argument(
         "--model-root",
@@ -149,7 +160,9 @@ def _enroll(args: argparse.Namespace) -> int:
         check_console_url(args.console)
     except BadConsoleURL as exc:
         return _fail(f"error: {exc}", EXIT_USAGE)
-    collector = Collector(open_source(args.simulate, seed=simulation_seed()))
+    collector = Collector(
+        open_source(args.simulate, seed=simulation_seed(), accelerator=args.accelerator)
+    )
     try:
         facts = collector.facts()
     finally:
@@ -205,6 +218,7 @@ def _run(args: argparse.Namespace) -> int:
         host=args.worker_host,
         worker_ports=args.worker_ports,
         simulate=bool(args.simulate),
+        accelerator=args.accelerator,
     )
     try:
         supervisor = Supervisor(args.state_dir, config, on_status=feed.post).start()
@@ -218,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         control = None
     feed.snapshot = supervisor.statuses
     collector = Collector(
-        open_source(args.simulate, seed=simulation_seed()),
+        open_source(args.simulate, seed=simulation_seed(), accelerator=args.accelerator),
         workers_metrics=supervisor.metrics,
         worker_host=args.worker_host,
     )

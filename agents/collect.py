@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 from agents import host, protocol
 
+HEALTH_INTERVAL_S = 10.0
+
 log = logging.getLogger("hangar.agent")
 
 
@@ -22,12 +24,23 @@ class GpuSource(Protocol):
     def close(self) -> None: ...
 
 
-def open_source(simulate: int = 0, seed: int | None = None) -> GpuSource:
-    """The simulated source when `simulate` > 0, else real NVML."""
+def open_source(
+    simulate: int = 0, seed: int | None = None, accelerator: str = "nvidia"
+) -> GpuSource:
+    """The simulated source when `simulate` > 0, else the vendor's real one
+    (agents/accelerators.py): NVML for "nvidia", `npu-smi` for "ascend", amdsmi for "amd"."""
     if simulate:
         from agents.simulate import SimulatedSource
 
         return SimulatedSource(simulate, seed=seed)
+    if accelerator == "ascend":
+        from agents.accelerators import AscendSource
+
+        return AscendSource()
+    if accelerator == "amd":
+        from agents.accelerators import AmdSource
+
+        return AmdSource()
     from agents.nvml import NvmlSource
 
     return NvmlSource()
@@ -39,6 +52,7 @@ class Collector:
         source: GpuSource,
         workers_metrics: Callable[[], list[dict[str, Any]]] | None = None,
         worker_host: str | None = None,
+        health_interval_s: float = HEALTH_INTERVAL_S,
     ) -> None:
         self.source = source
         self.worker_host = worker_host
@@ -46,10 +60,15 @@ class Collector:
         self.workers_metrics = workers_metrics
         self.host = host.HostSampler()
         self.seq = 0
+        # Health fields (agents/health.py) are read on their own, slower schedule;
+        # a source without them (the simulator) is asked nothing.
+        self.health_interval_s = health_interval_s
+        self._health_at = -health_interval_s
 
     def facts(self) -> dict[str, Any]:
         gpu_facts = self.source.facts()
         facts = {**host.facts(), **gpu_facts, "simulated": self.source.simulated}
+        facts["accelerator"] = getattr(self.source, "vendor", "nvidia")
         if self.worker_host:
             facts["worker_host"] = self.worker_host
         return facts
@@ -73,6 +92,9 @@ class Collector:
         }
         if self.workers_metrics is not None:
             sample["workers"] = self._workers()
+        health = self._health()
+        if health is not None:
+            sample["health"] = health
         # Checking our own output costs ~tens of microseconds and means a
         # driver returning nonsense shows up as a fault on this node rather
         # than as the console refusing every message from it.
@@ -82,6 +104,17 @@ class Collector:
             sample["gpus"] = []
             sample["faults"] = [f"agent: discarded an invalid reading: {exc}"[:500]]
         return sample
+
+    def _health(self) -> list[dict[str, Any]] | None:
+        read = getattr(self.source, "health", None)
+        if read is None:
+            return None
+        now = time.monotonic()
+        due = getattr(self.source, "health_due", lambda: False)
+        if now - self._health_at < self.health_interval_s and not due():
+            return None
+        self._health_at = now
+        return read()
 
     def _workers(self) -> list[dict[str, Any]]:
         try:

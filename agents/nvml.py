@@ -91,6 +91,12 @@ class NvmlReader:
         # (common in containers and VMs).
         self._xid_sets: list[Any] = []
         self._xid_counts: list[int] = []
+        # Xid codes drained since the last health read, per GPU (agents/health.py).
+        self._xid_codes: list[list[int]] = []
+        # Per GPU, the sample fields NVML answered NOT_SUPPORTED: asked once, not
+        # every sweep (the fan of a fanless H200 cost 0.39 ms a sweep, issue 16).
+        self._unsupported: list[dict[str, Any]] = []
+        self._health: Any = None
         self.init_error: dict[str, Any] | None = None
         self._last_init_try = -_INIT_RETRY_S
         self._open()
@@ -110,6 +116,11 @@ class NvmlReader:
         self._uuids = [self._call(nv.nvmlDeviceGetUUID, h) for h in self._handles]
         self._xid_sets = [self._register_xid(h) for h in self._handles]
         self._xid_counts = [0] * len(self._handles)
+        self._xid_codes = [[] for _ in self._handles]
+        self._unsupported = [{} for _ in self._handles]
+        from agents.health import NvmlHealthReader
+
+        self._health = NvmlHealthReader(nv)
 
     def _register_xid(self, handle: Any) -> Any:
         nv = self._nvml
@@ -126,6 +137,16 @@ class NvmlReader:
         except self._nvml.NVMLError as exc:
             return _marker(exc)
         return value.decode() if isinstance(value, bytes) else value
+
+    def _field(self, index: int, key: str, fn: Any, *args: Any) -> Any:
+        """A sample reading, except that a field once NOT_SUPPORTED is not asked again."""
+        known = self._unsupported[index]
+        if key in known:
+            return known[key]
+        value = self._call(fn, *args)
+        if is_error(value) and value["nvml_error"] in (NOT_SUPPORTED, FUNCTION_NOT_FOUND):
+            known[key] = value
+        return value
 
     def _ensure_open(self) -> bool:
         if self.init_error is not None and time.monotonic() - self._last_init_try > _INIT_RETRY_S:
@@ -164,26 +185,38 @@ class NvmlReader:
         ts = time.time()
         if not self._ensure_open():
             return {"ts": ts, "init_error": self.init_error, "gpus": []}
-        call = self._call
+        field = self._field
         gpus = []
         for index, handle in enumerate(self._handles):
-            util = call(nv.nvmlDeviceGetUtilizationRates, handle)
-            memory = call(nv.nvmlDeviceGetMemoryInfo, handle)
+            util = field(index, "utilization", nv.nvmlDeviceGetUtilizationRates, handle)
+            memory = field(index, "memory", nv.nvmlDeviceGetMemoryInfo, handle)
             gpus.append(
                 {
                     "index": index,
                     "uuid": self._uuids[index],
-                    "temperature": call(nv.nvmlDeviceGetTemperature, handle, 0),
+                    "temperature": field(
+                        index, "temperature", nv.nvmlDeviceGetTemperature, handle, 0
+                    ),
                     "utilization_gpu": util if is_error(util) else util.gpu,
                     "utilization_memory": util if is_error(util) else util.memory,
                     "memory_used": memory if is_error(memory) else memory.used,
                     "memory_total": memory if is_error(memory) else memory.total,
-                    "power_draw_mw": call(nv.nvmlDeviceGetPowerUsage, handle),
-                    "power_limit_mw": call(nv.nvmlDeviceGetEnforcedPowerLimit, handle),
-                    "sm_clock": call(nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_SM),
-                    "fan": call(nv.nvmlDeviceGetFanSpeed, handle),
-                    "throttle_reasons": call(self._clock_reasons, handle),
-                    "ecc_uncorrected": call(
+                    "power_draw_mw": field(
+                        index, "power_draw_mw", nv.nvmlDeviceGetPowerUsage, handle
+                    ),
+                    "power_limit_mw": field(
+                        index, "power_limit_mw", nv.nvmlDeviceGetEnforcedPowerLimit, handle
+                    ),
+                    "sm_clock": field(
+                        index, "sm_clock", nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_SM
+                    ),
+                    "fan": field(index, "fan", nv.nvmlDeviceGetFanSpeed, handle),
+                    "throttle_reasons": field(
+                        index, "throttle_reasons", self._clock_reasons, handle
+                    ),
+                    "ecc_uncorrected": field(
+                        index,
+                        "ecc_uncorrected",
                         nv.nvmlDeviceGetTotalEccErrors,
                         handle,
                         nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
@@ -202,13 +235,30 @@ class NvmlReader:
         # Bounded so a GPU spewing events cannot stall the sweep.
         for _ in range(64):
             try:
-                nv.nvmlEventSetWait_v2(event_set, 0)
+                event = nv.nvmlEventSetWait_v2(event_set, 0)
             except nv.NVMLError as exc:
                 if getattr(exc, "value", None) == TIMEOUT:
                     break  # no more pending events
                 return _marker(exc)
             self._xid_counts[index] += 1
+            codes = self._xid_codes[index]
+            if len(codes) < 64:  # kept until the next health read takes them
+                codes.append(int(getattr(event, "eventData", 0)))
         return self._xid_counts[index]
+
+    def xids_pending(self) -> bool:
+        """Did a sweep drain an Xid the health read has not reported yet?"""
+        return any(self._xid_codes)
+
+    def read_health(self) -> list[Raw]:
+        """Raw health records of every GPU (agents/health.py), with the Xids drained."""
+        if not self._ensure_open():
+            return []
+        records = []
+        for index, handle in enumerate(self._handles):
+            codes, self._xid_codes[index] = self._xid_codes[index], []
+            records.append(self._health.read_gpu(index, handle, self._uuids[index], codes))
+        return records
 
     def close(self) -> None:
         if self.init_error is None:
@@ -339,6 +389,15 @@ class NvmlSource:
 
     def sample(self) -> tuple[list[dict[str, Any]], list[str]]:
         return parse_sample(self.reader.read_sample())
+
+    def health_due(self) -> bool:
+        """An Xid waits for no schedule: the next sweep carries a health read."""
+        return self.reader.xids_pending()
+
+    def health(self) -> list[dict[str, Any]]:
+        from agents.health import parse_health
+
+        return parse_health(self.reader.read_health())
 
     def close(self) -> None:
         self.reader.close()

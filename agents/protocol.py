@@ -197,7 +197,9 @@ _FACTS_KEYS = frozenset(
 )
 # Optional: where this agent's workers listen (`--worker-host`), so the gateway knows
 # how to reach them. Agents before the gateway don't send it.
-_FACTS_OPTIONAL = frozenset({"worker_host"})
+_FACTS_OPTIONAL = frozenset({"worker_host", "accelerator"})
+# Whose devices the agent reads (agents/accelerators.py); absent means NVIDIA.
+ACCELERATORS = frozenset({"nvidia", "ascend", "amd"})
 _GPU_FACT_REQUIRED = frozenset({"index", "uuid"})
 _GPU_FACT_KEYS = frozenset(
     {"index", "uuid", "name", "memory_total", "pci_bus_id", "power_limit", "mig_mode"}
@@ -223,6 +225,10 @@ def validate_facts(d: Any) -> dict[str, Any]:
         if not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
             raise ProtocolError(f"facts.worker_host = {host!r} is not an address or host name")
         optional["worker_host"] = host
+    if "accelerator" in d:
+        if d["accelerator"] not in ACCELERATORS:
+            raise ProtocolError(f"facts.accelerator must be one of {sorted(ACCELERATORS)}")
+        optional["accelerator"] = d["accelerator"]
     return {
         **optional,
         "hostname": _text(d["hostname"], "facts.hostname", max_len=253),
@@ -257,7 +263,7 @@ def _gpu_facts(g: Any, i: int) -> dict[str, Any]:
 # --- samples -----------------------------------------------------------------
 
 _SAMPLE_REQUIRED = frozenset({"seq", "ts", "simulated", "gpus", "host", "faults"})
-_SAMPLE_KEYS = _SAMPLE_REQUIRED | {"coalesced", "workers"}
+_SAMPLE_KEYS = _SAMPLE_REQUIRED | {"coalesced", "workers", "health"}
 _GPU_SAMPLE_KEYS = frozenset(
     {
         "index",
@@ -303,6 +309,7 @@ def validate_sample(d: Any) -> dict[str, Any]:
         "workers": [
             validate_worker_metrics(w, f"sample.workers[{i}]") for i, w in enumerate(workers)
         ],
+        **({"health": validate_health(d["health"])} if "health" in d else {}),
     }
 
 
@@ -340,6 +347,103 @@ def _gpu_sample(g: Any, i: int) -> dict[str, Any]:
         "xid_errors": _integer(g["xid_errors"], f"{where}.xid_errors", 0, _COUNTER_MAX),
         "fault": fault,
     }
+
+
+# --- GPU health (docs/health.md): present in a sample only when it was read ---
+
+HEALTH_COUNTERS = (
+    "ecc_volatile_corrected",
+    "ecc_volatile_uncorrected",
+    "ecc_aggregate_corrected",
+    "ecc_aggregate_uncorrected",
+    "retired_pages_single_bit",
+    "retired_pages_double_bit",
+    "remapped_rows_correctable",
+    "remapped_rows_uncorrectable",
+    "pcie_replay_counter",
+)
+HEALTH_FLAGS = (
+    "persistence_mode",
+    "ecc_mode",
+    "retired_pages_pending",
+    "remapped_rows_pending",
+    "remapped_rows_failure",
+)
+HEALTH_LINK_FIELDS = (
+    "pcie_link_gen",
+    "pcie_link_gen_max",
+    "pcie_link_width",
+    "pcie_link_width_max",
+)
+NVLINK_COUNTER_NAMES = ("replay", "recovery", "crc_flit", "crc_data")
+MAX_NVLINKS = 18
+MAX_XIDS = 64
+_HEALTH_KEYS = frozenset(
+    {
+        "index",
+        "uuid",
+        *HEALTH_COUNTERS,
+        *HEALTH_FLAGS,
+        *HEALTH_LINK_FIELDS,
+        "throttle_reasons",
+        "nvlink",
+        "xids",
+        "unsupported",
+        "failed",
+    }
+)
+_NVLINK_KEYS = frozenset({"link", "active", *NVLINK_COUNTER_NAMES})
+
+
+def validate_health(value: Any) -> list[dict[str, Any]]:
+    entries = [_gpu_health(h, i) for i, h in enumerate(_list(value, "sample.health", MAX_GPUS))]
+    _unique_indexes(entries, "sample.health")
+    return entries
+
+
+def _gpu_health(h: Any, i: int) -> dict[str, Any]:
+    where = f"sample.health[{i}]"
+    h = _require_dict(h, where)
+    _check_keys(h, _HEALTH_KEYS, _HEALTH_KEYS, where)
+    out: dict[str, Any] = {
+        "index": _integer(h["index"], f"{where}.index", 0, MAX_GPUS - 1, nullable=False),
+        "uuid": _text(h["uuid"], f"{where}.uuid", nullable=True, max_len=96),
+    }
+    for key in HEALTH_COUNTERS:
+        out[key] = _integer(h[key], f"{where}.{key}", 0, _COUNTER_MAX)
+    for key in HEALTH_FLAGS:
+        out[key] = _boolean(h[key], f"{where}.{key}", nullable=True)
+    for key in HEALTH_LINK_FIELDS:
+        out[key] = _integer(h[key], f"{where}.{key}", 0, 64)
+    reasons = h["throttle_reasons"]
+    if reasons is not None:
+        reasons = _list(reasons, f"{where}.throttle_reasons", len(THROTTLE_REASONS))
+        for reason in reasons:
+            if reason not in THROTTLE_REASONS:
+                raise ProtocolError(f"{where}.throttle_reasons has unknown reason {reason!r}")
+        reasons = list(reasons)
+    out["throttle_reasons"] = reasons
+    links = []
+    for j, link in enumerate(_list(h["nvlink"], f"{where}.nvlink", MAX_NVLINKS)):
+        lw = f"{where}.nvlink[{j}]"
+        link = _require_dict(link, lw)
+        _check_keys(link, _NVLINK_KEYS, _NVLINK_KEYS, lw)
+        entry = {
+            "link": _integer(link["link"], f"{lw}.link", 0, MAX_NVLINKS - 1, nullable=False),
+            "active": _boolean(link["active"], f"{lw}.active", nullable=True),
+        }
+        for name in NVLINK_COUNTER_NAMES:
+            entry[name] = _integer(link[name], f"{lw}.{name}", 0, _COUNTER_MAX)
+        links.append(entry)
+    out["nvlink"] = links
+    xids = _list(h["xids"], f"{where}.xids", MAX_XIDS)
+    out["xids"] = [
+        _integer(x, f"{where}.xids[{k}]", 0, 2**31, nullable=False) for k, x in enumerate(xids)
+    ]
+    for key in ("unsupported", "failed"):
+        items = _list(h[key], f"{where}.{key}", 128)
+        out[key] = [_text(item, f"{where}.{key}[{k}]", max_len=200) for k, item in enumerate(items)]
+    return out
 
 
 def _host(h: Any) -> dict[str, Any]:
@@ -667,6 +771,8 @@ def validate_command_answer(verb: str, d: Any) -> Any:
         }
     if verb == "collect_facts":
         return validate_facts(d)
+    if verb == "preflight":
+        return validate_preflight(d)
     d = _require_dict(d, where)
     _check_keys(d, _ANSWER_REQUIRED, _ANSWER_KEYS, where)
     answer: dict[str, Any] = {
@@ -691,3 +797,43 @@ def validate_command_answer(verb: str, d: Any) -> Any:
             validate_worker_status(w, f"{where}.workers[{i}]") for i, w in enumerate(workers)
         ]
     return answer
+
+
+# --- preflight (docs/health.md) --------------------------------------------------
+
+PREFLIGHT_STATUSES = frozenset({"pass", "warn", "fail", "skip"})
+MAX_PREFLIGHT_RESULTS = 256
+_PREFLIGHT_KEYS = frozenset({"started_at", "finished_at", "results"})
+_PREFLIGHT_RESULT_KEYS = frozenset({"check", "subject", "status", "value", "advice"})
+
+
+def validate_preflight(d: Any) -> dict[str, Any]:
+    where = "answer to preflight"
+    d = _require_dict(d, where)
+    _check_keys(d, _PREFLIGHT_KEYS, _PREFLIGHT_KEYS, where)
+    results = []
+    for i, r in enumerate(_list(d["results"], f"{where}.results", MAX_PREFLIGHT_RESULTS)):
+        rw = f"{where}.results[{i}]"
+        r = _require_dict(r, rw)
+        _check_keys(r, _PREFLIGHT_RESULT_KEYS, _PREFLIGHT_RESULT_KEYS, rw)
+        if r["status"] not in PREFLIGHT_STATUSES:
+            raise ProtocolError(f"{rw}.status must be one of {sorted(PREFLIGHT_STATUSES)}")
+        value = r["value"]
+        if value is not None and type(value) not in (bool, int, float, str):
+            raise ProtocolError(f"{rw}.value must be a number, text, true/false or null")
+        if type(value) is str:
+            value = _text(value, f"{rw}.value", max_len=200)
+        results.append(
+            {
+                "check": _text(r["check"], f"{rw}.check", max_len=64),
+                "subject": r["subject"] and _text(r["subject"], f"{rw}.subject", max_len=512),
+                "status": r["status"],
+                "value": value,
+                "advice": r["advice"] and _text(r["advice"], f"{rw}.advice", max_len=200),
+            }
+        )
+    return {
+        "started_at": _number(d["started_at"], f"{where}.started_at", _TS_MIN, _TS_MAX, False),
+        "finished_at": _number(d["finished_at"], f"{where}.finished_at", _TS_MIN, _TS_MAX, False),
+        "results": results,
+    }

@@ -40,6 +40,7 @@ RESTART_WORKER = "hangar.agent.restart_worker"
 TAIL_LOGS = "hangar.agent.tail_logs"
 LIST_WORKERS = "hangar.agent.list_workers"
 LIST_RUNS = "hangar.agent.list_runs"
+PREFLIGHT = "hangar.agent.preflight"
 
 
 def simulation_seed() -> int:
@@ -88,6 +89,12 @@ def make_app(
         finally:
             collector.close()
 
+    @app.task(name=PREFLIGHT)
+    def preflight(
+        model_roots: list[str], expected_gpus: int | None = None, min_cuda: str | None = None
+    ) -> dict[str, Any]:
+        return run_preflight_here(simulate, model_roots, expected_gpus, min_cuda)
+
     # Worker commands are supervised in the agent's main process: forward them
     # over its control socket (docs/agent.md, "Workers").
     def forward(verb: str, operation_id: str, **args: Any) -> dict[str, Any]:
@@ -123,6 +130,22 @@ def make_app(
         return forward("list_runs", operation_id, worker_id=worker_id)
 
     return app
+
+
+def run_preflight_here(
+    simulate: int, model_roots: list[str], expected_gpus: int | None, min_cuda: str | None
+) -> dict[str, Any]:
+    """The preflight checks on this host (agents/preflight.py), with fresh facts and
+    one health read; the console sends only numbers and its own model roots."""
+    from agents.preflight import run_preflight
+
+    source = open_source(simulate, seed=simulation_seed())
+    try:
+        facts = Collector(source).facts()
+        reads = source.health() if hasattr(source, "health") else []
+    finally:
+        source.close()
+    return run_preflight(facts, reads, model_roots, expected_gpus, min_cuda)
 
 
 def worker_argv(queue: str, node_id: Any) -> list[str]:

@@ -256,6 +256,9 @@ DEMO_MODEL_ROOT = str(BASE_DIR / "deploy" / "demo-models")
 if DEMO and DEMO_MODEL_ROOT not in MODEL_ROOTS:
     MODEL_ROOTS = [*MODEL_ROOTS, DEMO_MODEL_ROOT]
 
+# The CUDA version (as "12.4") node preflight requires of the driver; empty: not checked.
+PREFLIGHT_MIN_CUDA = config.raw("PREFLIGHT_MIN_CUDA", "") or ""
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

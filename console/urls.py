@@ -7,7 +7,7 @@ from apps.accounts.permissions import public_view
 from apps.core import views as core
 from apps.gateway.api import views as gateway
 from apps.gateway.api.demo import DemoRemoveView, DemoView
-from apps.inventory.api.views import EnrollAgentView
+from apps.inventory.api.views import EnrollAgentView, HealthPolicyView
 from apps.telemetry.views import prometheus_metrics
 from console.api import router
 
@@ -20,6 +20,7 @@ api_v1 = [
     path("", core.ApiRootView.as_view(), name="api-root"),
     path("me/", MeView.as_view(), name="me"),
     path("agent/enroll/", EnrollAgentView.as_view(), name="agent-enroll"),
+    path("health-policy/", HealthPolicyView.as_view(), name="health-policy"),
     path("gateway-policy/", gateway.GatewayPolicyView.as_view(), name="gateway-policy"),
     path("open-routes/", gateway.OpenRoutesView.as_view(), name="open-routes"),
     path("usage/", gateway.UsageView.as_view(), name="usage"),

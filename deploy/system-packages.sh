@@ -14,13 +14,13 @@ set -euo pipefail
 
 declare -A PACKAGES=(
   [build]="gcc libc6-dev python3-dev libldap2-dev libsasl2-dev"
-  [test]="slapd ldap-utils chromium chromium-driver redis-server postgresql nginx openssl systemd prometheus"
+  [test]="slapd ldap-utils chromium chromium-driver redis-server postgresql nginx openssl systemd prometheus chrony"
   [ci]="mmdebstrap iproute2 git"
   [runtime]="python3 python3-venv redis-server postgresql nginx libldap-2.5-0 libsasl2-2 openssl"
 )
 declare -A WHY=(
   [build]="to compile python-ldap, the LDAP login, which has no wheel on PyPI"
-  [test]="for the test suite (directory, browser, database, Redis, nginx, systemd-analyze, promtool)"
+  [test]="for the test suite (directory, browser, database, Redis, nginx, systemd-analyze, promtool, chronyc for the preflight clock check)"
   [ci]="to build and isolate the install tests' Debian roots"
   [runtime]="for an installed console"
 )

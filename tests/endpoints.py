@@ -32,7 +32,7 @@ from apps.accounts.models import ApiToken, RoleBinding
 from apps.accounts.policy import AUTHENTICATED, PUBLIC
 from apps.accounts.roles import GLOBAL_ONLY_ACTIONS, ROLE_ACTIONS
 from apps.audit import recorder
-from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState
+from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState, PreflightRun
 from tests.deployments.world import MODEL_DIR, model_directory
 
 STRONG_PASSWORD = "a long passphrase nobody guesses"
@@ -142,8 +142,23 @@ ENDPOINTS: list[Endpoint] = [
       scoped=True, view=INVENTORY_VIEW, setup=_agents_answer_fast),
     E("GET", "/api/v1/nodes/{node}/metrics/?metric=gpu.0.temperature", "telemetry.view", 200,
       kind="object", scoped=True, view=INVENTORY_VIEW),
+    E("POST", "/api/v1/nodes/{node}/preflight/", "inventory.change", 504, kind="object",
+      scoped=True, view=INVENTORY_VIEW, setup=_agents_answer_fast),
+    E("GET", "/api/v1/nodes/{node}/preflight-runs/", INVENTORY_VIEW, 200, kind="object",
+      scoped=True),
+    E("POST", "/api/v1/nodes/{node}/preflight-override/", "inventory.change", 200,
+      kind="object", scoped=True, view=INVENTORY_VIEW, body={"reason": "known fault"}),
     E("GET", "/api/v1/gpus/", INVENTORY_VIEW, 200),
     E("GET", "/api/v1/gpus/{gpu}/", INVENTORY_VIEW, 200, kind="object", scoped=True),
+    E("POST", "/api/v1/gpus/{gpu}/cordon/", "inventory.change", 200, kind="object",
+      scoped=True, view=INVENTORY_VIEW, body={"reason": "fan swap"}),
+    E("POST", "/api/v1/gpus/{gpu}/uncordon/", "inventory.change", 200, kind="object",
+      scoped=True, view=INVENTORY_VIEW),
+    E("GET", "/api/v1/health-policy/", INVENTORY_VIEW, 200),
+    E("PUT", "/api/v1/health-policy/", "settings.manage", 200,
+      body={"critical_xids": [48, 79, 95], "stop_workers_when_unhealthy": True}),
+    E("PATCH", "/api/v1/health-policy/", "settings.manage", 200,
+      body={"degrade_on_link_gen_below_max": True}),
     E("GET", "/api/v1/enrollment-tokens/", "inventory.enroll", 200),
     E("POST", "/api/v1/enrollment-tokens/", "inventory.enroll", 201, kind="create",
       scoped=True, body={"cluster": "{cluster}", "hours": 1}),
@@ -161,6 +176,14 @@ ENDPOINTS: list[Endpoint] = [
       view=INVENTORY_VIEW, page=True),
     E("POST", "/nodes/{node}/undrain/", "inventory.change", 302, kind="object", scoped=True,
       view=INVENTORY_VIEW, page=True),
+    E("POST", "/nodes/{node}/preflight/", "inventory.change", 302, kind="object", scoped=True,
+      view=INVENTORY_VIEW, page=True, setup=_agents_answer_fast),
+    E("POST", "/nodes/{node}/preflight/override/", "inventory.change", 302, kind="object",
+      scoped=True, view=INVENTORY_VIEW, page=True),
+    E("POST", "/nodes/{node}/gpus/0/cordon/", "inventory.change", 302, kind="object",
+      scoped=True, view=INVENTORY_VIEW, page=True),
+    E("POST", "/nodes/{node}/gpus/0/uncordon/", "inventory.change", 302, kind="object",
+      scoped=True, view=INVENTORY_VIEW, page=True),
     E("POST", "/nodes/{node}/retire/", "inventory.enroll", 302, kind="object", scoped=True,
       view=INVENTORY_VIEW, page=True),
     E("POST", "/nodes/{node}/revoke-credential/", "inventory.enroll", 302, kind="object",
@@ -582,8 +605,13 @@ def build_world(caller) -> World:
         # Draining, so that both drain and undrain are valid transitions.
         node = Node.objects.create(cluster=cluster, hostname=hostname, state=NodeState.DRAINING)
         world.nodes[place] = node
-        world.gpus[place] = GPU.objects.create(node=node, index=0, name="H100")
+        # Cordoned, so that both cordon and uncordon are valid (the node drains anyway).
+        world.gpus[place] = GPU.objects.create(
+            node=node, index=0, name="H100", cordoned=True, cordon_reason="matrix"
+        )
         world.etokens[place], _secret = create_enrollment_token(cluster, None, 1)
+        # A failed preflight, so that an override is valid (the node drains anyway).
+        PreflightRun.objects.create(node=node, started_at=timezone.now(), status="fail")
     world.person = get_user_model().objects.create_user("person", password=STRONG_PASSWORD)
     world.binding = RoleBinding.objects.create(role="viewer", user=world.person)
     world.event_seq = recorder.record("matrix.setup").seq

@@ -37,6 +37,7 @@ from typing import Any
 
 import agents
 from agents import protocol
+from agents.accelerators import pin_environment
 from agents.files import write_private
 from agents.workers import engines, gpu_release, ports, procs, verify
 from agents.workers.exits import classify_exit, read_kernel_log
@@ -64,6 +65,9 @@ class SupervisorConfig:
     host: str = "127.0.0.1"  # where workers listen; health checks always use 127.0.0.1
     worker_ports: tuple[int, int] = ports.DEFAULT_RANGE  # for specs with port 0 (ports.py)
     simulate: bool = False  # simulated GPUs: nothing holds them (no NVML)
+    # Whose runtime the workers use: picks the variable that pins their devices
+    # (agents/accelerators.py VENDORS).
+    accelerator: str = "nvidia"
     health_interval_s: float = 2.0
     startup_health_interval_s: float = 0.25
     health_timeout_s: float = 2.0
@@ -644,17 +648,18 @@ class WorkerRunner:
         argv = engines.build_argv(self.spec, self.cfg.host, str(self.key_file))
         self.run += 1
         run = self.run
-        gpus = ",".join(str(g) for g in self.spec["gpus"])
         env = dict(os.environ)
         for name in engines.KEY_VARIABLES:  # the agent's own never reach a worker
             env.pop(name, None)
         env.update(engines.key_environment(self.spec))
-        env["CUDA_VISIBLE_DEVICES"] = gpus
+        pin = pin_environment(self.cfg.accelerator, self.spec["gpus"])
+        env.update(pin)
         env["PYTHONUNBUFFERED"] = "1"  # Python engines: log lines land before a crash
         if self.spec["engine"] == "reference":
             package_root = str(Path(agents.__file__).resolve().parent.parent)
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        self.logs.note(run, f"run {run}: {shlex.join(argv)} (CUDA_VISIBLE_DEVICES={gpus})")
+        pinned = " ".join(f"{k}={v}" for k, v in pin.items())
+        self.logs.note(run, f"run {run}: {shlex.join(argv)} ({pinned})")
         fd = self.logs.open_run(run)
         self.run_started = time.time()
         self.was_ready = False

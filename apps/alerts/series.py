@@ -10,6 +10,7 @@ through services.evaluate_deployment_values.
 
 from __future__ import annotations
 
+from agents.protocol import HEALTH_COUNTERS, HEALTH_FLAGS, NVLINK_COUNTER_NAMES
 from apps.telemetry.series import flatten
 
 # Counters and derived gauges telemetry does not roll up but alerts watch.
@@ -50,6 +51,33 @@ def deployment_series(deployment_id: int, traffic: dict) -> dict[str, float]:
     }
 
 
+def health_series(reads) -> dict[str, float]:
+    """gpu.N.<health counter>, gpu.N.<flag> (1 or 0), gpu.N.nvlink_errors and
+    gpu.N.pcie_link_width_below_max from a sample's health reads (docs/health.md).
+    Unsupported fields give no series: a rule on them never fires, never sees 0."""
+    values: dict[str, float] = {}
+    for read in reads:
+        prefix = f"gpu.{read['index']}."
+        for name in HEALTH_COUNTERS:
+            if read.get(name) is not None:
+                values[prefix + name] = float(read[name])
+        for name in HEALTH_FLAGS:
+            if read.get(name) is not None:
+                values[prefix + name] = 1.0 if read[name] else 0.0
+        counts = [
+            link[name]
+            for link in read.get("nvlink") or ()
+            for name in NVLINK_COUNTER_NAMES
+            if link.get(name) is not None
+        ]
+        if counts:
+            values[prefix + "nvlink_errors"] = float(sum(counts))
+        width, width_max = read.get("pcie_link_width"), read.get("pcie_link_width_max")
+        if width and width_max:
+            values[prefix + "pcie_link_width_below_max"] = 1.0 if width < width_max else 0.0
+    return values
+
+
 def alert_series(sample: dict) -> dict[str, float]:
     """flatten(sample) plus gpu.N.memory_used_percent, gpu.N.ecc_errors, gpu.N.xid_errors,
     host.memory_used_percent, host.disk_used_percent and worker.<id>.<metric>."""
@@ -68,6 +96,7 @@ def alert_series(sample: dict) -> dict[str, float]:
         used, total = host.get(f"{part}_used"), host.get(f"{part}_total")
         if used is not None and total:
             values[f"host.{part}_used_percent"] = 100.0 * used / total
+    values.update(health_series(sample.get("health") or ()))
     for worker in sample.get("workers") or ():
         prefix = f"worker.{worker['worker_id']}."
         for metric in WORKER_METRICS:

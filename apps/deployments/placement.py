@@ -5,9 +5,12 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils.translation import gettext_lazy as _
 
+from agents.accelerators import VENDORS
 from apps.core.i18n import lazy_message
 from apps.deployments.models import DesiredState, Worker
+from apps.inventory.health import takes_work
 from apps.inventory.models import GPU, Cluster, Node, NodeState
+from apps.inventory.preflight import blocks_work
 from apps.telemetry import live
 
 GiB = 1024**3
@@ -44,7 +47,15 @@ def gpus_in_use(deployment=None, slots=()) -> dict[int, set[int]]:
     return held
 
 
-def place_pinned(cluster, placement: dict, slots: list[int], held) -> dict[int, tuple[Node, list]]:
+def runs_engine(node: Node, engine: str | None) -> bool:
+    """Does `engine` run on this node's accelerators (agents/accelerators.py)?"""
+    vendor = VENDORS.get(node.accelerator)
+    return engine is None or vendor is None or engine in vendor.engines
+
+
+def place_pinned(
+    cluster, placement: dict, slots: list[int], held, engine: str | None = None
+) -> dict[int, tuple[Node, list]]:
     targets = placement.get("targets") or []
     if len(targets) < max(slots) + 1:
         raise PlacementError(
@@ -77,6 +88,26 @@ def place_pinned(cluster, placement: dict, slots: list[int], held) -> dict[int, 
                     state=node.state,
                 )
             )
+        if not runs_engine(node, engine):
+            raise PlacementError(
+                lazy_message(
+                    _("%(engine)s does not run on %(node)s's %(vendor)s accelerators."),
+                    engine=engine,
+                    node=str(node),
+                    vendor=node.accelerator,
+                )
+            )
+        failed = blocks_work(node.pk)
+        if failed is not None:
+            raise PlacementError(
+                lazy_message(
+                    _(
+                        "%(node)s failed its preflight and takes no new work until an admin "
+                        "overrides it or a new preflight passes."
+                    ),
+                    node=str(node),
+                )
+            )
         gpus = target.get("gpus") or []
         known = set(GPU.objects.filter(node=node).values_list("index", flat=True))
         if not set(gpus) <= known:
@@ -85,6 +116,20 @@ def place_pinned(cluster, placement: dict, slots: list[int], held) -> dict[int, 
                     _("%(node)s has no GPU %(gpus)s."),
                     node=str(node),
                     gpus=str(sorted(set(gpus) - known)),
+                )
+            )
+        refused = sorted(
+            g.index for g in GPU.objects.filter(node=node, index__in=gpus) if not takes_work(g)
+        )
+        if refused:
+            raise PlacementError(
+                lazy_message(
+                    _(
+                        "GPUs %(gpus)s of %(node)s are cordoned or unhealthy and take no new "
+                        "work; pin other GPUs or uncordon them."
+                    ),
+                    gpus=str(refused),
+                    node=str(node),
                 )
             )
         if set(gpus) & held.get(node.pk, set()):
@@ -100,12 +145,15 @@ def place_pinned(cluster, placement: dict, slots: list[int], held) -> dict[int, 
     return chosen
 
 
-def place_auto(cluster, placement: dict, slots: list[int], held) -> dict[int, tuple[Node, list]]:
+def place_auto(
+    cluster, placement: dict, slots: list[int], held, engine: str | None = None
+) -> dict[int, tuple[Node, list]]:
     per_replica = int(placement.get("gpus_per_replica", 1))
     min_free = float(placement.get("min_free_gib", 0)) * GiB
     nodes = list(
         Node.objects.filter(cluster=cluster, state=NodeState.ONLINE).prefetch_related("gpus")
     )
+    nodes = [n for n in nodes if blocks_work(n.pk) is None and runs_engine(n, engine)]
     latest = live.latest_samples([n.pk for n in nodes])
     free: dict[int, list[int]] = {}
     for node in nodes:
@@ -115,6 +163,7 @@ def place_auto(cluster, placement: dict, slots: list[int], held) -> dict[int, tu
             for gpu in node.gpus.all()
             if gpu.index not in held.get(node.pk, set())
             and gpu.state == GPU.State.OK
+            and takes_work(gpu)
             and _free_bytes(readings.get(gpu.index), gpu) >= min_free
         ]
     chosen = {}
@@ -161,7 +210,9 @@ def place(deployment, slots: list[int]) -> dict[int, tuple[Node, list]]:
     held = gpus_in_use(deployment, slots)
     mode = deployment.placement.get("mode")
     if mode == "pinned":
-        return place_pinned(deployment.cluster, deployment.placement, slots, held)
+        return place_pinned(
+            deployment.cluster, deployment.placement, slots, held, deployment.engine
+        )
     if mode == "auto":
-        return place_auto(deployment.cluster, deployment.placement, slots, held)
+        return place_auto(deployment.cluster, deployment.placement, slots, held, deployment.engine)
     raise PlacementError(_("placement.mode must be 'pinned' or 'auto'."))

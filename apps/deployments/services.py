@@ -31,7 +31,13 @@ from apps.deployments.models import (
     WorkerState,
     new_engine_secret,
 )
-from apps.deployments.placement import TAKES_NO_WORK, gpus_in_use, lock_cluster_placement, place
+from apps.deployments.placement import (
+    TAKES_NO_WORK,
+    PlacementError,
+    gpus_in_use,
+    lock_cluster_placement,
+    place,
+)
 from apps.inventory.commands import send_to_node
 from apps.inventory.models import NodeState
 from apps.registry.models import VersionState
@@ -388,6 +394,46 @@ def _restore_slots(deployment: Deployment, broken: list[Worker]) -> list[str]:
             desired_state=DesiredState.RUNNING,
         )
         operations.append(dispatch(restored, "start_worker"))
+    return operations
+
+
+# --- GPU health (apps/inventory/health.py) -----------------------------------------
+
+
+def evacuate_gpu(gpu, reasons: list) -> list[str]:
+    """Stop the workers that use an unhealthy GPU and place each slot elsewhere.
+
+    Called when the health policy says so (stop_workers_when_unhealthy). Each
+    deployment's move is audited with the GPU's evidence; a slot that fits
+    nowhere else stays stopped, and the audit event says why.
+    """
+    operations: list[str] = []
+    workers = Worker.objects.filter(
+        node_id=gpu.node_id, desired_state=DesiredState.RUNNING
+    ).select_related("deployment", "node")
+    # Filtered here, not in SQL: JSON containment differs between PostgreSQL and SQLite.
+    for worker in [w for w in workers if gpu.index in w.gpus]:
+        with transaction.atomic():
+            deployment = _lock(worker.deployment)
+            moved = [_stop_worker(worker)]
+            outcome = "moved"
+            try:
+                moved += _add_workers(deployment, [worker.slot])
+            except PlacementError as exc:
+                outcome = f"not placed: {exc}"[:500]
+            recorder.record(
+                "deployments.evacuate",
+                target=deployment,
+                changes={
+                    "gpu": str(gpu),
+                    "worker": worker.pk,
+                    "slot": worker.slot,
+                    "evidence": reasons,
+                    "outcome": outcome,
+                    "operation_ids": moved,
+                },
+            )
+            operations += moved
     return operations
 
 

@@ -154,6 +154,7 @@ FACT_FIELDS = (
     "addresses",
     "simulated",
     "worker_host",
+    "accelerator",
 )
 
 

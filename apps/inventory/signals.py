@@ -11,3 +11,6 @@ node_credential_revoked = Signal()
 # After edit_node changed a person-editable field (name, labels, cluster): sender=Node,
 # node. The agent's socket re-reads its node (a moved node streams to its new cluster).
 node_edited = Signal()
+# After apply_health changed a GPU's health: sender=GPU, gpu, old_health, reasons, policy.
+# Deployments moves the GPU's workers when it turned unhealthy and the policy says so.
+gpu_health_changed = Signal()

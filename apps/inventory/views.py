@@ -11,6 +11,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch, Q
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 
@@ -19,10 +20,11 @@ from apps.accounts.policy import can, restrict
 from apps.alerts.models import Alert
 from apps.audit import recorder
 from apps.core.pages import visible_or_404
+from apps.core.templatetags.console import state_label
 from apps.deployments.models import Worker
-from apps.inventory import services
+from apps.inventory import health, preflight, services
 from apps.inventory.api.serializers import EnrollmentTokenSerializer
-from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState
+from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState, PreflightRun
 
 LABEL_FILTER = re.compile(r"^([A-Za-z0-9_.-]{1,64}):(.{0,200})$")
 NODES_PER_PAGE = 200
@@ -142,6 +144,9 @@ def node_detail(request, pk: int):
         pk,
     )
     gpus = list(node.gpus.all())
+    for gpu in gpus:  # what the health policy said, in the page's language
+        gpu.reasons_text = health.describe_reasons(gpu.health_reasons)
+        gpu.unsupported = (gpu.health_reading.get("read") or {}).get("unsupported") or []
     return render(
         request,
         "inventory/node_detail.html",
@@ -154,6 +159,7 @@ def node_detail(request, pk: int):
             "can_enroll": can(request.user, "inventory.enroll", node),
             "can_history": can(request.user, "telemetry.view", node),
             "workers": _workers_on(request.user, node),
+            "preflight_runs": list(node.preflight_runs.select_related("overridden_by")[:5]),
             "subscribe": f'{{"action": "subscribe", "node": {node.pk}}}',
         },
     )
@@ -211,6 +217,63 @@ def node_undrain(request, pk: int):
     )
     messages.success(
         request, _("%(node)s takes work again after its next heartbeat.") % {"node": node}
+    )
+    return redirect("node-detail", node.pk)
+
+
+def _gpu_for_action(request, pk: int, index: int) -> GPU:
+    node = _node_for_action(request, pk, "inventory.change")
+    gpu = GPU.objects.filter(node=node, index=index).select_related("node").first()
+    if gpu is None:
+        raise Http404
+    recorder.describe(target=gpu)
+    return gpu
+
+
+@requires("inventory.change", methods=("POST",))
+def gpu_cordon(request, pk: int, index: int):
+    gpu = _gpu_for_action(request, pk, index)
+    reason = request.POST.get("reason", "").strip()[:255] or f"cordoned by {request.user}"
+    health.cordon_gpu(gpu, reason)
+    messages.success(request, _("%(gpu)s is cordoned: no new work is placed on it.") % {"gpu": gpu})
+    return redirect("node-detail", gpu.node_id)
+
+
+@requires("inventory.change", methods=("POST",))
+def gpu_uncordon(request, pk: int, index: int):
+    gpu = _gpu_for_action(request, pk, index)
+    if not gpu.cordoned:
+        return _refuse(request, gpu.node, _("The GPU is not cordoned."), "not cordoned")
+    health.uncordon_gpu(gpu)
+    messages.success(request, _("%(gpu)s takes work again.") % {"gpu": gpu})
+    return redirect("node-detail", gpu.node_id)
+
+
+@requires("inventory.change", methods=("POST",))
+def node_preflight(request, pk: int):
+    node = _node_for_action(request, pk, "inventory.change")
+    run = preflight.run_preflight(node, request.user)
+    if run.status == PreflightRun.Status.ERROR:
+        messages.error(request, _("The preflight did not run: %(error)s") % {"error": run.error})
+    else:
+        messages.success(
+            request, _("Preflight finished: %(status)s.") % {"status": state_label(run.status)}
+        )
+    return redirect("node-detail", node.pk)
+
+
+@requires("inventory.change", methods=("POST",))
+def node_preflight_override(request, pk: int):
+    node = _node_for_action(request, pk, "inventory.change")
+    reason = request.POST.get("reason", "").strip()[:255] or f"overridden by {request.user}"
+    try:
+        preflight.override_preflight(node, request.user, reason)
+    except preflight.PreflightNotOverridable:
+        return _refuse(
+            request, node, _("The node's latest preflight did not fail."), "nothing to override"
+        )
+    messages.success(
+        request, _("%(node)s takes work again despite its preflight.") % {"node": node}
     )
     return redirect("node-detail", node.pk)
 

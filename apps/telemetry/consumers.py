@@ -172,6 +172,9 @@ class AgentConsumer(DirectDispatch, AsyncWebsocketConsumer):
             grid=[newest["seq"], grid.tiles_of(newest)],
         )
         await evaluate_samples(ingest.node, samples)
+        health_reads = [s["health"] for s in samples if "health" in s]
+        if health_reads:  # every ten seconds or so, not every sample (docs/health.md)
+            await database_sync_to_async(ingest.take_health)(health_reads)
         state, reason = NodeIngest.wanted_state(newest)
         if ingest.needs_transition(state):
             await database_sync_to_async(self._settle)(state, reason)

@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.protocol import validate_facts, validate_sample
+from apps.inventory.health import apply_health
 from apps.inventory.models import Node, NodeState
 from apps.inventory.services import apply_facts, transition_node
 from apps.telemetry.models import NodeMetricMinute
@@ -60,6 +61,11 @@ class NodeIngest:
         # (inventory.mark_offline_nodes). Now is never older than the sweep's copy.
         apply_facts(self.node, facts, agent_version, seen_at=timezone.now())
         self.settle_state(NodeState.ONLINE, "agent connected")
+
+    def take_health(self, reads: list[list[dict]]) -> None:
+        """Judge the health reads of a message's samples, oldest first."""
+        for read in reads:
+            apply_health(self.node, read)
 
     def reload_node(self) -> None:
         """Re-read what people and the sweep change: this copy lives as long as the socket."""

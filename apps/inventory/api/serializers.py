@@ -3,8 +3,17 @@ from __future__ import annotations
 from django.utils.translation import gettext as _
 from rest_framework import serializers
 
+from apps.inventory import health as services_health
 from apps.inventory import services
-from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node
+from apps.inventory.health import POLICY_FIELDS, describe_reasons
+from apps.inventory.models import (
+    GPU,
+    Cluster,
+    EnrollmentToken,
+    HealthPolicy,
+    Node,
+    PreflightRun,
+)
 
 LABEL_KEY_MAX = 63
 
@@ -31,8 +40,46 @@ class GPUSerializer(serializers.ModelSerializer):
             "mig_mode",
             "state",
             "fault",
+            "health",
+            "health_reasons",
+            "health_reasons_text",
+            "health_changed_at",
+            "health_reading",
+            "cordoned",
+            "cordon_reason",
+            "cordoned_at",
         ]
         read_only_fields = fields
+
+    health_reasons_text = serializers.SerializerMethodField()
+    health_reading = serializers.SerializerMethodField()
+
+    def get_health_reasons_text(self, gpu) -> list[str]:
+        return describe_reasons(gpu.health_reasons)
+
+    def get_health_reading(self, gpu) -> dict:
+        return gpu.health_reading.get("read") or {}
+
+
+class CordonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+
+
+class HealthPolicySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = HealthPolicy
+        fields = [*POLICY_FIELDS, "updated_at"]
+        read_only_fields = ["updated_at"]
+
+    def validate_critical_xids(self, value):
+        if not isinstance(value, list) or len(value) > 64:
+            raise serializers.ValidationError(_("List at most 64 Xid codes."))
+        if any(type(x) is not int or not 0 < x < 2**31 for x in value):
+            raise serializers.ValidationError(_("Each Xid code is a positive whole number."))
+        return sorted(set(value))
+
+    def update(self, policy, validated_data):
+        return services_health.change_policy(validated_data)
 
 
 class NodeSerializer(serializers.ModelSerializer):
@@ -60,6 +107,7 @@ class NodeSerializer(serializers.ModelSerializer):
             "memory_total",
             "agent_version",
             "simulated",
+            "accelerator",
             "last_seen",
             "enrolled_at",
             "credential_revoked",
@@ -142,3 +190,29 @@ class EnrollRequestSerializer(serializers.Serializer):
     token = serializers.CharField(max_length=200)
     hostname = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$", max_length=253)
     facts = serializers.DictField(required=False, default=dict)
+
+
+class PreflightRunSerializer(serializers.ModelSerializer):
+    requested_by = serializers.StringRelatedField()
+    overridden_by = serializers.StringRelatedField()
+
+    class Meta:
+        model = PreflightRun
+        fields = [
+            "id",
+            "node",
+            "requested_by",
+            "started_at",
+            "finished_at",
+            "status",
+            "results",
+            "error",
+            "overridden_at",
+            "overridden_by",
+            "override_reason",
+        ]
+        read_only_fields = fields
+
+
+class OverrideSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=255)

@@ -15,14 +15,18 @@ from apps.accounts.policy import PUBLIC, can, can_globally
 from apps.audit import recorder
 from apps.audit.middleware import client_address
 from apps.core.viewsets import HangarViewSet
-from apps.inventory import broker, commands, services
+from apps.inventory import broker, commands, health, preflight, services
 from apps.inventory.api.serializers import (
     ClusterSerializer,
+    CordonSerializer,
     EnrollmentTokenCreatedSerializer,
     EnrollmentTokenSerializer,
     EnrollRequestSerializer,
     GPUSerializer,
+    HealthPolicySerializer,
     NodeSerializer,
+    OverrideSerializer,
+    PreflightRunSerializer,
 )
 from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState
 from apps.telemetry.history import metric_history
@@ -75,6 +79,9 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
         "metrics": "telemetry.view",
         "ping": "inventory.view",
         "collect_facts": "inventory.change",
+        "preflight": "inventory.change",
+        "preflight_runs": "inventory.view",
+        "preflight_override": "inventory.change",
     }
 
     def get_queryset(self):
@@ -188,6 +195,40 @@ class NodeViewSet(*CRUD, mixins.UpdateModelMixin, HangarViewSet):
         recorder.describe(target=node, changes=recorder.diff(before, recorder.snapshot(node)))
         return Response(NodeSerializer(node).data)
 
+    @extend_schema(request=None, responses=PreflightRunSerializer)
+    @action(detail=True, methods=["post"])
+    def preflight(self, request, pk=None):
+        """Run the node's preflight checks now (up to a minute) and keep the run."""
+        run = preflight.run_preflight(self.get_object(), request.user)
+        code = status.HTTP_504_GATEWAY_TIMEOUT if run.status == "error" else status.HTTP_200_OK
+        return Response(PreflightRunSerializer(run).data, status=code)
+
+    @extend_schema(responses=PreflightRunSerializer(many=True))
+    @action(detail=True, methods=["get"], url_path="preflight-runs")
+    def preflight_runs(self, request, pk=None):
+        """The node's preflight runs, newest first (the last 50)."""
+        runs = self.get_object().preflight_runs.select_related("requested_by", "overridden_by")
+        return Response(PreflightRunSerializer(runs[:50], many=True).data)
+
+    @extend_schema(request=OverrideSerializer, responses=PreflightRunSerializer)
+    @action(detail=True, methods=["post"], url_path="preflight-override")
+    def preflight_override(self, request, pk=None):
+        """Let work onto a node whose latest preflight failed; the reason is audited."""
+        node = self.get_object()
+        body = OverrideSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            run = preflight.override_preflight(node, request.user, body.validated_data["reason"])
+        except preflight.PreflightNotOverridable:
+            raise serializers.ValidationError(
+                {
+                    "detail": _(
+                        "The node's latest preflight did not fail; there is nothing to override."
+                    )
+                }
+            ) from None
+        return Response(PreflightRunSerializer(run).data)
+
     @extend_schema(
         parameters=[
             OpenApiParameter("metric", required=True),
@@ -207,7 +248,26 @@ class GPUViewSet(*CRUD, HangarViewSet):
 
     queryset = GPU.objects.select_related("node")
     serializer_class = GPUSerializer
-    policy = dict(VIEW)
+    policy = {**VIEW, "cordon": "inventory.change", "uncordon": "inventory.change"}
+
+    @extend_schema(request=CordonSerializer, responses=GPUSerializer)
+    @action(detail=True, methods=["post"])
+    def cordon(self, request, pk=None):
+        """Take this GPU out of placement (maintenance); its workers keep running."""
+        gpu = self.get_object()
+        body = CordonSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        health.cordon_gpu(gpu, body.validated_data["reason"] or f"cordoned by {request.user}")
+        return Response(GPUSerializer(gpu).data)
+
+    @extend_schema(request=None, responses=GPUSerializer)
+    @action(detail=True, methods=["post"])
+    def uncordon(self, request, pk=None):
+        gpu = self.get_object()
+        if not gpu.cordoned:
+            raise serializers.ValidationError({"detail": _("The GPU is not cordoned.")})
+        health.uncordon_gpu(gpu)
+        return Response(GPUSerializer(gpu).data)
 
     def get_queryset(self):
         queryset = super().get_queryset()
@@ -313,3 +373,27 @@ def _int_param(params, name: str) -> int:
         return int(params[name])
     except ValueError:
         raise serializers.ValidationError({name: _("Give a numeric id.")}) from None
+
+
+class HealthPolicyView(APIView):
+    """The GPU health policy (docs/health.md): everyone who sees the inventory
+    may read it; admins change it."""
+
+    policy = {"get": "inventory.view", "put": "settings.manage", "patch": "settings.manage"}
+
+    @extend_schema(responses=HealthPolicySerializer)
+    def get(self, request):
+        return Response(HealthPolicySerializer(health.current_policy()).data)
+
+    @extend_schema(request=HealthPolicySerializer, responses=HealthPolicySerializer)
+    def put(self, request):
+        return self._change(request, partial=False)
+
+    @extend_schema(request=HealthPolicySerializer, responses=HealthPolicySerializer)
+    def patch(self, request):
+        return self._change(request, partial=True)
+
+    def _change(self, request, partial: bool):
+        body = HealthPolicySerializer(health.current_policy(), data=request.data, partial=partial)
+        body.is_valid(raise_exception=True)
+        return Response(HealthPolicySerializer(body.save()).data)
