@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="stream telemetry and take commands")
     run.add_argument("--state-dir", type=Path, help=state_help)
     run.add_argument("--interval", type=_interval, default=1.0, help="seconds between sweeps")
+    run.add_argument(
+        "--health-interval",
+        type=_interval,
+        default=10.0,
+        help="seconds between GPU health reads (ECC, remapped rows, PCIe, NVLink; docs/health.md)",
+    )
     run.add_argument("--simulate", type=_gpu_count, default=0, metavar="N", help=simulate_help)
     run.add_argument(
         "--accelerator", choices=ACCELERATOR_CHOICES, default="nvidia", help=accelerator_help
@@ -235,6 +241,7 @@ def _run(args: argparse.Namespace) -> int:
         open_source(args.simulate, seed=simulation_seed(), accelerator=args.accelerator),
         workers_metrics=supervisor.metrics,
         worker_host=args.worker_host,
+        health_interval_s=args.health_interval,
     )
     worker = None if args.no_celery else _start_worker(args)
 

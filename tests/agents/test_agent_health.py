@@ -262,3 +262,34 @@ def test_host_memory_and_disk_are_reread_on_their_own_interval():
     assert 0.0 <= second["cpu_percent"] <= 100.0
     fresh = HostSampler(slow_interval_s=0).sample()
     assert fresh["memory_total"] == first["memory_total"]
+
+
+# --- the real H200 captures (agents/tools/capture_health.py on the lent device) ------------
+
+
+@pytest.mark.parametrize(
+    "name", ["nvml_health_h200_idle_real.json", "nvml_health_h200_busy_real.json"]
+)
+def test_the_real_h200_captures_parse_as_the_agent_reads_them(name):
+    capture = json.loads((FIXTURES / name).read_text())
+    assert capture["raw_facts"]["gpus"][0]["name"] == "NVIDIA H200"
+    for read in capture["raw_health_reads"]:
+        (entry,) = validate_sample(with_health(health.parse_health(read["gpus"])))["health"]
+        # What this H200 (SXM, no NVLink peers in the VM) really lacks: named, never zero.
+        assert set(entry["unsupported"]) >= {"retired_pages_double_bit", "nvlink"}
+        assert entry["retired_pages_double_bit"] is None and entry["nvlink"] == []
+        assert entry["ecc_mode"] is True and entry["ecc_volatile_uncorrected"] == 0
+        assert (entry["pcie_link_gen"], entry["pcie_link_width"]) == (5, 16)
+        assert entry["remapped_rows_failure"] is False and entry["xids"] == []
+    # The same parse the capture recorded on the device.
+    first = health.parse_health(capture["raw_health_reads"][0]["gpus"])
+    assert first == capture["parsed_first_read"]
+
+
+def test_a_busy_real_h200_is_power_capped_not_idle():
+    busy = json.loads((FIXTURES / "nvml_health_h200_busy_real.json").read_text())
+    idle = json.loads((FIXTURES / "nvml_health_h200_idle_real.json").read_text())
+    (busy_entry,) = health.parse_health(busy["raw_health_reads"][0]["gpus"])
+    (idle_entry,) = health.parse_health(idle["raw_health_reads"][0]["gpus"])
+    assert "sw_power_cap" in busy_entry["throttle_reasons"]
+    assert "gpu_idle" in idle_entry["throttle_reasons"]
