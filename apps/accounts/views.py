@@ -154,7 +154,8 @@ class CASLoginView(cas_views.LoginView):
         # The CAS server's single-logout request (a SAML LogoutRequest naming the ticket).
         if not settings.SSO_CAS:
             raise Http404
-        recorder.describe(action="auth.sso-logout", changes={"backend": "cas"})
+        if request.POST.get("logoutRequest"):
+            recorder.describe(action="auth.sso-logout", changes={"backend": "cas"})
         return super().post(request)
 
 
@@ -162,6 +163,8 @@ class OIDCCallbackView(oidc_views.OIDCAuthenticationCallbackView):
     def get(self, request):
         if not settings.SSO_OIDC:
             raise Http404
+        if not {"code", "state", "error"} & set(request.GET):
+            return redirect("login")  # a bare visit, no answer from a provider: no login attempt
         state = request.GET.get("state")
         if state is not None and state not in request.session.get("oidc_states", {}):
             return _failed(request, "oidc", Refused("state", STATE_MISMATCH))

@@ -200,7 +200,9 @@ def test_logging_out_at_the_cas_server_ends_the_hangar_session(hangar, identity_
     assert event is not None and event.changes["backend"] == "cas"
 
 
-def test_new_sso_users_wait_for_approval_when_required(hangar, browser, settings, identity_server):
+def test_new_sso_users_wait_for_approval_when_required(
+    hangar, browser, settings, admin_user, client_for
+):
     settings.SSO_APPROVAL_REQUIRED = True
     page = browser.get(f"{hangar}/sso/cas/login/", timeout=10)
     answer = submit_login_form(browser, page, "bob", "bob-pw")
@@ -211,8 +213,10 @@ def test_new_sso_users_wait_for_approval_when_required(hangar, browser, settings
     assert not bob.is_active
     assert me(browser, hangar)["status"] in (401, 403)
 
-    bob.is_active = True
-    bob.save()
+    approved = client_for(admin_user).post(f"/api/v1/users/{bob.pk}/activate/")
+    assert approved.status_code == 200 and approved.json()["is_active"] is True
+    event = AuditEvent.objects.filter(action="accounts.user.activate").last()
+    assert (event.actor_name, event.target_id) == ("root-admin", str(bob.pk))
     retry = browser.get(f"{hangar}/sso/cas/login/", timeout=10)  # CAS session still open
     assert retry.url == f"{hangar}/"
     assert me(browser, hangar)["username"] == "bob"
