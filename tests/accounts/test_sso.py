@@ -99,9 +99,15 @@ def test_cas_login_creates_the_user_from_the_attributes(hangar, identity_server,
     )
 
 
-def test_cas_affiliation_and_department_map_to_role_bindings(hangar, browser, cluster):
+def test_cas_affiliation_and_department_map_to_role_bindings(hangar, browser, cluster, admin_api):
     RoleBinding.objects.create(role="operator", ldap_group="cas:departmentcode=cs", cluster=cluster)
-    RoleBinding.objects.create(role="viewer", ldap_group="cas:edupersonaffiliation=staff")
+    # Bound through the API as an administrator would type it: case does not matter.
+    bound = admin_api.post(
+        "/api/v1/role-bindings/",
+        {"role": "viewer", "ldap_group": "cas:eduPersonAffiliation=Staff"},
+        format="json",
+    )
+    assert bound.status_code == 201, bound.content
     RoleBinding.objects.create(role="admin", ldap_group="cas:edupersonaffiliation=student")
 
     page = browser.get(f"{hangar}/sso/cas/login/", timeout=10)
