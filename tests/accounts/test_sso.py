@@ -4,11 +4,13 @@ requests session as the browser following every redirect."""
 
 from __future__ import annotations
 
+from io import StringIO
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
 import requests
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 
 from apps.accounts.models import DirectoryMembership, RoleBinding
 from apps.audit.models import AuditEvent
@@ -97,6 +99,9 @@ def test_cas_login_creates_the_user_from_the_attributes(hangar, identity_server,
         "alice",
         "cas",
     )
+    out = StringIO()
+    call_command("audit", "verify", stdout=out)
+    assert "chain intact" in out.getvalue()
 
 
 def test_cas_affiliation_and_department_map_to_role_bindings(hangar, browser, cluster, admin_api):
