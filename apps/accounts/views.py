@@ -138,7 +138,8 @@ class CASLoginView(cas_views.LoginView):
     def get(self, request):
         if not settings.SSO_CAS:
             raise Http404
-        ticket = request.GET.get("ticket")
+        # Only a ticket checked now is a login; an open session is just sent on.
+        checks_ticket = bool(request.GET.get("ticket")) and not request.user.is_authenticated
         try:
             response = super().get(request)
         except requests.RequestException:
@@ -146,7 +147,7 @@ class CASLoginView(cas_views.LoginView):
         except PermissionDenied:
             refusal = getattr(request, "sso_refusal", None) or Refused("refused", NOT_CONFIRMED)
             return _failed(request, "cas", refusal)
-        if ticket and request.user.is_authenticated:
+        if checks_ticket and request.user.is_authenticated:
             sso.record_login(request, "cas", user=request.user)
         return response
 
