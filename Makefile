@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint format check bench-telemetry bench-deployments bench-ui bench-gateway bench-fairshare clean
+.PHONY: run test lint format check bundle bench-telemetry bench-deployments bench-ui bench-gateway bench-fairshare clean
 
 $(STAMP): pyproject.toml
+	@deploy/system-packages.sh build
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -33,6 +34,7 @@ check: $(STAMP)
 test: export HANGAR_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hangar
 test: export HANGAR_DATA_DIR ?= $(CURDIR)/.test-data
 test: lint check
+	@deploy/system-packages.sh test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench-telemetry: $(STAMP)
@@ -49,6 +51,11 @@ bench-gateway: $(STAMP)
 
 bench-fairshare: $(STAMP)
 	$(BIN)/python -m tests.bench.fairshare
+
+# One archive for an offline appliance (docs/install.md); WITH_DEBS=1 carries the
+# Debian packages too. Written to dist/.
+bundle:
+	deploy/bundle/build.sh $(if $(WITH_DEBS),--with-debs)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -31,6 +31,11 @@ router.register("alert-deliveries", alerts.DeliveryViewSet, basename="alertdeliv
 router.register("routes", gateway.RouteViewSet, basename="route")
 router.register("service-accounts", gateway.ServiceAccountViewSet, basename="serviceaccount")
 router.register("consumer-keys", gateway.ConsumerKeyViewSet, basename="consumerkey")
+router.register("projects", gateway.ProjectViewSet, basename="project")
+router.register("project-members", gateway.ProjectMemberViewSet, basename="projectmember")
+router.register("limits", gateway.LimitViewSet, basename="limit")
 
 API_ENDPOINTS = [(basename, prefix) for prefix, _viewset, basename in router.registry]
 API_ENDPOINTS.append(("me", "me"))
+API_ENDPOINTS += [("gateway-policy", "gateway-policy"), ("usage", "usage")]
+API_ENDPOINTS += [("usage-energy", "usage/energy"), ("open-routes", "open-routes")]

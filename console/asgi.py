@@ -17,13 +17,17 @@ except ConfigError as exc:
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
 from django.urls import path
 
+from apps.core.forwarded import ForwardedClientMiddleware
 from apps.telemetry.consumers import AgentConsumer, TelemetryConsumer
 
+# The client address (audit source, login lockout, agent sockets) comes from the
+# direct peer, or from X-Forwarded-For only when that peer is a trusted proxy.
 # Agents authenticate with their node credential and send no Origin header, so
 # only the browser socket goes through the origin check and the session.
-application = ProtocolTypeRouter(
+routes = ProtocolTypeRouter(
     {
         "http": django_http,
         "websocket": URLRouter(
@@ -39,3 +43,4 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+application = ForwardedClientMiddleware(routes, settings.TRUSTED_PROXIES)

@@ -12,6 +12,9 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlparse
 
+# Standard library only, like this module: safe to import before Django is set up.
+from apps.core.forwarded import parse_networks
+
 PREFIX = "HANGAR_"
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -57,6 +60,14 @@ def listing(name: str, default: list[str]) -> list[str]:
     if value is None:
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def networks(name: str) -> tuple:
+    """Comma-separated IP addresses or CIDR networks (apps/core/forwarded.py)."""
+    try:
+        return parse_networks(raw(name, "") or "")
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{name}: {exc}") from None
 
 
 def data_dir() -> Path:

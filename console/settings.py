@@ -26,6 +26,9 @@ REDIS_URL = config.redis_url()
 # Served behind TLS (a reverse proxy or Daphne with a certificate): cookies get the
 # Secure flag and plain HTTP is redirected. Off for the loopback quick start.
 HTTPS = config.boolean("HTTPS", False)
+# Reverse proxies (nginx: deploy/nginx/hangar.conf) whose X-Forwarded-For and
+# X-Forwarded-Proto are believed; nobody by default (apps/core/forwarded.py).
+TRUSTED_PROXIES = config.networks("TRUSTED_PROXIES")
 
 INSTALLED_APPS = [
     "daphne",
@@ -143,6 +146,8 @@ SECURE_HSTS_PRELOAD = False
 # HSTS preload binds the whole parent domain for years; a campus appliance must not
 # decide that for its university, so the preload check is silenced on purpose.
 SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# The ASGI wrapper (console/asgi.py) removes X-Forwarded-Proto from any peer that is
+# not a trusted proxy, so this header is only ever the trusted proxy's word.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from apps.accounts.api.views import MeView
 from apps.accounts.permissions import public_view
 from apps.core import views as core
+from apps.gateway.api import views as gateway
 from apps.inventory.api.views import EnrollAgentView
 from apps.telemetry.views import prometheus_metrics
 from console.api import router
@@ -18,6 +19,10 @@ api_v1 = [
     path("", core.ApiRootView.as_view(), name="api-root"),
     path("me/", MeView.as_view(), name="me"),
     path("agent/enroll/", EnrollAgentView.as_view(), name="agent-enroll"),
+    path("gateway-policy/", gateway.GatewayPolicyView.as_view(), name="gateway-policy"),
+    path("open-routes/", gateway.OpenRoutesView.as_view(), name="open-routes"),
+    path("usage/", gateway.UsageView.as_view(), name="usage"),
+    path("usage/energy/", gateway.EnergyView.as_view(), name="usage-energy"),
     *router.urls,
 ]
 

@@ -247,6 +247,10 @@ def test_the_rules_see_function_level_imports(tmp_path):
     assert found == [("apps.audit.recorder", False), ("apps.alerts.services", True)]
 
 
+# Modules of other apps the gateway process may import: standard library only (checked below).
+GATEWAY_SHARED = ("apps.core.forwarded",)
+
+
 def test_the_gateway_process_imports_nothing_of_django_or_other_apps():
     """apps/gateway/proxy is the hangar-gateway process: it serves from Redis alone."""
     root = Path(__file__).resolve().parents[1] / "apps" / "gateway" / "proxy"
@@ -257,11 +261,24 @@ def test_the_gateway_process_imports_nothing_of_django_or_other_apps():
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
+                # `from apps.core import forwarded` imports apps.core.forwarded.
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
             for name in names:
                 top = name.split(".")[0]
+                shared = any(name == s or name.startswith(f"{s}.") for s in GATEWAY_SHARED)
                 if top in ("django", "rest_framework", "channels", "console", "celery") or (
-                    top == "apps" and not name.startswith("apps.gateway.proxy")
+                    top == "apps" and not name.startswith("apps.gateway.proxy") and not shared
                 ):
                     wrong.append(f"{path.name}:{node.lineno} imports {name}")
+    assert not wrong, wrong
+
+
+def test_what_the_gateway_shares_imports_only_the_standard_library():
+    """apps/core/forwarded.py: the client address, decided alike by console and gateway."""
+    import sys
+
+    path = APPS / "core" / "forwarded.py"
+    names = [i.target.split(".")[0] for i in imports_of(path)]
+    assert names, "no imports found"
+    wrong = [n for n in names if n not in sys.stdlib_module_names and n != "__future__"]
     assert not wrong, wrong

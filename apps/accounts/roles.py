@@ -14,6 +14,9 @@ class Role(models.TextChoices):
     MODEL_MANAGER = "model-manager", "Model manager"
     AUDITOR = "auditor", "Auditor"
     ADMIN = "admin", "Administrator"
+    # Uses the gateway and nothing else: routes open to them, their own keys
+    # within their projects' policy, their own usage (docs/limits.md).
+    CONSUMER = "consumer", "Consumer"
 
 
 # Reading the inventory and telemetry comes with every role: an operator who
@@ -25,6 +28,7 @@ _READ = {
     "models.view",
     "alerts.view",
     "gateway.view",
+    "gateway.use",
 }
 
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
@@ -49,8 +53,12 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
             "accounts.view",
             "accounts.manage",
             "settings.manage",
+            "projects.manage",
         }
     ),
+    # No inventory, no deployments: the gateway's door only. Projects, keys and
+    # usage of one's own need no action (object checks in apps.gateway.projects).
+    Role.CONSUMER: frozenset({"gateway.use"}),
 }
 
 ALL_ACTIONS = frozenset().union(*ROLE_ACTIONS.values())
@@ -67,6 +75,7 @@ GLOBAL_ONLY_ACTIONS = frozenset(
         "settings.manage",
         "gateway.manage",
         "keys.manage",
+        "projects.manage",
     }
 )
 

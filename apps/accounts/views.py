@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, SuspiciousOperation
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -24,7 +25,7 @@ from mozilla_django_oidc import views as oidc_views
 
 from apps.accounts import lockout
 from apps.accounts.permissions import requires
-from apps.accounts.policy import AUTHENTICATED, PUBLIC
+from apps.accounts.policy import AUTHENTICATED, PUBLIC, can
 from apps.accounts.sso import services as sso
 from apps.accounts.sso.identity import Refused
 from apps.audit import recorder
@@ -93,7 +94,16 @@ def login_view(request):
     lockout.note_login_success(username, address)
     auth.login(request, user)
     recorder.describe(target=user, changes={"backend": user.backend.rsplit(".", 1)[-1]})
-    return redirect(context["next"])
+    return redirect(landing(user, context["next"]))
+
+
+def landing(user, next_url: str) -> str:
+    """Where a login lands: `next`, but not the dashboard for someone who cannot see it."""
+    if next_url == "/" and not can(user, "inventory.view"):
+        # The dashboard is the inventory's: someone who only uses the gateway (the
+        # consumer role, or no role) starts at their keys.
+        return reverse("my-keys")
+    return next_url
 
 
 @requires(AUTHENTICATED, methods=("POST",))
@@ -135,6 +145,9 @@ def _failed(request, protocol: str, refusal: Refused):
 
 
 class CASLoginView(cas_views.LoginView):
+    def successful_login(self, request, next_page):
+        return redirect(landing(request.user, next_page))
+
     def get(self, request):
         if not settings.SSO_CAS:
             raise Http404
@@ -182,6 +195,10 @@ class OIDCCallbackView(oidc_views.OIDCAuthenticationCallbackView):
     def login_failure(self):
         refusal = getattr(self.request, "sso_refusal", None) or Refused("refused", NOT_CONFIRMED)
         return _failed(self.request, "oidc", refusal)
+
+    @property
+    def success_url(self) -> str:
+        return landing(self.user, super().success_url)
 
     def login_success(self):
         response = super().login_success()

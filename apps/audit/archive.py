@@ -138,6 +138,19 @@ def verify_archive(
     return verify_events(chained(), prev, seq)
 
 
+def relocate_archives(directory: Path | None = None) -> int:
+    """Point every segment at its file in `directory` (after a restore onto another
+    data directory); the files' checksums still vouch for them. Returns how many moved."""
+    directory = Path(directory or settings.AUDIT_ARCHIVE_DIR)
+    moved = 0
+    for segment in ArchiveSegment.objects.all():
+        path = str(directory / Path(segment.path).name)
+        if path != segment.path:
+            ArchiveSegment.objects.filter(pk=segment.pk).update(path=path)
+            moved += 1
+    return moved
+
+
 def verify_archives() -> tuple[int, str | None]:
     """Verify every recorded segment, in order, and its link to the hot table."""
     prev, seq, total = "0" * 64, 1, 0

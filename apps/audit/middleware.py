@@ -12,12 +12,9 @@ Outcome = AuditEvent.Outcome
 
 
 def client_address(request) -> str | None:
-    # X-Forwarded-For is trusted only behind a proxy we were told about
-    # (HANGAR_HTTPS implies one); otherwise a client could forge its address.
-    from django.conf import settings
-
-    if settings.HTTPS and request.headers.get("X-Forwarded-For"):
-        return request.headers["X-Forwarded-For"].split(",")[0].strip() or None
+    # REMOTE_ADDR comes from the ASGI scope, which apps/core/forwarded.py has already
+    # set from X-Forwarded-For where (and only where) the peer is a trusted proxy.
+    # Never read the header here: a client writes whatever it likes into it.
     return request.META.get("REMOTE_ADDR") or None
 
 

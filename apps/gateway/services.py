@@ -7,6 +7,7 @@ Keys are made and revoked by apps.gateway.keys.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count, Prefetch, Q, QuerySet
@@ -15,9 +16,11 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.accounts.policy import can, restrict
 from apps.audit import recorder
+from apps.core.i18n import lazy_message
 from apps.deployments.models import DesiredState, WorkerState
-from apps.gateway.keys import create_consumer_key
-from apps.gateway.models import ConsumerKey, Route, RouteTarget
+from apps.gateway import projects
+from apps.gateway.keys import KeyRefused, create_consumer_key
+from apps.gateway.models import ConsumerKey, GatewayPolicy, Limit, Route, RouteTarget
 
 # As the gateway's snapshot counts them (apps.gateway.snapshot.build): the
 # workers a request may be sent to now.
@@ -107,20 +110,30 @@ def may_own_service_keys(user) -> bool:
 
 
 def keys_visible_to(user) -> QuerySet:
-    """Everyone's own keys; service accounts' keys to those who may make them; all
-    keys to `keys.manage`. A key outside this set answers 404."""
+    """Everyone's own keys; service accounts' keys to those who may make them; the
+    keys of the projects they own to owners; all keys to `keys.manage`. A key
+    outside this set answers 404."""
     keys = ConsumerKey.objects.select_related(
-        "user", "service_account", "created_by"
+        "user", "service_account", "created_by", "project", "approved_by"
     ).prefetch_related("routes")
     if can(user, "keys.manage"):
         return keys
     visible = Q(user=user)
     if may_own_service_keys(user):
         visible |= Q(service_account__isnull=False)
+    owned = projects.owned_project_ids(user)
+    if owned:
+        visible |= Q(project__in=owned)
     return keys.filter(visible)
 
 
-KEY_STATES = ("active", "expired", "revoked")
+def may_approve(user, key: ConsumerKey) -> bool:
+    """Owners of the key's project and administrators approve; nobody approves their own
+    pending key unless they could have made it approved."""
+    return projects.is_owner(user, key.project) or can(user, "keys.manage")
+
+
+KEY_STATES = ("active", "pending", "expired", "revoked")
 
 
 def keys_in_state(keys: QuerySet, state: str) -> QuerySet:
@@ -128,7 +141,9 @@ def keys_in_state(keys: QuerySet, state: str) -> QuerySet:
     assert state in KEY_STATES, state
     now = timezone.now()
     if state == "active":
-        return keys.filter(revoked_at__isnull=True, expires_at__gt=now)
+        return keys.filter(revoked_at__isnull=True, expires_at__gt=now, approved_at__isnull=False)
+    if state == "pending":
+        return keys.filter(revoked_at__isnull=True, expires_at__gt=now, approved_at__isnull=True)
     if state == "expired":
         return keys.filter(revoked_at__isnull=True, expires_at__lte=now)
     return keys.filter(revoked_at__isnull=False)
@@ -136,12 +151,40 @@ def keys_in_state(keys: QuerySet, state: str) -> QuerySet:
 
 def create_key_as(user, data: dict) -> tuple[ConsumerKey, str]:
     """A key made by `user` from validated form or API data: theirs, or a service
-    account's when they may own those. One path for the API and the pages."""
+    account's when they may own those. One path for the API and the pages.
+
+    The site's policy (GatewayPolicy) applies to everyone who does not manage
+    keys: self-service on, at most max_key_days, a project they belong to (or
+    none when keys_without_project). A key of a project that requires approval
+    is pending unless its maker owns the project (docs/limits.md)."""
     account = data.get("service_account")
     if account is not None and not may_own_service_keys(user):
         raise PermissionDenied(
             _("Only those who manage routes or all keys make keys for service accounts.")
         )
+    project = data.get("project")
+    if account is not None:
+        # An application's keys count under its own project, which those who manage
+        # routes set on the account; they make its keys, so those work at once.
+        if project is not None and project != account.project:
+            raise KeyRefused(
+                lazy_message(
+                    _("A service account's keys count under its own project (%(name)s)."),
+                    name=account.project.name if account.project else "-",
+                )
+            )
+        project = account.project
+    policy = GatewayPolicy.current()
+    privileged = not bound_by_policy(user)
+    if not privileged:
+        _check_self_service(user, data, project, account, policy)
+    approved = (
+        project is None
+        or not project.require_approval
+        or privileged
+        or account is not None
+        or projects.is_owner(user, project)
+    )
     return create_consumer_key(
         name=data["name"],
         days=data["days"],
@@ -151,4 +194,51 @@ def create_key_as(user, data: dict) -> tuple[ConsumerKey, str]:
         all_routes=data["all_routes"],
         source_networks=data["source_networks"],
         created_by=user,
+        project=project,
+        approved=approved,
     )
+
+
+def bound_by_policy(user) -> bool:
+    """Does the site's key policy hold this user? Not those who manage keys or projects."""
+    return not (can(user, "keys.manage") or projects.manages_projects(user))
+
+
+def limits_on_keys_of(user) -> QuerySet:
+    """The limits that hold requests made with `user`'s own keys, for their keys page."""
+    project_ids = set(
+        ConsumerKey.objects.filter(user=user)
+        .exclude(project=None)
+        .values_list("project", flat=True)
+    )
+    return Limit.objects.select_related("route", "project", "user", "key").filter(
+        Q(key__user=user)
+        | Q(user=user)
+        | Q(project__in=project_ids | projects.project_ids_of(user))
+    )
+
+
+def _check_self_service(user, data: dict, project, account, policy: GatewayPolicy) -> None:
+    if not policy.self_service:
+        raise PermissionDenied(
+            _("Self-service keys are off on this appliance: ask an administrator for a key.")
+        )
+    # Beyond the appliance's own ceiling create_consumer_key answers, with that ceiling.
+    if settings.GATEWAY_KEY_MAX_DAYS >= data["days"] > policy.max_key_days:
+        raise KeyRefused(
+            lazy_message(
+                _("Keys on this appliance last at most %(max)d days."), max=policy.max_key_days
+            )
+        )
+    if account is not None:
+        return  # the account's project, not the maker's membership
+    if project is None:
+        if not policy.keys_without_project:
+            raise KeyRefused(_("Choose one of your projects for this key."))
+        return
+    if not project.is_active:
+        raise KeyRefused(lazy_message(_("Project %(name)s is closed."), name=project.name))
+    if project.pk not in projects.project_ids_of(user):
+        raise PermissionDenied(
+            _("You are not a member of project %(name)s.") % {"name": project.name}
+        )

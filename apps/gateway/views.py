@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
@@ -22,7 +23,7 @@ from apps.audit import recorder
 from apps.core.i18n import in_english
 from apps.core.pages import found_or_404
 from apps.deployments.models import Deployment
-from apps.gateway import services
+from apps.gateway import projects, reports, services
 from apps.gateway.api.serializers import ConsumerKeyCreateSerializer, RouteSerializer
 from apps.gateway.keys import KeyRefused, revoke_consumer_key
 from apps.gateway.models import Route, ServiceAccount
@@ -193,11 +194,20 @@ def _key_data(post) -> dict:
     }
     if post.get("service_account"):
         data["service_account"] = post["service_account"]
+    if post.get("project"):
+        data["project"] = post["project"]
     return data
+
+
+def _max_days(user, policy) -> int:
+    if services.bound_by_policy(user):
+        return min(policy.max_key_days, settings.GATEWAY_KEY_MAX_DAYS)
+    return settings.GATEWAY_KEY_MAX_DAYS
 
 
 def _keys_page(request, context: dict, status: int = 200):
     user = request.user
+    policy = projects.current_policy()
     context.setdefault("form", {"days": 90})
     context.setdefault("errors", {})
     context.update(
@@ -214,8 +224,15 @@ def _keys_page(request, context: dict, status: int = 200):
             if services.may_own_service_keys(user)
             else []
         ),
-        max_days=settings.GATEWAY_KEY_MAX_DAYS,
+        max_days=_max_days(user, policy),
         gateway_url=gateway_url(request),
+        policy=policy,
+        can_skip_policy=services.bound_by_policy(user) is False,
+        key_projects=projects.projects_for_new_keys(user),
+        limits=reports.limits_with_use(services.limits_on_keys_of(user)),
+        open_routes=(
+            Route.objects.filter(enabled=True).order_by("name") if can(user, "gateway.use") else []
+        ),
     )
     return render(request, "gateway/keys.html", context, status=status)
 
@@ -232,6 +249,10 @@ def my_keys(request):
     data = form.validated_data
     try:
         key, raw = services.create_key_as(request.user, data)
+    except PermissionDenied as exc:
+        recorder.describe(outcome=recorder.Outcome.DENIED, changes={"reason": in_english(exc)})
+        errors = {"non_field_errors": [str(exc)]}
+        return _keys_page(request, {**failed, "errors": errors}, status=403)
     except KeyRefused as exc:
         recorder.describe(outcome=recorder.Outcome.FAILED, changes={"reason": in_english(exc)})
         errors = {"non_field_errors": [str(exc)]}

@@ -29,6 +29,7 @@ __all__ = ["identity_server"]
 pytestmark = pytest.mark.django_db(transaction=True)
 
 LOCAL_PASSWORD = "a long local passphrase"
+MY_KEYS = "/keys/"
 
 
 @pytest.fixture
@@ -81,8 +82,8 @@ def test_cas_login_creates_the_user_from_the_attributes(hangar, identity_server,
 
     home = submit_login_form(browser, page, "alice", "alice-pw")
 
-    # Home is refused (403) to someone with no role yet; the login itself worked.
-    assert home.url == f"{hangar}/"
+    # Someone with no role yet cannot see the dashboard and starts at their keys.
+    assert home.ok and home.url == f"{hangar}{MY_KEYS}"
     alice = get_user_model().objects.get(username="alice")
     assert alice.get_full_name() == "Alice Anderson"
     assert alice.email == "alice@campus.test"
@@ -123,6 +124,22 @@ def test_cas_affiliation_and_department_map_to_role_bindings(hangar, browser, cl
     assert rights["clusters"] == {str(cluster.pk): ["operator"]}
 
 
+def test_a_cas_department_makes_its_people_members_of_a_project(hangar, browser):
+    from apps.gateway.models import Project, ProjectMember
+    from apps.gateway.projects import project_ids_of
+
+    cs = Project.objects.create(name="cs-dept")
+    physics = Project.objects.create(name="physics")
+    ProjectMember.objects.create(project=cs, ldap_group="cas:departmentcode=cs")
+    ProjectMember.objects.create(project=physics, ldap_group="cas:departmentcode=phys")
+
+    page = browser.get(f"{hangar}/sso/cas/login/", timeout=10)
+    submit_login_form(browser, page, "alice", "alice-pw")
+
+    alice = get_user_model().objects.get(username="alice")
+    assert project_ids_of(alice) == {cs.pk}
+
+
 def test_cas_protocol_2_reads_the_attributes_too(hangar, browser, settings, monkeypatch):
     monkeypatch.setenv("HANGAR_CAS_VERSION", "2")
     use_sso(settings, monkeypatch, {})
@@ -148,7 +165,7 @@ def test_a_forged_cas_ticket_is_refused(hangar, browser):
 
 def test_a_replayed_cas_ticket_is_refused(hangar, browser):
     ticket_url = cas_ticket_url(browser, hangar, "alice", "alice-pw")
-    assert browser.get(ticket_url, timeout=10).url == f"{hangar}/"
+    assert browser.get(ticket_url, timeout=10).url == f"{hangar}{MY_KEYS}"
 
     thief = requests.Session()
     replay = thief.get(ticket_url, timeout=10)
@@ -242,7 +259,7 @@ def test_new_sso_users_wait_for_approval_when_required(
     event = AuditEvent.objects.filter(action="accounts.user.activate").last()
     assert (event.actor_name, event.target_id) == ("root-admin", str(bob.pk))
     retry = browser.get(f"{hangar}/sso/cas/login/", timeout=10)  # CAS session still open
-    assert retry.url == f"{hangar}/"
+    assert retry.url == f"{hangar}{MY_KEYS}"
     assert me(browser, hangar)["username"] == "bob"
 
 

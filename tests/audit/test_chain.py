@@ -221,6 +221,16 @@ NOT_SECRETS = {
     "last_hash",
     "archived_through_hash",
     "first_prev_hash",
+    # The gateway's key policy, limits and usage: counts and days, and `key`, a
+    # consumer key's id (the key itself is only ever stored as key_hash).
+    "max_key_days",
+    "keys_without_project",
+    "tokens_per_minute",
+    "tokens_per_day",
+    "tokens_per_week",
+    "prompt_tokens",
+    "completion_tokens",
+    "first_token_ms",
 }
 
 

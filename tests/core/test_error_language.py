@@ -291,6 +291,11 @@ ENGLISH_ON_PURPOSE = {
     ("alerts/notify.py", "DeliveryFailed"): "the Celery worker stores it as the delivery's "
     "last_error, an operational record written outside any request, like a log line",
     ("audit/models.py", "AuditImmutable"): "a programming guard: audit rows never change",
+    ("core/backup.py", "BackupError"): "the one-line error of manage.py backup and restore, "
+    "which run outside any request and its language, like the commands' own errors",
+    ("core/forwarded.py", "ValueError"): "becomes the one-line start-up error naming "
+    "HANGAR_TRUSTED_PROXIES (console and hangar-gateway alike), before any request; the "
+    "module is standard library only, for the gateway",
     ("deployments/placement.py", "RuntimeError"): "a programming guard: placement runs "
     "inside the transaction that creates its workers",
     ("gateway/proxy/config.py", "ConfigError"): "the hangar-gateway process's one-line "

@@ -96,12 +96,24 @@ def test_make_run_serves_the_console_with_a_local_agent_that_goes_offline_and_ba
                 "POST",
                 f"/api/v1/nodes/{node['id']}/ping/",
                 b"",
-                {"X-CSRFToken": session.csrf_token(), "Referer": session.base_url + "/"},
+                {
+                    "X-CSRFToken": session.csrf_token(),
+                    "Referer": session.base_url + "/",
+                    # A client's own claim: no trusted proxy here, so never believed.
+                    "X-Forwarded-For": "203.0.113.99",
+                },
             )
             pinged["answer"] = (status, body)
             return status == 200 and json.loads(body)["node_id"] == node["id"]
 
         processes.wait_for(ping_answered, timeout=60, what="a ping through the node's queue")
+        pings = [
+            event["source_address"]
+            for event in session.json("/api/v1/audit-events/?limit=1000")["results"]
+            # A ping is audited under the policy action it needs, on its node.
+            if event["action"] == "inventory.view" and event["target_id"] == str(node["id"])
+        ]
+        assert pings and set(pings) == {"127.0.0.1"}
         assert [gpu["index"] for gpu in node["gpus"]] == [0, 1]
         status, page, _ = session.request("GET", "/nodes/")
         assert status == 200 and node["hostname"].encode() in page and b"simulated" in page

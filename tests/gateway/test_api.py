@@ -543,4 +543,4 @@ def test_a_bad_state_filter_is_refused(student_api):
     response = student_api.get("/api/v1/consumer-keys/?state=lost")
 
     assert response.status_code == 400
-    assert fields(response, "state") == ["Choose one of active, expired, revoked."]
+    assert fields(response, "state") == ["Choose one of active, pending, expired, revoked."]

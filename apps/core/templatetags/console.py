@@ -62,6 +62,7 @@ ROLE_LABELS = {
     "model-manager": _("Model manager"),
     "auditor": _("Auditor"),
     "admin": _("Administrator"),
+    "consumer": _("Consumer"),
 }
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from drf_spectacular.types import OpenApiTypes
@@ -7,7 +9,17 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.deployments.models import Deployment
-from apps.gateway.models import ConsumerKey, Route, ServiceAccount
+from apps.gateway import projects, reports
+from apps.gateway.models import (
+    LIMIT_FIELDS,
+    ConsumerKey,
+    GatewayPolicy,
+    Limit,
+    Project,
+    ProjectMember,
+    Route,
+    ServiceAccount,
+)
 
 
 @extend_schema_field(OpenApiTypes.STR)
@@ -41,6 +53,7 @@ class NameOrIdField(serializers.RelatedField):
 
 NO_ROUTE = gettext_lazy("There is no route %(name)s.")
 NO_SERVICE_ACCOUNT = gettext_lazy("There is no service account %(name)s.")
+NO_PROJECT = gettext_lazy("There is no project %(name)s.")
 
 
 class RouteTargetSerializer(serializers.Serializer):
@@ -147,10 +160,14 @@ class RouteSerializer(serializers.ModelSerializer):
 class ServiceAccountSerializer(serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     active_keys = serializers.SerializerMethodField()
+    # The project its keys count under (limits, share, usage); none: no project's.
+    project = NameOrIdField(
+        missing=NO_PROJECT, queryset=Project.objects.all(), allow_null=True, required=False
+    )
 
     class Meta:
         model = ServiceAccount
-        fields = ["id", "name", "description", "is_active", "created_by", "created_at"]
+        fields = ["id", "name", "description", "project", "is_active", "created_by", "created_at"]
         fields += ["active_keys"]
         read_only_fields = ["id", "created_by", "created_at", "active_keys"]
 
@@ -166,6 +183,8 @@ class ConsumerKeySerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner_name", read_only=True)
     routes = serializers.SerializerMethodField()
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    project = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    approved_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
     class Meta:
         model = ConsumerKey
@@ -176,6 +195,9 @@ class ConsumerKeySerializer(serializers.ModelSerializer):
             "owner",
             "user",
             "service_account",
+            "project",
+            "approved_at",
+            "approved_by",
             "all_routes",
             "routes",
             "source_networks",
@@ -223,6 +245,10 @@ class ConsumerKeyCreateSerializer(serializers.Serializer):
         required=False,
         allow_null=True,
     )
+    # A project the maker belongs to; a service account's key takes its account's.
+    project = NameOrIdField(
+        missing=NO_PROJECT, queryset=Project.objects.all(), required=False, allow_null=True
+    )
 
     def validate_service_account(self, account):
         if account is not None and not account.is_active:
@@ -242,3 +268,102 @@ class ConsumerKeyCreateSerializer(serializers.Serializer):
             )
         attrs["routes"] = list({r.pk: r for r in attrs["routes"]}.values())
         return attrs
+
+
+# --- projects, members, limits, policy -------------------------------------------------
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    """A project. Admins create and change everything; owners title, description and
+    require_approval (apps.gateway.projects.OWNER_FIELDS)."""
+
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    members = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Project
+        fields = ["id", "name", "title", "description", "weight", "require_approval"]
+        fields += ["is_active", "members", "created_by", "created_at"]
+        read_only_fields = ["id", "members", "created_by", "created_at"]
+
+    def get_members(self, project) -> int:
+        return project.members.count()
+
+
+class ProjectMemberSerializer(serializers.ModelSerializer):
+    """A user (by username) or an LDAP group (by DN) in a project, as member or owner."""
+
+    project = NameOrIdField(missing=NO_PROJECT, queryset=Project.objects.all())
+    user = serializers.SlugRelatedField(
+        slug_field="username",
+        queryset=get_user_model().objects.filter(is_active=True),
+        allow_null=True,
+        required=False,
+    )
+    ldap_group = serializers.CharField(max_length=512, allow_blank=True, required=False)
+
+    class Meta:
+        model = ProjectMember
+        fields = ["id", "project", "user", "ldap_group", "role", "created_at"]
+        read_only_fields = ["id", "created_at"]
+        validators = []  # the service refuses a second binding with a clear message
+
+
+class LimitSerializer(serializers.ModelSerializer):
+    """Ceilings for a key (id), a user (username) or a project (name), optionally on one
+    route; `use` is each ceiling's use in its current window (read only)."""
+
+    key = serializers.PrimaryKeyRelatedField(
+        queryset=ConsumerKey.objects.all(), allow_null=True, required=False
+    )
+    user = serializers.SlugRelatedField(
+        slug_field="username",
+        queryset=get_user_model().objects.all(),
+        allow_null=True,
+        required=False,
+    )
+    project = NameOrIdField(
+        missing=NO_PROJECT, queryset=Project.objects.all(), allow_null=True, required=False
+    )
+    route = NameOrIdField(
+        missing=NO_ROUTE, queryset=Route.objects.all(), allow_null=True, required=False
+    )
+    use = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Limit
+        fields = ["id", "scope", "key", "user", "project", "route", *LIMIT_FIELDS]
+        fields += ["use", "created_at", "updated_at"]
+        read_only_fields = ["id", "use", "created_at", "updated_at"]
+        extra_kwargs = {field: {"min_value": 1} for field in LIMIT_FIELDS}
+        validators = []  # projects.save_limit refuses a duplicate with a clear message
+
+    def validate(self, attrs):
+        merged = {}
+        if self.instance is not None:
+            merged = {f: getattr(self.instance, f) for f in ("scope", "key", "user", "project")}
+            merged.update({f: getattr(self.instance, f) for f in LIMIT_FIELDS})
+        merged.update(attrs)
+        try:
+            projects.validate_limit(merged)
+        except projects.ProjectRefused as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return attrs
+
+    def get_use(self, limit) -> dict:
+        return reports.use_of_limit(limit)
+
+
+class GatewayPolicySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GatewayPolicy
+        fields = ["self_service", "max_key_days", "keys_without_project", "updated_at"]
+        read_only_fields = ["updated_at"]
+
+    def validate_max_key_days(self, days: int) -> int:
+        if days > settings.GATEWAY_KEY_MAX_DAYS:
+            raise serializers.ValidationError(
+                _("This appliance allows at most %(max)d days (HANGAR_GATEWAY_KEY_MAX_DAYS).")
+                % {"max": settings.GATEWAY_KEY_MAX_DAYS}
+            )
+        return days

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
+
+from apps.core.forwarded import parse_networks
 
 
 class ConfigError(Exception):
@@ -42,10 +43,9 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _networks(name: str) -> tuple:
-    text = _raw(name, "")
+def _networks(name: str, default: str = "") -> tuple:
     try:
-        return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in text.split(",") if n)
+        return parse_networks(_raw(name, default))
     except ValueError as exc:
         raise ConfigError(f"HANGAR_{name}: {exc}") from None
 
@@ -96,7 +96,9 @@ def load() -> GatewayConfig:
         read_timeout_s=_number("GATEWAY_READ_TIMEOUT", 600.0, minimum=1.0),
         stale_after_s=_number("GATEWAY_STALE_SECONDS", 300.0, minimum=1.0),
         poll_interval_s=_number("GATEWAY_POLL_SECONDS", 1.0, minimum=0.05),
-        trusted_proxies=_networks("GATEWAY_TRUSTED_PROXIES"),
+        # The gateway sits behind the same nginx as the console (deploy/nginx/), so
+        # it trusts the console's proxies unless told otherwise.
+        trusted_proxies=_networks("GATEWAY_TRUSTED_PROXIES", _raw("TRUSTED_PROXIES", "")),
         worker_concurrency=int(_number("GATEWAY_WORKER_CONCURRENCY", 32, minimum=1)),
         queue_length=int(_number("GATEWAY_QUEUE_LENGTH", 1000, minimum=0)),
         queue_timeout_s=_number("GATEWAY_QUEUE_TIMEOUT", 30.0, minimum=0.1),

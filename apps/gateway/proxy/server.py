@@ -23,6 +23,7 @@ from datetime import datetime
 import aiohttp
 from aiohttp import web
 
+from apps.core import forwarded
 from apps.gateway.proxy import config as gateway_config
 from apps.gateway.proxy import limits
 from apps.gateway.proxy.accounting import Accounts
@@ -94,16 +95,11 @@ class Outcome:
 
 def client_address(request: web.Request) -> str:
     """The peer's address; X-Forwarded-For only from a proxy we were told to trust."""
-    peer = request.remote or ""
-    forwarded = request.headers.get("X-Forwarded-For")
-    proxies = request.app[CONFIG].trusted_proxies
-    if forwarded and proxies:
-        try:
-            if any(ipaddress.ip_address(peer) in net for net in proxies):
-                return forwarded.split(",")[-1].strip()
-        except ValueError:
-            pass
-    return peer
+    return forwarded.client_address(
+        request.remote or "",
+        request.headers.getall("X-Forwarded-For", []),
+        request.app[CONFIG].trusted_proxies,
+    )
 
 
 def _bearer(request: web.Request) -> str | None:
