@@ -45,11 +45,12 @@ def variables_read_by_the_code() -> set[str]:
     ]
     for path in readers:
         text = path.read_text()
-        # config.raw("X"), config.integer("X", ...), _number("X", ...), bind("X", ...)
+        # config.raw("X"), config.integer("X", ...), _number("X", ...), bind("X", ...),
+        # console/sso.py's _url("X")
         names |= {
             "HANGAR_" + n
             for n in re.findall(
-                r'\b(?:raw|boolean|integer|listing|bind|_raw|_number|_bind|_networks)\(\s*"([A-Z0-9_]+)"',
+                r'\b(?:raw|boolean|integer|listing|bind|_raw|_number|_bind|_networks|_url)\(\s*"([A-Z0-9_]+)"',
                 text,
             )
         }
