@@ -67,7 +67,7 @@ class GatewayConfig:
     trusted_proxies: tuple = field(default_factory=tuple)
     # Fair share (fairshare.py): requests in flight per ready worker, all gateway
     # processes together, before requests wait; how many may wait; for how long.
-    worker_concurrency: int = 32
+    worker_concurrency: int = 256
     queue_length: int = 1000
     queue_timeout_s: float = 30.0
     # When Redis can't be asked about limits: "allow" serves (and counts the miss),
@@ -99,7 +99,7 @@ def load() -> GatewayConfig:
         # The gateway sits behind the same nginx as the console (deploy/nginx/), so
         # it trusts the console's proxies unless told otherwise.
         trusted_proxies=_networks("GATEWAY_TRUSTED_PROXIES", _raw("TRUSTED_PROXIES", "")),
-        worker_concurrency=int(_number("GATEWAY_WORKER_CONCURRENCY", 32, minimum=1)),
+        worker_concurrency=int(_number("GATEWAY_WORKER_CONCURRENCY", 256, minimum=1)),
         queue_length=int(_number("GATEWAY_QUEUE_LENGTH", 1000, minimum=0)),
         queue_timeout_s=_number("GATEWAY_QUEUE_TIMEOUT", 30.0, minimum=0.1),
         limits_without_redis=_choice("GATEWAY_LIMITS_WITHOUT_REDIS", "allow", ("allow", "refuse")),
