@@ -50,7 +50,7 @@ def variables_read_by_the_code() -> set[str]:
         names |= {
             "HANGAR_" + n
             for n in re.findall(
-                r'\b(?:raw|boolean|integer|listing|bind|_raw|_number|_bind|_networks|_url)\(\s*"([A-Z0-9_]+)"',
+                r'\b(?:raw|boolean|integer|listing|bind|choice|_choice|_raw|_number|_bind|_networks|_url)\(\s*"([A-Z0-9_]+)"',
                 text,
             )
         }
