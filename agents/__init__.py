@@ -5,4 +5,4 @@ GPU hosts that have none of them installed, and the console imports
 `agents.protocol` (never the other way round).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
