@@ -279,6 +279,73 @@ def node_and_gpu_families(
         out.rows(family, host_rows)
 
 
+# From each GPU's last health read (agents/health.py, judged by apps/inventory/health.py).
+# A field the GPU does not support has no series, never a zero.
+HEALTH_FAMILIES = (
+    (
+        "hangar_gpu_ecc_corrected_total",
+        "counter",
+        "Corrected ECC errors since the driver loaded (aggregate).",
+        "ecc_aggregate_corrected",
+    ),
+    (
+        "hangar_gpu_ecc_uncorrected_total",
+        "counter",
+        "Uncorrected ECC errors since the driver loaded (aggregate).",
+        "ecc_aggregate_uncorrected",
+    ),
+    (
+        "hangar_gpu_pcie_replays_total",
+        "counter",
+        "PCIe replays (link-level retries).",
+        "pcie_replay_counter",
+    ),
+    ("hangar_gpu_pcie_link_width", "gauge", "PCIe lanes the link runs at now.", "pcie_link_width"),
+    (
+        "hangar_gpu_pcie_link_width_max",
+        "gauge",
+        "PCIe lanes the link can run at.",
+        "pcie_link_width_max",
+    ),
+    (
+        "hangar_gpu_remapped_rows_pending",
+        "gauge",
+        "1 when a row remap waits for a GPU reset.",
+        "remapped_rows_pending",
+    ),
+)
+
+
+def gpu_health_families(out: Exposition, gpus, names: str = "hangar") -> None:
+    """The health state, the cordon and the health read's counters of each GPU row:
+    Hangar's own families, so not under dcgm-exporter's names alone."""
+    if names not in ("hangar", "both"):
+        return
+    rows = [(labels(node=g.node.hostname, gpu=g.index, uuid=g.uuid), g) for g in gpus]
+    out.family(
+        "hangar_gpu_health",
+        "gauge",
+        "1 for the GPU's health state (healthy, degraded, unhealthy, unknown), by state.",
+        ((labels(node=g.node.hostname, gpu=g.index, uuid=g.uuid, state=g.health), 1)
+         for g in gpus),
+    )  # fmt: skip
+    out.family(
+        "hangar_gpu_cordoned",
+        "gauge",
+        "1 when the GPU takes no new work (cordoned by a person or the health policy).",
+        ((lbl, 1 if g.cordoned else 0) for lbl, g in rows),
+    )
+    for name, kind, help_text, field in HEALTH_FAMILIES:
+        series = []
+        for lbl, g in rows:
+            value = (g.health_reading or {}).get(field)
+            if isinstance(value, bool):
+                value = int(value)
+            if isinstance(value, int | float):
+                series.append((lbl, value))
+        out.family(name, kind, help_text, series)
+
+
 def worker_families(out: Exposition, rows: list[tuple[dict, dict]]) -> None:
     """rows: (labels as a dict, the worker's numbers: the sample's entry, state, availability)."""
     out.family(

@@ -50,12 +50,13 @@ def prometheus_metrics(request):
     user = request.user
     nodes = list(restrict(Node.objects.select_related("cluster"), user, "telemetry.view"))
     latest = live.latest_samples([n.pk for n in nodes])
-    gpus = {
-        (g.node_id, g.index): {"name": g.name, "pci_bus_id": g.pci_bus_id}
-        for g in GPU.objects.filter(node__in=nodes)
-    }
+    gpu_rows = list(
+        GPU.objects.filter(node__in=nodes).select_related("node").order_by("node", "index")
+    )
+    gpus = {(g.node_id, g.index): {"name": g.name, "pci_bus_id": g.pci_bus_id} for g in gpu_rows}
     out = exposition.Exposition()
     exposition.node_and_gpu_families(out, nodes, latest, gpus, names)
+    exposition.gpu_health_families(out, gpu_rows, names)
     exposition.worker_families(out, _worker_rows(user, nodes, latest))
     alerts = restrict(Alert.objects.all(), user, "alerts.view")
     out.family(

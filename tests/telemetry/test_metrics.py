@@ -294,3 +294,29 @@ def test_the_rules_cover_every_shipped_hangar_rule():
     severities = {r["name"]: r["severity"] for r in DEFAULT_RULES}
     for rule in rules:
         assert rule["labels"]["severity"] == severities[rule["annotations"]["hangar_rule"]]
+
+
+def test_gpu_health_is_exported_from_the_last_health_read(admin_api, populated):
+    gpu = GPU.objects.get(node=populated["node"], index=1)
+    gpu.health, gpu.cordoned = "degraded", True
+    gpu.health_reading = {
+        "ecc_aggregate_corrected": 12, "ecc_aggregate_uncorrected": 0,
+        "pcie_replay_counter": 3, "pcie_link_width": 8, "pcie_link_width_max": 16,
+        "remapped_rows_pending": False, "retired_pages_double_bit": None,
+    }  # fmt: skip
+    gpu.save()
+    text = scrape(admin_api)
+    one = 'node="gpu-01",gpu="1",uuid="GPU-test-1"'
+    zero = 'node="gpu-01",gpu="0",uuid="GPU-test-0"'
+    assert f'hangar_gpu_health{{{one},state="degraded"}} 1\n' in text
+    assert f'hangar_gpu_health{{{zero},state="unknown"}} 1\n' in text
+    assert f"hangar_gpu_cordoned{{{one}}} 1\n" in text
+    assert f"hangar_gpu_cordoned{{{zero}}} 0\n" in text
+    assert f"hangar_gpu_ecc_corrected_total{{{one}}} 12\n" in text
+    assert f"hangar_gpu_pcie_link_width{{{one}}} 8\n" in text
+    assert f"hangar_gpu_pcie_link_width_max{{{one}}} 16\n" in text
+    assert f"hangar_gpu_remapped_rows_pending{{{one}}} 0\n" in text
+    # A GPU with no health read has no counter series (never a made-up zero).
+    assert f"hangar_gpu_ecc_corrected_total{{{zero}}}" not in text
+    assert families(text)["hangar_gpu_pcie_replays_total"] == "counter"
+    assert promtool_check(text).returncode == 0
