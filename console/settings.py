@@ -11,7 +11,6 @@ from redis.connection import parse_url as parse_redis_url
 
 from console import config
 from console.ldap import ldap_settings
-from console.sso import sso_settings
 
 BASE_DIR = config.BASE_DIR
 DATA_DIR = config.data_dir()
@@ -40,8 +39,6 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "channels",
-    # Its SessionTicket table maps a CAS ticket to a session for single logout.
-    "django_cas_ng",
     "apps.core",
     "apps.audit",
     "apps.accounts",
@@ -118,10 +115,6 @@ LDAP = ldap_settings()
 if LDAP:
     globals().update(LDAP)
     AUTHENTICATION_BACKENDS.insert(0, "apps.accounts.ldap.HangarLDAPBackend")
-# CAS and OpenID Connect, each on when configured (console/sso.py, docs/identity.md).
-SSO = sso_settings()
-globals().update(SSO)
-AUTHENTICATION_BACKENDS.extend(SSO["SSO_BACKENDS"])
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

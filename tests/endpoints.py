@@ -77,40 +77,6 @@ def _agents_answer_fast(monkeypatch) -> None:
     monkeypatch.setattr(commands, "ask_node", unreachable)
 
 
-def _sso_on(monkeypatch) -> None:
-    """CAS and OIDC configured as console/settings.py does, at addresses nothing
-    answers: the matrix rows ask who may call, not the identity server."""
-    from django.conf import UserSettingsHolder, settings
-
-    from console.sso import sso_settings
-
-    nowhere = "http://127.0.0.1:9"
-    for name, value in {
-        "HANGAR_CAS_SERVER_URL": f"{nowhere}/cas/",
-        "HANGAR_OIDC_CLIENT_ID": "hangar",
-        "HANGAR_OIDC_CLIENT_SECRET": "matrix-secret",
-        "HANGAR_OIDC_AUTHORIZATION_ENDPOINT": f"{nowhere}/authorize",
-        "HANGAR_OIDC_TOKEN_ENDPOINT": f"{nowhere}/token",
-        "HANGAR_OIDC_USERINFO_ENDPOINT": f"{nowhere}/userinfo",
-        "HANGAR_OIDC_JWKS_ENDPOINT": f"{nowhere}/jwks",
-    }.items():
-        monkeypatch.setenv(name, value)
-    # As override_settings does: a layer over the settings, taken off when the test ends.
-    layer = UserSettingsHolder(settings._wrapped)
-    for name, value in sso_settings().items():
-        setattr(layer, name, value)
-    monkeypatch.setattr(settings, "_wrapped", layer)
-
-
-# A CAS server's single-logout request for a ticket no session holds.
-_CAS_LOGOUT_REQUEST = (
-    '<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" '
-    'xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="matrix" Version="2.0" '
-    'IssueInstant="2026-12-01T00:00:00Z"><saml:NameID>@NOT_USED@</saml:NameID>'
-    "<samlp:SessionIndex>ST-matrix-unknown</samlp:SessionIndex></samlp:LogoutRequest>"
-)
-
-
 INVENTORY_VIEW = "inventory.view"
 E = Endpoint
 ENDPOINTS: list[Endpoint] = [
@@ -129,8 +95,6 @@ ENDPOINTS: list[Endpoint] = [
       view="accounts.view"),
     E("POST", "/api/v1/users/{user}/unlock/", "accounts.manage", 200, kind="object",
       view="accounts.view", audit_action="auth.unlock"),
-    E("POST", "/api/v1/users/{user}/activate/", "accounts.manage", 200, kind="object",
-      view="accounts.view", audit_action="accounts.user.activate"),
     E("GET", "/api/v1/role-bindings/", "accounts.view", 200),
     E("POST", "/api/v1/role-bindings/", "accounts.manage", 201, kind="create",
       body={"role": "auditor", "user": "{user}"}),
@@ -510,13 +474,6 @@ ENDPOINTS: list[Endpoint] = [
     E("POST", "/login/", PUBLIC, 302, page=True, audit_action="auth.login",
       body={"username": "person", "password": STRONG_PASSWORD}),
     E("POST", "/logout/", AUTHENTICATED, 302, page=True, audit_action="auth.logout"),
-    # -- single sign-on (with a CAS and an OIDC server configured; none is asked here:
-    # tests/accounts/test_sso.py logs in against real ones) --------------------------
-    E("GET", "/sso/cas/login/", PUBLIC, 302, page=True, setup=_sso_on),
-    E("POST", "/sso/cas/login/", PUBLIC, 302, page=True, setup=_sso_on,
-      audit_action="auth.sso-logout", body={"logoutRequest": _CAS_LOGOUT_REQUEST}),
-    E("GET", "/sso/oidc/login/", PUBLIC, 302, page=True, setup=_sso_on),
-    E("GET", "/sso/oidc/callback/", PUBLIC, 302, page=True, setup=_sso_on),
 ]  # fmt: skip
 
 

@@ -40,13 +40,6 @@ def deactivate_user(user) -> None:
     user.api_tokens.filter(revoked_at__isnull=True).update(revoked_at=_now())
 
 
-def activate_user(user) -> None:
-    """Let the account log in again (or for the first time, when SSO approval is on).
-    API tokens revoked at a deactivation stay revoked."""
-    user.is_active = True
-    user.save(update_fields=["is_active"])
-
-
 def _now():
     from django.utils import timezone
 

@@ -5,9 +5,6 @@ from apps.accounts import pages, views
 urlpatterns = [
     path("login/", views.login_view, name="login"),
     path("logout/", views.logout_view, name="logout"),
-    path("sso/cas/login/", views.cas_login, name="sso-cas-login"),
-    path("sso/oidc/login/", views.oidc_login, name="sso-oidc-login"),
-    path("sso/oidc/callback/", views.oidc_callback, name="sso-oidc-callback"),
     path("i18n/setlang/", pages.set_language, name="set_language"),
     path("tokens/", pages.api_tokens, name="api-tokens"),
     path("tokens/<int:pk>/revoke/", pages.api_token_revoke, name="api-token-revoke"),

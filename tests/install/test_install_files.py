@@ -45,8 +45,7 @@ def variables_read_by_the_code() -> set[str]:
     ]
     for path in readers:
         text = path.read_text()
-        # config.raw("X"), config.integer("X", ...), _number("X", ...), bind("X", ...),
-        # console/sso.py's _url("X")
+        # config.raw("X"), config.integer("X", ...), _number("X", ...), bind("X", ...)
         names |= {
             "HANGAR_" + n
             for n in re.findall(

@@ -77,11 +77,7 @@ class RoleBindingSerializer(serializers.ModelSerializer):
         value = value.strip().lower()
         if value and "=" not in value:
             raise serializers.ValidationError(
-                _(
-                    "Give the group's full DN (cn=gpu-ops,ou=groups,dc=example,dc=org) "
-                    "or a single sign-on group (cas:edupersonaffiliation=staff, "
-                    "oidc:groups=gpu-admins)."
-                )
+                _("Give the group's full DN, e.g. cn=gpu-ops,ou=groups,dc=example,dc=org.")
             )
         return value
 
