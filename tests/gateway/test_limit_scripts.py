@@ -35,6 +35,18 @@ async def _with_redis(work):
         await connection.aclose()
 
 
+class Store(limits.LimitStore):
+    """The gateway's LimitStore, each call awaited to its end (tests ask one at a time)."""
+
+    async def settle_now(self, admission, requests, tokens):
+        self.settle(admission, requests, tokens)
+        await self.flush()
+
+    async def renew_now(self, admissions, now):
+        self.renew(admissions, now)
+        await self.flush()
+
+
 def rule(scope="key", subject=1, route=None, **values):
     return limits.Rule(id=hash((scope, subject, route)) % 10**6, scope=scope, subject=subject,
                        route=route, values=values)  # fmt: skip
@@ -75,8 +87,8 @@ def test_a_request_is_charged_on_every_limit_or_on_none():
     both = checks([roomy, tight], estimate=10, now=now)
 
     async def work(r):
-        first = await limits.admit(r, both, "lease-1", now)
-        second = await limits.admit(r, both, "lease-2", now)
+        first = await Store(r).admit(both, "lease-1", now)
+        second = await Store(r).admit(both, "lease-2", now)
         return first, second, [await r.get(c.counter) for c in both]
 
     first, second, counters = run(_with_redis(work))
@@ -92,11 +104,11 @@ def test_settling_charges_the_difference_to_what_was_used():
     budget = checks([rule("key", 1, tokens_per_minute=100, requests_per_minute=5)], 40, now)
 
     async def work(r):
-        admission = await limits.admit(r, budget, "lease", now)
-        await limits.settle(r, admission, requests=1, tokens=12)
+        admission = await Store(r).admit(budget, "lease", now)
+        await Store(r).settle_now(admission, requests=1, tokens=12)
         refunded = [int(await r.get(c.counter)) for c in budget]
-        again = await limits.admit(r, budget, "lease-2", now)
-        await limits.settle(r, again, requests=0, tokens=0)  # turned away after admission
+        again = await Store(r).admit(budget, "lease-2", now)
+        await Store(r).settle_now(again, requests=0, tokens=0)  # turned away after admission
         return refunded, [int(await r.get(c.counter)) for c in budget]
 
     refunded, after = run(_with_redis(work))
@@ -110,13 +122,13 @@ def test_a_lease_of_a_gateway_that_died_lapses_and_live_ones_are_renewed():
     concurrency = checks([rule("user", 7, concurrent_requests=1)], now=now)
 
     async def work(r):
-        held = await limits.admit(r, concurrency, "alive", now)
-        refused = await limits.admit(r, concurrency, "other", now + 1)
+        held = await Store(r).admit(concurrency, "alive", now)
+        refused = await Store(r).admit(concurrency, "other", now + 1)
         # Renewed at now + 50: still held at now + 70, past the first lease.
-        await limits.renew(r, [held], now + 50)
-        still = await limits.admit(r, concurrency, "other", now + 70)
+        await Store(r).renew_now([held], now + 50)
+        still = await Store(r).admit(concurrency, "other", now + 70)
         # Its gateway died: nothing renews it, and after LEASE_S it is free.
-        later = await limits.admit(r, concurrency, "other", now + 50 + limits.LEASE_S + 1)
+        later = await Store(r).admit(concurrency, "other", now + 50 + limits.LEASE_S + 1)
         return refused, still, later
 
     refused, still, later = run(_with_redis(work))
@@ -261,9 +273,9 @@ def test_live_use_reads_the_gateways_counters(make_user):
     found = checks_for_limit(limit, now)
 
     async def work(r):
-        admission = await limits.admit(r, found, "lease", now)
-        await limits.settle(r, admission, requests=1, tokens=77)
-        await limits.admit(r, found, "lease-2", now)
+        admission = await Store(r).admit(found, "lease", now)
+        await Store(r).settle_now(admission, requests=1, tokens=77)
+        await Store(r).admit(found, "lease-2", now)
 
     run(_with_redis(work))
     use = usage.live_use(limit, now=now)

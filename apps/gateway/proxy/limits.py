@@ -317,8 +317,8 @@ class LimitStore:
         if self._sender is not None and not self._sender.done():
             await asyncio.wait([self._sender], timeout=5)
 
-    async def renew(self, admissions, now: float) -> None:
-        """Keep the leases of requests still running from lapsing."""
+    def renew(self, admissions, now: float) -> None:
+        """Keep the leases of requests still running from lapsing (sent soon, in order)."""
         for admission in admissions:
             sets = [c.counter for c in admission.checks if c.kind == "c"]
             if sets and not admission.settled:
@@ -342,21 +342,6 @@ class LimitStore:
             for script, call in calls:
                 pipe.evalsha(self._shas[script], *call)
             return await pipe.execute(raise_on_error=False)
-
-
-async def admit(redis, checks: list[Check], lease: str, now: float) -> Admission | Refusal:
-    """One admission on its own (tests, tools): LimitStore.admit without the batching."""
-    return await LimitStore(redis).admit(checks, lease, now)
-
-
-async def settle(redis, admission: Admission, requests: int, tokens: int) -> None:
-    store = LimitStore(redis)
-    store.settle(admission, requests, tokens)
-    await store.flush()
-
-
-async def renew(redis, admissions, now: float) -> None:
-    await LimitStore(redis).renew(admissions, now)
 
 
 def headers_for(admission: Admission | Refusal, now: float) -> dict[str, str]:

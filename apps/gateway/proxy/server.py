@@ -656,7 +656,7 @@ async def tick(app: web.Application, stop: asyncio.Event) -> None:
         try:
             await accounts.flush(view.redis)
             now = time.time()
-            await app[LIMITS].renew(list(app[RUNNING].values()), now)
+            app[LIMITS].renew(list(app[RUNNING].values()), now)
             fair.processes = await alive_processes(view.redis, app[CONFIG], accounts.reporter, now)
         except Exception as exc:  # Redis away: the next second tries again
             log.debug("tick: %s", exc)
