@@ -11,6 +11,7 @@ from redis.connection import parse_url as parse_redis_url
 
 from console import config
 from console.ldap import ldap_settings
+from console.sso import sso_settings
 
 BASE_DIR = config.BASE_DIR
 DATA_DIR = config.data_dir()
@@ -39,6 +40,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "channels",
+    # Its SessionTicket table maps a CAS ticket to a session for single logout.
+    "django_cas_ng",
     "apps.core",
     "apps.audit",
     "apps.accounts",
@@ -62,6 +65,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "apps.audit.middleware.AuditMiddleware",
+    # After the audit: a request it refuses (idle, gated) is still one audited event.
+    "apps.accounts.sessions.SessionPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -115,13 +120,19 @@ LDAP = ldap_settings()
 if LDAP:
     globals().update(LDAP)
     AUTHENTICATION_BACKENDS.insert(0, "apps.accounts.ldap.HangarLDAPBackend")
+# CAS and OpenID Connect, each on when configured (console/sso.py, docs/identity.md).
+SSO = sso_settings()
+globals().update(SSO)
+AUTHENTICATION_BACKENDS.extend(SSO["SSO_BACKENDS"])
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {
         "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
-        "OPTIONS": {"min_length": 12},
+        "OPTIONS": {"min_length": config.integer("PASSWORD_MIN_LENGTH", 12, minimum=8)},
     },
+    {"NAME": "apps.accounts.passwords.CharacterClassValidator"},
+    {"NAME": "apps.accounts.passwords.HistoryValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
@@ -206,6 +217,7 @@ CELERY_BEAT_SCHEDULE = {
     "judge-availability": {"task": "deployments.judge_availability", "schedule": 30.0},
     "prune-telemetry": {"task": "telemetry.prune_history", "schedule": timedelta(hours=1)},
     "archive-audit": {"task": "audit.archive_old_events", "schedule": timedelta(hours=6)},
+    "forward-audit": {"task": "audit.forward_events", "schedule": 5.0},
     "sweep-alerts": {"task": "alerts.sweep", "schedule": 5.0},
     "publish-gateway-snapshot": {"task": "gateway.publish_snapshot", "schedule": 5.0},
     "judge-gateway-traffic": {"task": "gateway.judge_traffic", "schedule": 5.0},
@@ -228,6 +240,29 @@ AGENT_BROKER_NAMESPACE = config.raw(
 LOGIN_FAILURE_LIMIT = config.integer("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_LOCK_MINUTES = config.integer("LOGIN_LOCK_MINUTES", 15, minimum=1)
 API_TOKEN_MAX_DAYS = config.integer("API_TOKEN_MAX_DAYS", 365, minimum=1)
+# Identity hardening (docs/identity.md): 三员分立, second factor, password and
+# session policy, audit forwarding.
+SEPARATION_OF_DUTIES = config.boolean("SEPARATION_OF_DUTIES", False)
+# Who must use a second factor: "admins" (every role that manages something global),
+# "all", "none", or a comma-separated list of role names.
+REQUIRE_2FA = config.raw("REQUIRE_2FA", "admins")
+# SSO logins whose identity server asserts one of these `amr` values count as 2FA.
+SSO_MFA_AMR = config.listing("SSO_MFA_AMR", ["mfa", "otp", "hwk", "swk"])
+SSO_MFA_TRUSTED = config.boolean("SSO_MFA_TRUSTED", False)
+TOTP_ISSUER = config.raw("TOTP_ISSUER", "Hangar")
+PASSWORD_MIN_LENGTH = config.integer("PASSWORD_MIN_LENGTH", 12, minimum=8)
+PASSWORD_MIN_CLASSES = config.integer("PASSWORD_MIN_CLASSES", 2, minimum=1)
+PASSWORD_MAX_AGE_DAYS = config.integer("PASSWORD_MAX_AGE_DAYS", 90, minimum=0)
+PASSWORD_HISTORY = config.integer("PASSWORD_HISTORY", 5, minimum=0)
+IDLE_LOGOUT_MINUTES = config.integer("IDLE_LOGOUT_MINUTES", 15, minimum=1)
+MAX_SESSIONS_PER_USER = config.integer("MAX_SESSIONS_PER_USER", 3, minimum=0)
+# Where each audit event is sent as it is written: "syslog" (RFC 5424 over TCP),
+# "file" (JSON Lines) or "" for nowhere.
+AUDIT_FORWARD = config.raw("AUDIT_FORWARD", "")
+AUDIT_SYSLOG_ADDRESS = config.raw("AUDIT_SYSLOG_ADDRESS", "127.0.0.1:6514")
+AUDIT_SYSLOG_TLS = config.boolean("AUDIT_SYSLOG_TLS", False)
+AUDIT_SYSLOG_CA = config.raw("AUDIT_SYSLOG_CA", "")
+AUDIT_FORWARD_FILE = config.raw("AUDIT_FORWARD_FILE", str(DATA_DIR / "audit-forward.jsonl"))
 # Links in alert notifications point here (docs/alerts.md): the address people use.
 HANGAR_PUBLIC_URL = config.raw(
     "PUBLIC_URL", f"http://{f'[{BIND_HOST}]' if ':' in BIND_HOST else BIND_HOST}:{BIND_PORT}"

@@ -32,6 +32,13 @@ def _clean_redis_state(settings):
         broker.remove_identity(node_id, client)
 
 
+@pytest.fixture(autouse=True)
+def _second_factor_policy_off(settings):
+    """Tests log admins in with a password alone; the second-factor tests
+    (tests/accounts/test_second_factor.py) turn the default policy back on."""
+    settings.REQUIRE_2FA = "none"
+
+
 @pytest.fixture
 def cluster(db) -> Cluster:
     return Cluster.objects.create(name="campus-a", description="Main campus", site="DC1")

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from apps.accounts.models import ApiToken, RoleBinding
 from apps.accounts.policy import AUTHENTICATED, PUBLIC
-from apps.accounts.roles import GLOBAL_ONLY_ACTIONS, ROLE_ACTIONS
+from apps.accounts.roles import GLOBAL_ONLY_ACTIONS, role_actions
 from apps.audit import recorder
 from apps.inventory.models import GPU, Cluster, EnrollmentToken, Node, NodeState, PreflightRun
 from tests.deployments.world import MODEL_DIR, model_directory
@@ -77,6 +77,40 @@ def _agents_answer_fast(monkeypatch) -> None:
     monkeypatch.setattr(commands, "ask_node", unreachable)
 
 
+def _sso_on(monkeypatch) -> None:
+    """CAS and OIDC configured as console/settings.py does, at addresses nothing
+    answers: the matrix rows ask who may call, not the identity server."""
+    from django.conf import UserSettingsHolder, settings
+
+    from console.sso import sso_settings
+
+    nowhere = "http://127.0.0.1:9"
+    for name, value in {
+        "HANGAR_CAS_SERVER_URL": f"{nowhere}/cas/",
+        "HANGAR_OIDC_CLIENT_ID": "hangar",
+        "HANGAR_OIDC_CLIENT_SECRET": "matrix-secret",
+        "HANGAR_OIDC_AUTHORIZATION_ENDPOINT": f"{nowhere}/authorize",
+        "HANGAR_OIDC_TOKEN_ENDPOINT": f"{nowhere}/token",
+        "HANGAR_OIDC_USERINFO_ENDPOINT": f"{nowhere}/userinfo",
+        "HANGAR_OIDC_JWKS_ENDPOINT": f"{nowhere}/jwks",
+    }.items():
+        monkeypatch.setenv(name, value)
+    # As override_settings does: a layer over the settings, taken off when the test ends.
+    layer = UserSettingsHolder(settings._wrapped)
+    for name, value in sso_settings().items():
+        setattr(layer, name, value)
+    monkeypatch.setattr(settings, "_wrapped", layer)
+
+
+# A CAS server's single-logout request for a ticket no session holds.
+_CAS_LOGOUT_REQUEST = (
+    '<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" '
+    'xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="matrix" Version="2.0" '
+    'IssueInstant="2026-12-01T00:00:00Z"><saml:NameID>@NOT_USED@</saml:NameID>'
+    "<samlp:SessionIndex>ST-matrix-unknown</samlp:SessionIndex></samlp:LogoutRequest>"
+)
+
+
 INVENTORY_VIEW = "inventory.view"
 E = Endpoint
 ENDPOINTS: list[Endpoint] = [
@@ -95,6 +129,8 @@ ENDPOINTS: list[Endpoint] = [
       view="accounts.view"),
     E("POST", "/api/v1/users/{user}/unlock/", "accounts.manage", 200, kind="object",
       view="accounts.view", audit_action="auth.unlock"),
+    E("POST", "/api/v1/users/{user}/activate/", "accounts.manage", 200, kind="object",
+      view="accounts.view", audit_action="accounts.user.activate"),
     E("GET", "/api/v1/role-bindings/", "accounts.view", 200),
     E("POST", "/api/v1/role-bindings/", "accounts.manage", 201, kind="create",
       body={"role": "auditor", "user": "{user}"}),
@@ -474,6 +510,27 @@ ENDPOINTS: list[Endpoint] = [
     E("POST", "/login/", PUBLIC, 302, page=True, audit_action="auth.login",
       body={"username": "person", "password": STRONG_PASSWORD}),
     E("POST", "/logout/", AUTHENTICATED, 302, page=True, audit_action="auth.logout"),
+    # -- single sign-on (with a CAS and an OIDC server configured; none is asked here:
+    # tests/accounts/test_sso.py logs in against real ones) --------------------------
+    E("GET", "/sso/cas/login/", PUBLIC, 302, page=True, setup=_sso_on),
+    E("POST", "/sso/cas/login/", PUBLIC, 302, page=True, setup=_sso_on,
+      audit_action="auth.sso-logout", body={"logoutRequest": _CAS_LOGOUT_REQUEST}),
+    E("GET", "/sso/oidc/login/", PUBLIC, 302, page=True, setup=_sso_on),
+    E("GET", "/sso/oidc/callback/", PUBLIC, 302, page=True, setup=_sso_on),
+    # No password step came first, so the code step is refused (a clear 400).
+    E("POST", "/login/code/", PUBLIC, 400, page=True, audit_action="auth.login.second-factor",
+      body={"code": "123456"}),
+    E("GET", "/account/password/", AUTHENTICATED, 200, page=True),
+    E("POST", "/account/password/", AUTHENTICATED, 302, page=True,
+      audit_action="accounts.password.change",
+      body={"current_password": "correct horse battery staple",
+            "new_password": "A brand-new passphrase 2026",
+            "new_password_again": "A brand-new passphrase 2026"}),
+    E("GET", "/account/second-factor/", AUTHENTICATED, 200, page=True),
+    # A code that cannot match: the enrolment is refused with 400, and audited.
+    E("POST", "/account/second-factor/", AUTHENTICATED, 400, page=True,
+      audit_action="accounts.second-factor.enrol", body={"code": "abc"}),
+    E("GET", "/security/policy/", "security.view", 200, page=True),
 ]  # fmt: skip
 
 
@@ -488,18 +545,26 @@ SUBJECTS: dict[str, list[tuple[str, str | None]] | None] = {
     "auditor": [("auditor", None)],
     "admin": [("admin", None)],
     "cluster-operator": [("operator", "in")],
+    "system-admin": [("system-admin", None)],
+    "security-admin": [("security-admin", None)],
+    "audit-admin": [("audit-admin", None)],
     "consumer": [("consumer", None)],
 }
+
+#: The subjects whose rights separation of duties changes: the matrix runs them
+#: again with HANGAR_SEPARATION_OF_DUTIES=true (where `admin` grants nothing).
+SEPARATION_SUBJECTS = ("admin", "auditor", "system-admin", "security-admin", "audit-admin")
 
 
 def actions_at(subject: str, where: str | None) -> set[str]:
     """What roles.py grants `subject` at `where` (None: everywhere, i.e. global objects)."""
     actions: set[str] = set()
+    table = role_actions()  # the table of the mode the test runs in
     for role, scope in SUBJECTS[subject] or ():
         if scope is None:
-            actions |= ROLE_ACTIONS[role]
+            actions |= table[role]
         elif scope == where:
-            actions |= ROLE_ACTIONS[role] - GLOBAL_ONLY_ACTIONS
+            actions |= table[role] - GLOBAL_ONLY_ACTIONS
     return actions
 
 

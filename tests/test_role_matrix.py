@@ -17,6 +17,7 @@ from tests.endpoints import (
     ENDPOINTS,
     LOGIN_REDIRECT,
     OUTSIDE_NAMES,
+    SEPARATION_SUBJECTS,
     SUBJECTS,
     all_routes,
     expected_status,
@@ -32,17 +33,25 @@ __all__ = ["fast_password_hashing"]
 PUBLIC_SUBJECTS = ("anonymous", "viewer")
 
 CASES = [
-    pytest.param(row, subject, where, id=f"{row.id} [{where or '-'}] as {subject}")
+    pytest.param(
+        row,
+        subject,
+        where,
+        separated,
+        id=f"{row.id} [{where or '-'}] as {subject}{' (separated)' if separated else ''}",
+    )
+    for separated in (False, True)
     for row in ENDPOINTS
     for where in wheres(row)
-    for subject in SUBJECTS
+    for subject in (SEPARATION_SUBJECTS if separated else SUBJECTS)
     if row.action != PUBLIC or subject in PUBLIC_SUBJECTS
 ]
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("row", "subject", "where"), CASES)
-def test_role_matrix(row, subject, where, make_user, monkeypatch):
+@pytest.mark.parametrize(("row", "subject", "where", "separated"), CASES)
+def test_role_matrix(row, subject, where, separated, make_user, monkeypatch, settings):
+    settings.SEPARATION_OF_DUTIES = separated
     _world, response, events = perform(row, subject, where, make_user, monkeypatch)
     expected = expected_status(row, subject, where)
 

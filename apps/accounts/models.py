@@ -139,3 +139,64 @@ class LoginLock(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} {self.key} until {self.locked_until:%Y-%m-%d %H:%M}"
+
+
+class SecondFactor(models.Model):
+    """A user's TOTP secret (RFC 6238); confirmed once they typed a first code."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="second_factor"
+    )
+    secret = models.CharField(max_length=64)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    # The newest 30-second step accepted: a code is good once, never again.
+    last_used_step = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"second factor of user {self.user_id}"
+
+
+class RecoveryCode(models.Model):
+    """A one-time recovery code; only its SHA-256 is stored."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="recovery_codes"
+    )
+    code_hash = models.CharField(max_length=64)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"recovery code {self.pk} of user {self.user_id}"
+
+
+class PasswordState(models.Model):
+    """When a user's password was set, whether they must change it, and the hashes
+    of the previous ones (for the no-reuse rule)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="password_state"
+    )
+    changed_at = models.DateTimeField(default=timezone.now)
+    must_change = models.BooleanField(default=False)
+    previous_hashes = models.JSONField(default=list)
+
+    def __str__(self) -> str:
+        return f"password state of user {self.user_id}"
+
+
+class LoginRecord(models.Model):
+    """Each successful login: shown to the user at their next one, and the list of
+    sessions the concurrent-session limit counts."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="login_records"
+    )
+    time = models.DateTimeField(default=timezone.now)
+    address = models.GenericIPAddressField(null=True, blank=True)
+    session_key = models.CharField(max_length=40, blank=True, default="")
+
+    class Meta:
+        ordering = ["-time", "-id"]
+
+    def __str__(self) -> str:
+        return f"login of user {self.user_id} at {self.time:%Y-%m-%d %H:%M}"

@@ -14,7 +14,13 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Model, Q, QuerySet
 from django.utils.translation import gettext as _
 
-from apps.accounts.roles import ALL_ACTIONS, GLOBAL_ONLY_ACTIONS, ROLE_ACTIONS
+from apps.accounts.roles import (
+    ALL_ACTIONS,
+    DUTY_ROLES,
+    GLOBAL_ONLY_ACTIONS,
+    role_actions,
+    separation_of_duties,
+)
 
 # Markers for views that need no role: PUBLIC (anyone, e.g. /healthz, login) and
 # AUTHENTICATED (any logged-in user, e.g. their own API tokens).
@@ -30,9 +36,10 @@ class Rights:
     cluster_roles: dict[int, frozenset[str]] = field(default_factory=dict)
 
     def actions_in(self, cluster_id: int | None) -> frozenset[str]:
-        actions = set().union(*(ROLE_ACTIONS[r] for r in self.global_roles))
+        table = role_actions()
+        actions = set().union(*(table[r] for r in self.global_roles))
         if cluster_id is not None:
-            scoped = set().union(*(ROLE_ACTIONS[r] for r in self.cluster_roles.get(cluster_id, ())))
+            scoped = set().union(*(table[r] for r in self.cluster_roles.get(cluster_id, ())))
             actions |= scoped - GLOBAL_ONLY_ACTIONS
         return frozenset(actions)
 
@@ -40,7 +47,7 @@ class Rights:
         return {
             cid
             for cid, roles in self.cluster_roles.items()
-            if any(action in ROLE_ACTIONS[r] for r in roles)
+            if any(action in role_actions()[r] for r in roles)
         }
 
     def has_anywhere(self, action: str) -> bool:
@@ -65,11 +72,26 @@ def rights_of(user) -> Rights:
             global_roles.add(role)
         else:
             cluster_roles.setdefault(cluster_id, set()).add(role)
+    if separation_of_duties():
+        global_roles, cluster_roles = _without_conflicting_duties(global_roles, cluster_roles)
     rights = Rights(
         frozenset(global_roles), {cid: frozenset(roles) for cid, roles in cluster_roles.items()}
     )
     user._hangar_rights = rights
     return rights
+
+
+def _without_conflicting_duties(global_roles: set[str], cluster_roles: dict[int, set[str]]):
+    """Deny by default when bindings collide in separation mode.
+
+    Binding refuses a second role for a duty holder (apps.accounts.services.
+    check_separation), but LDAP groups can still meet in one person: whoever ends
+    up with a duty role and any other role gets none of their roles at all.
+    """
+    held = set(global_roles).union(*cluster_roles.values())
+    if held & DUTY_ROLES and len(held) > 1:
+        return set(), {}
+    return global_roles, cluster_roles
 
 
 def forget_rights(user) -> None:

@@ -3,8 +3,15 @@
 Rights are additive: a user's rights in a scope are the union of the actions of
 every role bound to them (or to one of their LDAP groups) globally or in that
 cluster. docs/identity.md renders this table for people.
+
+Separation of duties (三员分立, `HANGAR_SEPARATION_OF_DUTIES=true`) swaps in a
+second table, SEPARATED_ROLE_ACTIONS: the all-powerful `admin` grants nothing,
+its work is split between the system, security and audit administrators, and the
+audit log belongs to the audit administrator alone. `role_actions()` is the table
+in force; nothing else chooses between the two.
 """
 
+from django.conf import settings
 from django.db import models
 
 
@@ -14,6 +21,9 @@ class Role(models.TextChoices):
     MODEL_MANAGER = "model-manager", "Model manager"
     AUDITOR = "auditor", "Auditor"
     ADMIN = "admin", "Administrator"
+    SYSTEM_ADMIN = "system-admin", "System administrator"
+    SECURITY_ADMIN = "security-admin", "Security administrator"
+    AUDIT_ADMIN = "audit-admin", "Audit administrator"
     # Uses the gateway and nothing else: routes open to them, their own keys
     # within their projects' policy, their own usage (docs/limits.md).
     CONSUMER = "consumer", "Consumer"
@@ -53,13 +63,64 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
             "accounts.view",
             "accounts.manage",
             "settings.manage",
+            "security.view",
             "projects.manage",
         }
     ),
+    # Narrower administrators; in the ordinary mode they are simply smaller roles.
+    Role.SYSTEM_ADMIN: frozenset(
+        _READ
+        | {
+            "deployments.operate",
+            "deployments.manage",
+            "alerts.acknowledge",
+            "alerts.manage",
+            "models.manage",
+            "gateway.manage",
+            "inventory.change",
+            "inventory.enroll",
+            "settings.manage",
+            "projects.manage",
+        }
+    ),
+    # Users, role bindings, keys, 2FA and password policy, lockouts: no inventory,
+    # no deployments, no audit log.
+    Role.SECURITY_ADMIN: frozenset(
+        {"accounts.view", "accounts.manage", "keys.manage", "security.view"}
+    ),
+    Role.AUDIT_ADMIN: frozenset({"audit.view", "audit.export"}),
     # No inventory, no deployments: the gateway's door only. Projects, keys and
     # usage of one's own need no action (object checks in apps.gateway.projects).
     Role.CONSUMER: frozenset({"gateway.use"}),
 }
+
+# The three roles of separation mode: an account holding one holds no other role.
+DUTY_ROLES = frozenset({Role.SYSTEM_ADMIN, Role.SECURITY_ADMIN, Role.AUDIT_ADMIN})
+
+SEPARATED_ROLE_ACTIONS: dict[str, frozenset[str]] = {
+    **ROLE_ACTIONS,
+    # Nobody holds everything; an old admin binding lapses when the mode is on.
+    Role.ADMIN: frozenset(),
+    # Reading the audit log is the audit administrator's function only.
+    Role.AUDITOR: frozenset(_READ),
+}
+
+
+def separation_of_duties() -> bool:
+    return bool(getattr(settings, "SEPARATION_OF_DUTIES", False))
+
+
+def role_actions() -> dict[str, frozenset[str]]:
+    """The table in force: SEPARATED_ROLE_ACTIONS in separation mode, else ROLE_ACTIONS."""
+    return SEPARATED_ROLE_ACTIONS if separation_of_duties() else ROLE_ACTIONS
+
+
+def bindable_roles() -> list[str]:
+    """Roles a new binding may name: in separation mode `admin` is not one."""
+    if separation_of_duties():
+        return [r for r in Role.values if r != Role.ADMIN]
+    return list(Role.values)
+
 
 ALL_ACTIONS = frozenset().union(*ROLE_ACTIONS.values())
 
@@ -75,6 +136,7 @@ GLOBAL_ONLY_ACTIONS = frozenset(
         "settings.manage",
         "gateway.manage",
         "keys.manage",
+        "security.view",
         "projects.manage",
     }
 )

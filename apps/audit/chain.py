@@ -9,13 +9,15 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from apps.audit.forwarding import request_forwarding
 from apps.audit.models import AuditEvent, ChainHead
 
 GENESIS = "0" * 64
 # The exact names (any case) under which a secret, or a hash that stands for one,
 # can reach `changes`: model fields that snapshots copy (User.password,
 # Receiver.secret, ApiToken.secret_hash, EnrollmentToken.token_hash,
-# Node.credential_hash, Worker.engine_secret) and the names of secrets callers
+# Node.credential_hash, Worker.engine_secret, SecondFactor.secret,
+# RecoveryCode.code_hash, PasswordState.previous_hashes) and the names of secrets callers
 # handle. Exact names, not substrings: `credential_prefix` (which identifies a
 # refused agent), `credential_revoked_at`, a token's `prefix` and a login lock's
 # `key` are evidence.
@@ -41,6 +43,8 @@ SECRET_FIELDS = frozenset(
         "private_key",
         "authorization",
         "session_key",
+        "code_hash",
+        "previous_hashes",
     }
 )
 REDACTED = "[redacted]"
@@ -120,6 +124,8 @@ def append_event(**fields) -> AuditEvent:
         head.last_seq = event.seq
         head.last_hash = event.hash
         head.save(update_fields=["last_seq", "last_hash"])
+    # To the central collector once committed, never on this path (forwarding.py).
+    request_forwarding()
     return event
 
 

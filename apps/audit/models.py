@@ -105,3 +105,21 @@ class ArchiveSegment(models.Model):
 
     def __str__(self) -> str:
         return f"audit archive #{self.first_seq}-#{self.last_seq}"
+
+
+class ForwardCursor(models.Model):
+    """How far the audit chain has been forwarded (one row per destination).
+
+    The hot table is the queue: an event is forwarded from it in seq order, so a
+    receiver that is down only delays forwarding and nothing is lost unless the
+    events are archived first, which is reported as a gap.
+    """
+
+    destination = models.CharField(max_length=32, unique=True)
+    forwarded_through_seq = models.BigIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    gaps = models.JSONField(default=list)
+
+    def __str__(self) -> str:
+        return f"{self.destination} forwarded through #{self.forwarded_through_seq}"

@@ -12,6 +12,7 @@ from rest_framework.exceptions import ValidationError
 
 from apps.accounts.permissions import requires
 from apps.accounts.policy import can, restrict
+from apps.audit import recorder
 from apps.audit.chain import verify_database
 from apps.audit.filters import filter_events
 from apps.audit.models import AuditEvent
@@ -32,6 +33,7 @@ def audit_log(request):
         events = restrict(AuditEvent.objects.all(), request.user, "audit.view")
     page = Paginator(events.order_by("-seq"), EVENTS_PER_PAGE).get_page(params.get("page"))
     export_query = {k: v for k, v in params.items() if k in FILTERS and v}
+    recorder.record_read(request, "audit.read", {"filters": export_query})
     return render(
         request,
         "audit/log.html",
@@ -51,4 +53,5 @@ def audit_log(request):
 def chain_state(request):
     """Walk the whole hash chain now; loaded by the audit page after it renders."""
     count, problem = verify_database()
+    recorder.record_read(request, "audit.verify", {"events": count, "intact": problem is None})
     return render(request, "audit/_chain.html", {"count": count, "problem": problem})

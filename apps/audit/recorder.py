@@ -184,3 +184,25 @@ def describe_write() -> None:
         describe_default(target=saved, changes=changes)
     elif pending.watched is not None and pending.watched.pk is None:
         describe_default(changes={"deleted": pending.watched_before})
+
+
+def record_read(request, action: str, changes: dict | None = None) -> AuditEvent | None:
+    """In separation of duties mode, write one event for a read of the audit log
+    itself (a list, an event, an export, a verification): the audit administrator
+    is on the record too. In the ordinary mode reads write nothing."""
+    from django.conf import settings
+
+    from apps.audit.middleware import client_address
+
+    if not settings.SEPARATION_OF_DUTIES:
+        return None
+    user = request.user
+    return record(
+        action,
+        actor_type=Actor.USER,
+        actor_id=str(user.pk),
+        actor_name=user.get_username(),
+        source_address=client_address(request),
+        request_id=getattr(request, "request_id", ""),
+        changes={**(changes or {}), "path": request.path[:200]},
+    )

@@ -67,7 +67,7 @@ def test_make_run_serves_the_console_with_a_local_agent_that_goes_offline_and_ba
         assert "simulating 2 GPUs" in output
         gateway_line = next(line for line in output.splitlines() if "model gateway" in line)
         assert f"http://{env['HANGAR_GATEWAY_BIND']}/v1" in gateway_line
-        assert session.login("admin", admin_password(output)) == 302
+        session.first_admin_login(admin_password(output))
         # Details such as the vendor are for logged-in users (apps/core/health.py).
         health = session.json("/healthz")
         assert health["checks"]["database"]["vendor"] == "sqlite"

@@ -62,7 +62,7 @@ def test_the_openai_client_reaches_a_reference_deployment_of_a_fresh_make_run(tm
         )
         output = log.read_text()
         gateway_url = re.search(r"gateway.*?(http://\S+/v1)", output, re.I).group(1)
-        assert session.login("admin", admin_password(output)) == 302
+        session.first_admin_login(admin_password(output))
         processes.wait_for(
             lambda: session.json("/api/v1/nodes/")["results"][0]["state"] == "online",
             timeout=90,

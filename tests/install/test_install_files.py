@@ -45,7 +45,8 @@ def variables_read_by_the_code() -> set[str]:
     ]
     for path in readers:
         text = path.read_text()
-        # config.raw("X"), config.integer("X", ...), _number("X", ...), bind("X", ...)
+        # config.raw("X"), config.integer("X", ...), _number("X", ...), bind("X", ...),
+        # console/sso.py's _url("X")
         names |= {
             "HANGAR_" + n
             for n in re.findall(

@@ -62,6 +62,35 @@ class Session:
         )
         return status
 
+    def first_admin_login(self, password: str, new_password: str = "The admin's Own passphrase 1"):
+        """What a person does after `make run`: log in with the generated password,
+        replace it (forced at first login), then turn on the second factor the
+        default policy requires of administrators (HANGAR_REQUIRE_2FA=admins)."""
+        import pyotp
+
+        assert self.login("admin", password) == 302
+        status, _body, headers = self.request("GET", "/nodes/")
+        assert (status, headers.get("Location")) == (302, "/account/password/")
+        form = urllib.parse.urlencode(
+            {
+                "current_password": password,
+                "new_password": new_password,
+                "new_password_again": new_password,
+                "csrfmiddlewaretoken": self.csrf_token(),
+            }
+        ).encode()
+        post = {"Content-Type": "application/x-www-form-urlencoded", "Referer": self.base_url + "/"}
+        status, _body, headers = self.request("POST", "/account/password/", form, post)
+        assert (status, headers.get("Location")) == (302, "/account/second-factor/")
+        status, page, _ = self.request("GET", "/account/second-factor/")
+        assert status == 200 and b"<svg" in page
+        secret = re.search(rb"<code>([A-Z2-7]{16,})</code>", page).group(1).decode()
+        form = urllib.parse.urlencode(
+            {"code": pyotp.TOTP(secret).now(), "csrfmiddlewaretoken": self.csrf_token()}
+        ).encode()
+        status, page, _ = self.request("POST", "/account/second-factor/", form, post)
+        assert status == 200 and b"recovery codes" in page, page[:500]
+
 
 def admin_password(output: str) -> str:
     match = re.search(r"Created administrator 'admin' with password: (\S+)", output)

@@ -114,6 +114,8 @@ def console_env(**extra: str) -> dict:
             "HANGAR_REDIS_URL": settings.REDIS_URL,
             "HANGAR_DATA_DIR": str(settings.DATA_DIR),
             "PYTHONUNBUFFERED": "1",
+            # As the test's settings say (tests/conftest.py turns it off by default).
+            "HANGAR_REQUIRE_2FA": settings.REQUIRE_2FA,
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         }
     )

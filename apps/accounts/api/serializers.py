@@ -5,6 +5,7 @@ from django.utils.translation import gettext as _
 from rest_framework import serializers
 
 from apps.accounts.models import ApiToken, RoleBinding
+from apps.accounts.services import SeparationError, check_separation
 
 
 class UserSerializer(serializers.ModelSerializer):
@@ -77,7 +78,11 @@ class RoleBindingSerializer(serializers.ModelSerializer):
         value = value.strip().lower()
         if value and "=" not in value:
             raise serializers.ValidationError(
-                _("Give the group's full DN, e.g. cn=gpu-ops,ou=groups,dc=example,dc=org.")
+                _(
+                    "Give the group's full DN (cn=gpu-ops,ou=groups,dc=example,dc=org) "
+                    "or a single sign-on group (cas:edupersonaffiliation=staff, "
+                    "oidc:groups=gpu-admins)."
+                )
             )
         return value
 
@@ -94,6 +99,10 @@ class RoleBindingSerializer(serializers.ModelSerializer):
         ).exists()
         if exists:
             raise serializers.ValidationError(_("This role binding exists already."))
+        try:
+            check_separation(attrs["role"], attrs.get("user"), attrs.get("ldap_group", ""))
+        except SeparationError as refused:
+            raise serializers.ValidationError({"role": [str(refused)]}) from refused
         return attrs
 
 

@@ -16,7 +16,7 @@ from apps.accounts.api.serializers import (
 )
 from apps.accounts.models import ApiToken, LoginLock, RoleBinding
 from apps.accounts.policy import AUTHENTICATED, effective_rights
-from apps.accounts.services import deactivate_user
+from apps.accounts.services import activate_user, deactivate_user
 from apps.accounts.tokens import create_api_token, revoke_api_token
 from apps.audit import recorder
 from apps.core.viewsets import HangarViewSet
@@ -44,6 +44,7 @@ class UserViewSet(
         "partial_update": MANAGE,
         "destroy": MANAGE,
         "unlock": MANAGE,
+        "activate": MANAGE,
     }
 
     def perform_destroy(self, instance):
@@ -64,6 +65,19 @@ class UserViewSet(
             lifted += 1
         recorder.describe(action="auth.unlock", target=user, changes={"locks_lifted": lifted})
         return Response({"locks_lifted": lifted})
+
+    @extend_schema(request=None, responses={200: UserSerializer})
+    @action(detail=True, methods=["post"])
+    def activate(self, request, pk=None):
+        """Activate an account: approve a new SSO user, or undo a deactivation."""
+        user = self.get_object()
+        recorder.describe(
+            action="accounts.user.activate",
+            target=user,
+            changes={"is_active": [user.is_active, True]},
+        )
+        activate_user(user)
+        return Response(UserSerializer(user, context=self.get_serializer_context()).data)
 
 
 class RoleBindingViewSet(

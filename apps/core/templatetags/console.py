@@ -70,6 +70,9 @@ ROLE_LABELS = {
     "model-manager": _("Model manager"),
     "auditor": _("Auditor"),
     "admin": _("Administrator"),
+    "system-admin": _("System administrator"),
+    "security-admin": _("Security administrator"),
+    "audit-admin": _("Audit administrator"),
     "consumer": _("Consumer"),
 }
 
