@@ -18,7 +18,7 @@ from django.conf import settings
 from django.contrib import auth, messages
 from django.contrib.sessions.models import Session
 from django.core.cache import cache
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.utils import formats, timezone
 from django.utils.translation import gettext as _
@@ -145,6 +145,11 @@ class SessionPolicyMiddleware:
                         {"detail": _("Finish logging in on the console page first.")},
                         status=403,
                     )
+                if request.headers.get("HX-Request"):
+                    # A fragment the gate page itself asks for (the nav's alert
+                    # count): a redirect would swap the whole gate page into it,
+                    # which asks again, without end. Nothing to show instead.
+                    return HttpResponse(status=204)
                 return redirect(gate)
         return self.get_response(request)
 
@@ -153,4 +158,9 @@ class SessionPolicyMiddleware:
         if request.path.startswith("/api/"):
             return JsonResponse({"detail": message}, status=401)
         messages.info(request, message)
+        if request.headers.get("HX-Request"):
+            # A fragment's poll: the whole page goes to the login, not the fragment.
+            response = HttpResponse(status=204)
+            response["HX-Redirect"] = settings.LOGIN_URL
+            return response
         return redirect(f"{settings.LOGIN_URL}?next={request.path}")

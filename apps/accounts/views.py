@@ -19,8 +19,8 @@ from django.utils.translation import gettext as _
 from apps.accounts import lockout, passwords, sessions, twofactor
 from apps.accounts.permissions import requires
 from apps.accounts.policy import AUTHENTICATED, PUBLIC, can
-from apps.accounts.sso import services as sso
 from apps.accounts.settings_view import security_settings
+from apps.accounts.sso import services as sso
 from apps.audit import recorder
 from apps.audit.forwarding import forwarding_state
 from apps.audit.middleware import client_address

@@ -61,6 +61,34 @@ def test_the_generated_admin_password_must_be_changed_at_first_login(settings):
     assert AuditEvent.objects.filter(action="accounts.password.change").get().outcome == "allowed"
 
 
+def test_a_gated_pages_own_fragments_get_nothing_rather_than_the_gate_page(settings):
+    # The gate page's nav asks for the alert count with htmx; answering with a
+    # redirect would swap the gate page into the nav, which asks again, without end.
+    password = ensure_initial_admin()
+    client = APIClient()
+    login(client, "admin", password)
+
+    fragment = client.get("/alerts/count/", HTTP_HX_REQUEST="true")
+
+    assert fragment.status_code == 204
+    assert fragment.content == b""
+    assert client.get("/alerts/count/")["Location"] == "/account/password/"
+
+
+def test_an_idle_sessions_fragment_poll_sends_the_whole_page_to_the_login(make_user, settings):
+    settings.IDLE_LOGOUT_MINUTES = 15
+    make_user("ann", "viewer", password=PASSWORD)
+    client = APIClient()
+    login(client, "ann", PASSWORD)
+    sessions.note_activity(client.session.session_key, time.time() - 16 * 60)
+
+    poll = client.get("/alerts/count/", HTTP_HX_REQUEST="true", HTTP_X_HANGAR_BACKGROUND="1")
+
+    assert poll.status_code == 204
+    assert poll["HX-Redirect"] == "/login/"
+    assert client.get("/nodes/")["Location"].startswith("/login/")
+
+
 def test_an_expired_password_must_be_changed(make_user, settings):
     settings.PASSWORD_MAX_AGE_DAYS = 90
     user = make_user("ann", "viewer", password=PASSWORD)
