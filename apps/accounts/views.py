@@ -2,7 +2,7 @@
 one's own account (the forced password change, enrolling a second factor).
 
 Single sign-on's views are in apps/accounts/sso/views.py; they end in
-`finish_sso_login` here, so an SSO login passes the same second-factor step and
+`login.finish_sso_login`, so an SSO login passes the same second-factor step and
 session policy as a password login.
 """
 
@@ -12,13 +12,11 @@ from django.contrib import auth, messages
 from django.contrib.auth import get_user_model, password_validation, update_session_auth_hash
 from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
-from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 
-from apps.accounts import lockout, passwords, sessions, twofactor
+from apps.accounts import lockout, login, passwords, sessions, twofactor
 from apps.accounts.permissions import requires
-from apps.accounts.policy import AUTHENTICATED, PUBLIC, can
+from apps.accounts.policy import AUTHENTICATED, PUBLIC
 from apps.accounts.settings_view import security_settings
 from apps.accounts.sso import services as sso
 from apps.audit import recorder
@@ -33,29 +31,16 @@ def _valid_username(username: str) -> bool:
     return len(username) <= max_length and not any(ord(ch) < 32 for ch in username)
 
 
-def _safe_next(request) -> str:
-    target = request.POST.get("next") or request.GET.get("next") or "/"
-    if url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
-        return target
-    return "/"
-
-
-def login_context(request, **extra) -> dict:
-    """What every rendering of the login page needs, the SSO buttons included."""
-    next_url = _safe_next(request)
-    return {"next": next_url, "sso_choices": sso.login_choices(next_url), **extra}
-
-
 @requires(PUBLIC, methods=("GET", "HEAD", "POST"))
 def login_view(request):
     if request.method == "GET":
-        return render(request, "accounts/login.html", login_context(request))
+        return render(request, "accounts/login.html", login.login_context(request))
     username = request.POST.get("username", "").strip()
     password = request.POST.get("password", "")
     address = client_address(request)
     shown = username[:150] if _valid_username(username[:150]) else repr(username[:150])
     recorder.describe(action="auth.login", target=("auth.user", "", shown), actor_name=shown)
-    context = login_context(request, username=shown)
+    context = login.login_context(request, username=shown)
     if not username or not password:
         recorder.describe(outcome=recorder.Outcome.FAILED)
         context["error"] = _("Enter your username and password.")
@@ -89,7 +74,7 @@ def login_view(request):
     recorder.describe(target=user, changes={"backend": backend})
     if twofactor.has_second_factor(user):
         # The password was right; the login is not done until the code is.
-        request.session[PENDING] = {
+        request.session[login.PENDING] = {
             "user": user.pk,
             "backend": user.backend,
             "next": context["next"],
@@ -97,53 +82,7 @@ def login_view(request):
         recorder.describe(outcome=recorder.Outcome.ALLOWED, changes={"second_factor": "asked"})
         return render(request, "accounts/login_code.html", {"next": context["next"]})
     lockout.note_login_success(username, address)
-    return _finish_login(request, user, address, context["next"])
-
-
-PENDING = "hangar_login_pending"
-
-
-def _finish_login(request, user, address, next_url: str, verified: bool = False):
-    if request.user != user:
-        auth.login(request, user)
-    if verified:
-        twofactor.mark_verified(request)
-    sessions.note_login(request, user, address)
-    gate = sessions.gate_of(request)
-    if gate is not None:
-        return redirect(gate)
-    return redirect(landing(user, next_url))
-
-
-def landing(user, next_url: str) -> str:
-    """Where a login lands: `next`, but not the dashboard for someone who cannot see it."""
-    if next_url == "/" and not can(user, "inventory.view"):
-        # The dashboard is the inventory's: someone who only uses the gateway (the
-        # consumer role, or no role) starts at their keys.
-        return reverse("my-keys")
-    return next_url
-
-
-def finish_sso_login(request, user, next_url: str, amr=None):
-    """After an identity server vouched for `user` (the library has logged them in).
-
-    An account with its own second factor still gives its code here, unless the
-    identity server asserted a second factor itself and HANGAR_SSO_MFA_TRUSTED
-    says that counts. Either way the session policy (last login, session limit)
-    applies as for a password login.
-    """
-    address = client_address(request)
-    if twofactor.has_second_factor(user) and not twofactor.sso_satisfies_second_factor(amr):
-        # What the single logout needs later survives the logout done here.
-        kept = {key: request.session[key] for key in sso.SESSION_KEPT if key in request.session}
-        backend = user.backend
-        auth.logout(request)  # not logged in until the code is right
-        request.session.update(kept)
-        request.session[PENDING] = {"user": user.pk, "backend": backend, "next": next_url}
-        return render(request, "accounts/login_code.html", {"next": next_url})
-    return _finish_login(
-        request, user, address, next_url, verified=twofactor.sso_satisfies_second_factor(amr)
-    )
+    return login.finish_login(request, user, address, context["next"])
 
 
 @requires(PUBLIC, methods=("POST",))
@@ -152,7 +91,7 @@ def login_code_view(request):
 
     A wrong code counts toward the lockout exactly as a wrong password does.
     """
-    pending = request.session.get(PENDING) or {}
+    pending = request.session.get(login.PENDING) or {}
     address = client_address(request)
     User = get_user_model()
     user = User.objects.filter(pk=pending.get("user"), is_active=True).first()
@@ -166,7 +105,7 @@ def login_code_view(request):
     context = {"next": pending.get("next") or "/"}
     refusal = lockout.check_login_allowed(username, address)
     if refusal is not None:
-        request.session.pop(PENDING, None)
+        request.session.pop(login.PENDING, None)
         recorder.describe(outcome=recorder.Outcome.DENIED, changes={"reason": "locked"})
         context["error"] = refusal.message
         response = render(request, "accounts/login.html", context, status=429)
@@ -178,11 +117,11 @@ def login_code_view(request):
         recorder.describe(outcome=recorder.Outcome.DENIED, changes={"reason": "bad-code"})
         context["error"] = _("That code is wrong, expired or already used. Try the next one.")
         return render(request, "accounts/login_code.html", context, status=401)
-    request.session.pop(PENDING, None)
+    request.session.pop(login.PENDING, None)
     lockout.note_login_success(username, address)
     user.backend = pending["backend"]
     recorder.describe(changes={"second_factor": kind})
-    return _finish_login(request, user, address, context["next"], verified=True)
+    return login.finish_login(request, user, address, context["next"], verified=True)
 
 
 @requires(AUTHENTICATED, methods=("POST",))

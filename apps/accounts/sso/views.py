@@ -18,11 +18,11 @@ from django.views.decorators.csrf import csrf_exempt
 from django_cas_ng import views as cas_views
 from mozilla_django_oidc import views as oidc_views
 
+from apps.accounts.login import finish_sso_login, landing, login_context
 from apps.accounts.permissions import requires
 from apps.accounts.policy import PUBLIC
 from apps.accounts.sso import services as sso
 from apps.accounts.sso.identity import Refused
-from apps.accounts.views import finish_sso_login, landing, login_context
 from apps.audit import recorder
 
 UNREACHABLE = gettext_lazy(
