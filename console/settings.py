@@ -62,6 +62,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "apps.audit.middleware.AuditMiddleware",
+    "apps.core.middleware.DatabaseAwayMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
