@@ -15,6 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from agents.protocol import (
+    CLOSE_TRY_AGAIN_LATER,
     MAX_BATCH_SAMPLES,
     PROTOCOL_VERSION,
     ProtocolError,
@@ -34,7 +35,7 @@ from apps.telemetry.ingest import NodeIngest
 
 log = logging.getLogger(__name__)
 REFUSED = 4401
-TRY_AGAIN_LATER = 1013  # RFC 6455: the server can't take it now
+TRY_AGAIN_LATER = CLOSE_TRY_AGAIN_LATER  # the database is away: reconnect later
 SNAPSHOT_NODES = 100  # nodes per snapshot message
 GRID_NODES = 1000  # nodes per grid message: 8-GPU rows are ~300 bytes
 VIEWS = ("full", "grid")  # what a browser socket streams (apps/telemetry/grid.py)

@@ -25,6 +25,7 @@ import redis
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
+from agents.protocol import CLOSE_TRY_AGAIN_LATER
 from apps.core import outbox
 from tests.support import processes
 from tests.support.postgres import ThrowawayPostgres
@@ -145,6 +146,19 @@ def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
+def kept_records() -> list[dict]:
+    return [json.loads(raw) for raw in redis_client().lrange(outbox.QUEUE, 0, -1)]
+
+
+def kept_minutes() -> set[int]:
+    return {
+        minute
+        for record in kept_records()
+        if record["kind"] == "telemetry.rollups"
+        for minute, _samples, _series in record["args"]["minutes"]
+    }
+
+
 def minute_rows(stack: Stack, node_id: int) -> dict[int, int]:
     found = stack.rows(
         "SELECT minute, samples FROM telemetry_nodemetricminute WHERE node_id = %s", node_id
@@ -176,6 +190,11 @@ def test_minutes_states_and_alerts_judged_while_the_database_is_away_are_written
         ),
         what="the node online",
     )
+    # Sample 5 live means 1 to 4 were judged, by an evaluator that read the rules.
+    processes.wait_for(
+        lambda: json.loads(redis_client().get(f"hangar:latest:{node_id}"))["seq"] == 5,
+        what="the samples taken with the database up",
+    )
 
     stack.pg.stop()
     try:
@@ -198,14 +217,16 @@ def test_minutes_states_and_alerts_judged_while_the_database_is_away_are_written
         # An agent connecting now is told to come back, not refused (it would give up).
         with pytest.raises(ConnectionClosed) as closed:
             AgentSocket(stack.url, credential)
-        assert closed.value.rcvd.code == 1013
-        # Kept: minutes 0, 1, 2, two node states, three alert transitions (some
-        # batched together, so at least the five writes that cannot share one).
+        assert closed.value.rcvd.code == CLOSE_TRY_AGAIN_LATER
+        # Kept, all of it: minutes 0, 1 and 2 (2 once the closed socket flushed it).
         processes.wait_for(
-            lambda: redis_client().llen(outbox.QUEUE) >= 5, timeout=60, what="the writes kept"
+            lambda: kept_minutes() == {first, first + 1, first + 2},
+            timeout=60,
+            what="every minute kept",
         )
-        kept = [json.loads(r)["kind"] for r in redis_client().lrange(outbox.QUEUE, 0, -1)]
-        assert kept.count("telemetry.rollups") >= 3
+        kinds = [record["kind"] for record in kept_records()]
+        assert kinds.count("telemetry.node-state") == 2
+        assert "alerts.transitions" in kinds
     finally:
         stack.pg.start()
 
