@@ -183,6 +183,14 @@ async def current_rules() -> RuleSet:
 async def _reload_rules() -> None:
     try:
         await database_sync_to_async(rules.reload)()
+    except Exception as exc:
+        # The database away, most likely: judge with the rules in hand meanwhile,
+        # and try again after the usual wait rather than on every sample.
+        rules.expires = time.monotonic() + rules.ttl
+        log.warning(
+            "alert rules not reloaded (%s); evaluating with the cached ones",
+            str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__,
+        )
     finally:
         rules.reloading = False
 
