@@ -189,7 +189,7 @@ async def _reload_rules() -> None:
         rules.expires = time.monotonic() + rules.ttl
         log.warning(
             "alert rules not reloaded (%s); evaluating with the cached ones",
-            str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__,
+            outbox.first_line(exc),
         )
     finally:
         rules.reloading = False

@@ -10,7 +10,7 @@ from django.urls import Resolver404, resolve
 from apps.audit import recorder
 from apps.audit.models import AuditEvent
 from apps.core.errors import database_unavailable
-from apps.core.outbox import DATABASE_AWAY
+from apps.core.outbox import DATABASE_AWAY, first_line
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class AuditMiddleware:
                 "database away: %s %s answered 503, nothing changed (%s)",
                 request.method,
                 request.path,
-                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__,
+                first_line(exc),
             )
             return database_unavailable(request)
 

@@ -67,6 +67,12 @@ return 0
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """An error in one log line: psycopg's messages run over several."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def client() -> redis.Redis:
     global _client
     if _client is None:
@@ -96,7 +102,7 @@ def kept(kind: str):
                 except DATABASE_AWAY as exc:
                     log.warning(
                         "database away (%s): keeping a %s write for when it returns",
-                        str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc,
+                        first_line(exc),
                         kind,
                     )
                     connection.close()  # broken; the next use opens a fresh one
