@@ -54,12 +54,12 @@ class _Failed(Exception):
 
 class AuditMiddleware:
     """One transaction per mutating request: the view's writes and their event
-    commit together or not at all. A request that fails on the server (5xx: an
-    exception, the database gone mid-way) has its writes undone and is recorded
-    as failed; a refusal (4xx) keeps what it wrote on purpose (a login lock and
-    its event) with the event that refused it. With the database away there is
-    nothing to write into: the answer is a 503 (apps/core/errors.py) and nothing
-    has changed."""
+    commit together or not at all. A view that failed (an exception, answered
+    500) has its writes undone and is recorded as failed; any other answer keeps
+    what the view wrote on purpose (a login lock with the 4xx that refused the
+    login, the error run of a preflight whose node did not answer with its 504)
+    with its event. With the database away there is nothing to write into: the
+    answer is a 503 (apps/core/errors.py) and nothing has changed."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -87,7 +87,7 @@ class AuditMiddleware:
         try:
             with transaction.atomic():
                 response = self.get_response(request)
-                if response.status_code >= 500:
+                if response.status_code == 500 or getattr(response, "database_away", False):
                     raise _Failed(response)
                 if response.status_code < 400:
                     recorder.describe_write()
