@@ -115,6 +115,22 @@ class SampleBuffer:
         with self._lock:
             return len(self._samples)
 
+    def fill(self) -> dict[str, Any]:
+        """How full the buffer is, for the log and the health file (agents/stream.py).
+
+        `sweeps` is what the samples stand for: more than `samples` once old ones
+        were merged; `oldest_ts` is the newest sweep of the oldest sample held."""
+        with self._lock:
+            samples = self._samples
+            return {
+                "samples": len(samples),
+                "capacity": self.capacity,
+                "percent": round(100 * len(samples) / self.capacity, 1),
+                "sweeps": sum(weight(s) for s in samples),
+                "merged_total": self.coalesced_total,
+                "oldest_ts": samples[0].get("ts") if samples else None,
+            }
+
     def push(self, sample: Sample) -> None:
         with self._lock:
             self._samples.append(sample)

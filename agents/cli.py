@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--accelerator", choices=ACCELERATOR_CHOICES, default="nvidia", help=accelerator_help
     )
 
+    status = commands.add_parser(
+        "status", help="the running agent's link to the console and how full its buffer is"
+    )
+    status.add_argument("--state-dir", type=Path, help=state_help)
+    status.add_argument("--json", action="store_true", help="print health.json as it is")
+
     run = commands.add_parser("run", help="stream telemetry and take commands")
     run.add_argument("--state-dir", type=Path, help=state_help)
     run.add_argument("--interval", type=_interval, default=1.0, help="seconds between sweeps")
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "enroll":
         return _enroll(args)
+    if args.command == "status":
+        return _status(args)
     return _run(args)
 
 
@@ -183,6 +191,38 @@ def _enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+# health.json is rewritten every 5 s (agents/stream.py); older means no agent runs.
+HEALTH_STALE_S = 30.0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """0: connected to the console; 1: not (or no agent running): for scripts and monitors."""
+    import json
+    import time
+
+    from agents.stream import HEALTH_FILE, describe_fill
+
+    path = args.state_dir / HEALTH_FILE
+    try:
+        health = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return _fail(f"no health at {path} ({exc}); is `hangar-agent run` running?")
+    if args.json:
+        print(json.dumps(health, indent=2))
+    age = time.time() - health["updated_at"]
+    if age > HEALTH_STALE_S:
+        return _fail(f"{path} is {age:.0f} s old: the agent is not running")
+    if health["connected"]:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(health["connected_since"]))
+        line = f"connected to {health['console']} since {since}"
+    else:
+        away = time.time() - (health["unreachable_since"] or time.time())
+        line = f"cannot reach {health['console']} for {away:.0f} s; retrying"
+    if not args.json:
+        print(f"{line}\n{describe_fill(health['buffer'])}")
+    return 0 if health["connected"] else EXIT_ERROR
+
+
 def _start_worker(args: argparse.Namespace) -> subprocess.Popen[bytes]:
     # An argument vector, never a shell: nothing here is interpreted twice.
     argv = [sys.executable, "-m", "agents.tasks", "--state-dir", str(args.state_dir)]
@@ -204,7 +244,7 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
 def _run(args: argparse.Namespace) -> int:
     from agents.collect import Collector, open_source
     from agents.enroll import EnrollError, read_credential
-    from agents.stream import CredentialRefused, run_agent, websocket_url
+    from agents.stream import HEALTH_FILE, CredentialRefused, run_agent, websocket_url
     from agents.tasks import simulation_seed
 
     try:
@@ -259,6 +299,7 @@ def _run(args: argparse.Namespace) -> int:
                 args.interval,
                 stop,
                 workers=feed,
+                health_path=args.state_dir / HEALTH_FILE,
             )
         finally:
             if watcher:

@@ -29,6 +29,8 @@ WORKER = "worker"  # agent -> console, a worker's status changed (or after hello
 
 # Websocket close code the console uses for an unknown or revoked credential.
 CLOSE_CREDENTIAL_REFUSED = 4401
+# ... and when it cannot take the stream now (its database is away): reconnect later.
+CLOSE_TRY_AGAIN_LATER = 4503
 
 # Bounds. A host with more GPUs than this is not a host we know how to build.
 MAX_GPUS = 64

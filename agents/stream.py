@@ -5,6 +5,10 @@ Two halves that never wait on each other: a sampler thread sweeps every
 asyncio sender drains that buffer while a connection is up and reconnects
 with jittered exponential backoff while it is not. After an outage the
 buffered sweeps go out as `batch` messages, oldest first, right after `hello`.
+
+How full the buffer is shows in the log (every reconnect attempt while the
+console is away) and in `<state-dir>/health.json`, rewritten every few seconds
+and read by `hangar-agent status` (docs/agent.md, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from agents import __version__, protocol
 from agents.buffer import SampleBuffer
 from agents.collect import Collector
+from agents.files import write_private
 from agents.workers.feed import StatusFeed
 
 log = logging.getLogger("hangar.agent")
@@ -33,6 +40,8 @@ log = logging.getLogger("hangar.agent")
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 10.0
 FACTS_REFRESH_S = 300.0
+HEALTH_FILE = "health.json"
+HEALTH_EVERY_S = 5.0
 
 
 class CredentialRefused(Exception):
@@ -46,6 +55,14 @@ def websocket_url(console: str) -> str:
     if scheme is None or not parts.netloc:
         raise ValueError(f"console URL {console!r} must start with http:// or https://")
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws/agent/", "", ""))
+
+
+def describe_fill(fill: dict[str, Any]) -> str:
+    """One line for the log: how full the buffer is and what it stands for."""
+    return (
+        f"buffer {fill['samples']}/{fill['capacity']} samples ({fill['percent']:g}% full, "
+        f"{fill['sweeps']} sweeps, {fill['merged_total']} merged so far)"
+    )
 
 
 def backoff_delay(
@@ -161,6 +178,8 @@ class Stream:
         self.wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()  # the sampler thread wakes us through it
         self.connections = 0  # successful connections so far, for logs and tests
+        self.connected_since: float | None = None  # welcomed by the console
+        self.unreachable_since: float | None = None
         self.workers = workers
         if workers is not None:
             workers.set_notify(self.notify)
@@ -202,10 +221,30 @@ class Stream:
             except Exception:
                 # A bug here must not end telemetry for the node: log, back off, retry.
                 log.exception("unexpected error in the stream")
+            self.connected_since = None
+            self.unreachable_since = self.unreachable_since or time.time()
             delay = backoff_delay(attempt, self.rng, self.backoff_base, self.backoff_cap)
             attempt += 1
-            log.info("reconnecting in %.1f s (%d samples buffered)", delay, len(self.buffer))
+            log.info(
+                "reconnecting in %.1f s; console away for %.0f s; %s",
+                delay,
+                time.time() - self.unreachable_since,
+                describe_fill(self.buffer.fill()),
+            )
             await asyncio.sleep(delay)
+
+    def health(self) -> dict[str, Any]:
+        """What health.json says (see the module docstring)."""
+        return {
+            "pid": os.getpid(),
+            "updated_at": time.time(),
+            "console": self.url,
+            "connected": self.connected_since is not None,
+            "connected_since": self.connected_since,
+            "unreachable_since": self.unreachable_since,
+            "connections": self.connections,
+            "buffer": self.buffer.fill(),
+        }
 
     async def _session(self, ws: ClientConnection) -> bool:
         """Talk over one connection until it ends; True if the console welcomed us."""
@@ -235,6 +274,13 @@ class Stream:
             if message.get("type") == protocol.WELCOME:
                 if message.get("protocol") != protocol.PROTOCOL_VERSION:
                     log.warning("console speaks protocol %r", message.get("protocol"))
+                if self.unreachable_since is not None:
+                    log.info(
+                        "console back after %.0f s; sending the %s",
+                        time.time() - self.unreachable_since,
+                        describe_fill(self.buffer.fill()),
+                    )
+                self.connected_since, self.unreachable_since = time.time(), None
                 welcomed.set()
             elif message.get("type") == protocol.ERROR:
                 # The console refused one message and kept the connection: a
@@ -292,11 +338,13 @@ async def run_agent(
     backoff_base: float = BACKOFF_BASE_S,
     backoff_cap: float = BACKOFF_CAP_S,
     workers: StatusFeed | None = None,
+    health_path: Path | None = None,
 ) -> None:
     """Sample and stream until `stop` is set; raises CredentialRefused.
 
     `workers`: the supervisor's status feed, whose changes go out as `worker`
-    messages (and all of them after each hello).
+    messages (and all of them after each hello). `health_path`: where to keep
+    health.json.
     """
     buffer = SampleBuffer() if buffer is None else buffer
     facts = FactsBox(await asyncio.to_thread(collector.facts))
@@ -313,14 +361,26 @@ async def run_agent(
     sampler = Sampler(collector, buffer, facts, interval, stream.notify)
     sampler.start()
     stop_task = asyncio.create_task(stop.wait())
+    health_task = asyncio.create_task(_keep_health(stream, health_path)) if health_path else None
     try:
         await asyncio.wait({stream_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if stream_task.done():
             stream_task.result()  # CredentialRefused ends the agent
     finally:
         stop_task.cancel()
+        if health_task is not None:
+            health_task.cancel()
         stream_task.cancel()
         await asyncio.gather(stream_task, return_exceptions=True)
         sampler.stop()
         await asyncio.to_thread(sampler.join, 5)
         collector.close()
+
+
+async def _keep_health(stream: Stream, path: Path) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(write_private, path, json.dumps(stream.health()) + "\n")
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
+        await asyncio.sleep(HEALTH_EVERY_S)

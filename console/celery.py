@@ -21,6 +21,7 @@ app = Celery("hangar")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(
     [
+        "apps.core",
         "apps.inventory",
         "apps.telemetry",
         "apps.audit",

@@ -129,6 +129,10 @@ def database(directory: Path) -> dict:
             "init_command": "PRAGMA journal_mode=WAL;",
         }
         config["CONN_MAX_AGE"] = 0
+    else:
+        # A database host that stops answering fails a request in seconds, not after
+        # the kernel's TCP timeout (docs/reliability.md, "When the database is away").
+        config.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     return config
 
 

@@ -67,6 +67,7 @@ MIDDLEWARE = [
     "apps.audit.middleware.AuditMiddleware",
     # After the audit: a request it refuses (idle, gated) is still one audited event.
     "apps.accounts.sessions.SessionPolicyMiddleware",
+    "apps.core.middleware.DatabaseAwayMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -219,6 +220,7 @@ CELERY_BEAT_SCHEDULE = {
     "archive-audit": {"task": "audit.archive_old_events", "schedule": timedelta(hours=6)},
     "forward-audit": {"task": "audit.forward_events", "schedule": 5.0},
     "sweep-alerts": {"task": "alerts.sweep", "schedule": 5.0},
+    "drain-outbox": {"task": "core.drain_outbox", "schedule": 10.0},
     "publish-gateway-snapshot": {"task": "gateway.publish_snapshot", "schedule": 5.0},
     "judge-gateway-traffic": {"task": "gateway.judge_traffic", "schedule": 5.0},
     "flush-gateway-usage": {"task": "gateway.flush_usage", "schedule": 10.0},
@@ -228,6 +230,8 @@ CELERY_BEAT_SCHEDULE = {
 # Domain settings (docs/configuration.md).
 NODE_GRACE_SECONDS = config.integer("NODE_GRACE_SECONDS", 15, minimum=2)
 TELEMETRY_DAYS = config.integer("TELEMETRY_DAYS", 30, minimum=1)
+# Writes kept in Redis while the database is away (apps/core/outbox.py, docs/reliability.md).
+OUTBOX_LIMIT = config.integer("OUTBOX_LIMIT", 50_000, minimum=100)
 AUDIT_HOT_DAYS = config.integer("AUDIT_HOT_DAYS", 180, minimum=1)
 AUDIT_ARCHIVE_DIR = DATA_DIR / "audit-archive"
 # Where agents reach the console's Redis (host, port, database); who they are there

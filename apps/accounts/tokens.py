@@ -8,6 +8,7 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -56,7 +57,10 @@ def user_for_api_token(raw: str):
     now = timezone.now()
     # Touch last-use at most once a minute: a busy integration must not write per call.
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        # After the request's transaction (AuditMiddleware's), not in it: a view
+        # that waits on a node would hold this row locked, and every other request
+        # with the token would wait behind it.
+        transaction.on_commit(lambda: ApiToken.objects.filter(pk=token.pk).update(last_used_at=now))
     return token.user
 
 

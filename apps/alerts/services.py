@@ -36,6 +36,7 @@ from apps.alerts.evaluation import (
 from apps.alerts.models import Alert, AlertRule, Delivery, Receiver, Silence
 from apps.alerts.series import NODE_OFFLINE, alert_series
 from apps.audit import recorder
+from apps.core import outbox
 from apps.core.i18n import lazy_message
 from apps.inventory.models import Node, NodeState
 from apps.telemetry.live import cluster_group
@@ -182,6 +183,14 @@ async def current_rules() -> RuleSet:
 async def _reload_rules() -> None:
     try:
         await database_sync_to_async(rules.reload)()
+    except Exception as exc:
+        # The database away, most likely: judge with the rules in hand meanwhile,
+        # and try again after the usual wait rather than on every sample.
+        rules.expires = time.monotonic() + rules.ttl
+        log.warning(
+            "alert rules not reloaded (%s); evaluating with the cached ones",
+            outbox.first_line(exc),
+        )
     finally:
         rules.reloading = False
 
@@ -207,7 +216,41 @@ async def _evaluate_samples(node, samples: list[dict]) -> None:
     for sample in samples:
         changes += evaluator.observe(alert_series(sample), sample["ts"], ruleset)
     if changes:
-        await database_sync_to_async(apply_changes)(node, changes)
+        # The evaluator has moved on: these transitions exist only here, so while
+        # the database is away they are kept for it (apps/core/outbox.py).
+        records = [change_record(c) for c in changes]
+        await database_sync_to_async(write_stream_changes)(node_id=node.pk, changes=records)
+
+
+def change_record(change: Change) -> dict:
+    """A transition as JSON, its rule by id (the rule's row names it when written)."""
+    return {
+        "kind": change.kind,
+        "rule": change.rule.id,
+        "series": change.series,
+        "value": change.value,
+        "ts": change.ts,
+        "since": change.since,
+        "was": change.was,
+    }
+
+
+@outbox.kept("alerts.transitions")
+def write_stream_changes(node_id: int, changes: list[dict]) -> None:
+    """Write a node's transitions judged on the stream (change_record's), in order."""
+    node = Node.objects.filter(pk=node_id).first()
+    if node is None:
+        return
+    rows = {r.pk: r for r in AlertRule.objects.filter(pk__in={c["rule"] for c in changes})}
+    compiled = {pk: compile_rule(rule) for pk, rule in rows.items()}
+    apply_changes(
+        node,
+        [
+            Change(**{**c, "rule": compiled[c["rule"]]})
+            for c in changes
+            if c["rule"] in compiled  # a rule deleted meanwhile resolved its alerts then
+        ],
+    )
 
 
 def evaluate_values(
@@ -481,6 +524,31 @@ def notify_receivers(alert: Alert, event: str) -> list[Delivery]:
         ids = [d.pk for d in deliveries]
         transaction.on_commit(lambda: [deliver.delay(i) for i in ids])
     return deliveries
+
+
+@outbox.kept("alerts.delivery-outcome")
+def record_outcome(
+    delivery_id: int,
+    attempts: int,
+    state: str,
+    last_error: str | None = None,
+    sent_at: float | None = None,
+) -> None:
+    """Store how an attempt went. Never lowers the attempts: a kept outcome may be
+    written after a later attempt's."""
+    delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
+    if delivery is None or delivery.state == Delivery.State.SENT:
+        return
+    fields = ["attempts", "state"]
+    delivery.attempts = max(delivery.attempts, attempts)
+    delivery.state = state
+    if last_error is not None:
+        delivery.last_error = last_error
+        fields.append("last_error")
+    if sent_at is not None:
+        delivery.sent_at = datetime.fromtimestamp(sent_at, tz=UTC)
+        fields.append("sent_at")
+    delivery.save(update_fields=fields)
 
 
 def publish(alert: Alert) -> None:

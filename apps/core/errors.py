@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.utils.translation import gettext as _
 from rest_framework.views import exception_handler
 
@@ -61,3 +62,21 @@ def bad_request(request, exception=None):
     if _wants_json(request):
         return JsonResponse({"detail": _("Bad request."), "code": "bad_request"}, status=400)
     return render(request, "errors/400.html", status=400)
+
+
+def database_unavailable(request) -> HttpResponse:
+    """503 while the database is away: JSON for the API, a page for a person.
+
+    The page is rendered without the request's context: its processors read the
+    user and their rights, from the database that is away."""
+    detail = _(
+        "The console's database is not answering, so nothing was changed. "
+        "Try again in a minute; /healthz shows when it is back."
+    )
+    if _wants_json(request):
+        response = JsonResponse({"detail": detail, "code": "database_unavailable"}, status=503)
+    else:
+        response = HttpResponse(render_to_string("errors/503.html", {"detail": detail}), status=503)
+    response["Retry-After"] = "30"
+    response.database_away = True  # for AuditMiddleware: no event can be written
+    return response

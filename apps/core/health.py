@@ -9,6 +9,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 
+from apps.core import outbox
+
 # A Celery ping waits its whole timeout for replies; load balancers and monitors
 # call /healthz every few seconds in every web process, so one answer serves all
 # of them for this long (in the shared cache, so across processes too).
@@ -67,6 +69,17 @@ def ping_celery() -> dict:
     return {"state": "up" if console_workers else "none", "workers": workers}
 
 
+def check_outbox() -> dict:
+    """Writes kept while the database was away (apps/core/outbox.py): "ok", "waiting"
+    (not written yet) or "dropped" (some lost since Redis started: the log says which)."""
+    state = outbox.state()
+    if "error" in state:
+        return {"state": "unknown", **state}
+    dropped = sum(state["dropped"].values())
+    name = "waiting" if state["waiting"] else ("dropped" if dropped else "ok")
+    return {"state": name, **state}
+
+
 def health_report(detailed: bool) -> tuple[dict, bool]:
     """The report and whether the console can serve.
 
@@ -78,7 +91,12 @@ def health_report(detailed: bool) -> tuple[dict, bool]:
     redis_check = check_redis()
     celery = check_celery(redis_check["state"] == "up")
     healthy = database["state"] == "up" and redis_check["state"] == "up"
-    checks = {"database": database, "redis": redis_check, "celery": celery}
+    checks = {
+        "database": database,
+        "redis": redis_check,
+        "celery": celery,
+        "outbox": check_outbox(),
+    }
     if not detailed:
         checks = {name: {"state": check["state"]} for name, check in checks.items()}
     return {"status": "ok" if healthy else "unavailable", "checks": checks}, healthy

@@ -211,11 +211,19 @@ def edit_node(node: Node, changes: dict) -> None:
     signals.node_edited.send(sender=Node, node=node)
 
 
-def transition_node(node: Node, state: str, reason: str = "", by_person: bool = False) -> bool:
+def transition_node(
+    node: Node,
+    state: str,
+    reason: str = "",
+    by_person: bool = False,
+    judged_at: float | None = None,
+) -> bool:
     """Move a node to `state`, recording the transition. Returns False if unchanged.
 
     A transition made by a person is described on their request's event; one made
     by the system (heartbeats, the offline sweep) is its own event, actor system.
+    `judged_at` (Unix time) is when the system decided it, where that may be long
+    before the write (kept while the database was away, apps/core/outbox.py).
     """
     if node.state == state:
         return False
@@ -230,6 +238,8 @@ def transition_node(node: Node, state: str, reason: str = "", by_person: bool = 
     if state == NodeState.RETIRED:
         withdraw_broker_identity(node)
     changes = {"state": [old, state], "reason": reason}
+    if judged_at is not None:
+        changes["judged_at"] = datetime.fromtimestamp(judged_at, tz=UTC).isoformat()
     if by_person:
         recorder.describe(target=node, changes=changes)
     else:

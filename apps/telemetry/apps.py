@@ -6,5 +6,6 @@ class TelemetryConfig(AppConfig):
     label = "telemetry"
 
     def ready(self) -> None:
-        # The standard Django place to connect signal receivers (inventory's hooks).
-        from apps.telemetry import receivers  # noqa: F401
+        # The standard Django place to connect signal receivers (inventory's hooks),
+        # and to register the ingest's kept writes (apps/core/outbox.py).
+        from apps.telemetry import ingest, receivers  # noqa: F401

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from agents.protocol import (
+    CLOSE_TRY_AGAIN_LATER,
     MAX_BATCH_SAMPLES,
     PROTOCOL_VERSION,
     ProtocolError,
@@ -24,6 +25,7 @@ from apps.accounts.policy import can, visible_cluster_ids
 from apps.accounts.signals import user_group
 from apps.alerts.services import evaluate_samples, forget_evaluator
 from apps.audit import recorder
+from apps.core import outbox
 from apps.deployments.services import apply_worker_status
 from apps.inventory.models import Cluster, Node
 from apps.inventory.services import node_for_credential
@@ -33,6 +35,7 @@ from apps.telemetry.ingest import NodeIngest
 
 log = logging.getLogger(__name__)
 REFUSED = 4401
+TRY_AGAIN_LATER = CLOSE_TRY_AGAIN_LATER  # the database is away: reconnect later
 SNAPSHOT_NODES = 100  # nodes per snapshot message
 GRID_NODES = 1000  # nodes per grid message: 8-GPU rows are ~300 bytes
 VIEWS = ("full", "grid")  # what a browser socket streams (apps/telemetry/grid.py)
@@ -94,7 +97,14 @@ class AgentConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
     async def connect(self):
         credential = _bearer(self.scope)
-        node = await database_sync_to_async(node_for_credential)(credential)
+        try:
+            node = await database_sync_to_async(node_for_credential)(credential)
+        except outbox.DATABASE_AWAY:
+            # Not a refusal (the agent would give up on 4401): try again later, and
+            # its buffer keeps the samples meanwhile.
+            await self.accept()
+            await self.close(code=TRY_AGAIN_LATER)
+            return
         await self.accept()
         if node is None:
             await database_sync_to_async(recorder.record)(
@@ -154,6 +164,15 @@ class AgentConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 raise ProtocolError(f"unknown message type {kind!r}")
         except (ProtocolError, ValueError, TypeError, KeyError) as exc:
             await self.send(json.dumps({"type": "error", "detail": str(exc)[:300]}))
+        except outbox.DATABASE_AWAY:
+            # A write with no keeping of its own (facts, a worker's report): the
+            # agent sends them again after its next hello, and keeps its samples
+            # meanwhile; the minutes taken so far are kept on closing (disconnect).
+            log.warning(
+                "database away: closing node %s's socket; its agent will reconnect",
+                self.ingest.node.pk,
+            )
+            await self.close(code=TRY_AGAIN_LATER)
 
     async def take_samples(self, raw_samples: list) -> None:
         ingest = self.ingest

@@ -210,7 +210,10 @@ class Exposition:
 
     def family(self, name: str, kind: str, help_text: str, series: Iterable[tuple[str, float]]):
         self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        self.lines += [f"{name}{{{lbl}}} {_number(value)}" for lbl, value in series]
+        self.lines += [
+            f"{name}{{{lbl}}} {_number(value)}" if lbl else f"{name} {_number(value)}"
+            for lbl, value in series
+        ]
 
     def rows(self, family: Family, rows: Iterable[tuple[str, dict]]) -> None:
         def series():
@@ -364,3 +367,26 @@ def traffic_families(out: Exposition, prefix: str, rows: list[tuple[dict, dict]]
     labelled = [(labels(**lbl), numbers) for lbl, numbers in rows]
     for name, kind, help_text, field, factor in TRAFFIC_FAMILIES:
         out.rows(Family(f"hangar_{prefix}_{name}", kind, help_text, field, factor), labelled)
+
+
+def outbox_families(out: Exposition, state: dict) -> None:
+    """The database writes kept in Redis while the database was away
+    (apps/core/outbox.py): waiting now, and dropped or failed since Redis started."""
+    if "error" in state:
+        return  # Redis away: no numbers rather than wrong ones
+    out.family(
+        "hangar_outbox_waiting",
+        "gauge",
+        "Database writes kept while the database was away, not written yet.",
+        [("", state["waiting"])],
+    )
+    for name, key, help_text in (
+        ("hangar_outbox_dropped_total", "dropped", "Kept writes dropped: the outbox was full."),
+        ("hangar_outbox_failed_total", "failed", "Kept writes that failed when written, by kind."),
+    ):
+        out.family(
+            name,
+            "counter",
+            help_text,
+            ((labels(kind=kind), count) for kind, count in sorted(state[key].items())),
+        )

@@ -48,19 +48,22 @@ class MinuteRollup:
         self.count = 0
         self.stats: dict[str, list[float]] = {}
 
-    def add(self, values: dict[str, float]) -> None:
-        self.count += 1
+    def add(self, values: dict[str, float], weight: int = 1) -> None:
+        """`weight`: the sweeps a sample stands for (1 + its `coalesced`: an agent's
+        buffer merges old samples during a long outage, agents/buffer.py), so the
+        minute's count is the sweeps taken, merged or not."""
+        self.count += weight
         for key, value in values.items():
             stat = self.stats.get(key)
             if stat is None:
-                self.stats[key] = [value, value, value, 1]
+                self.stats[key] = [value, value, value * weight, weight]
             else:
                 if value < stat[0]:
                     stat[0] = value
                 if value > stat[1]:
                     stat[1] = value
-                stat[2] += value
-                stat[3] += 1
+                stat[2] += value * weight
+                stat[3] += weight
 
     def summary(self) -> dict[str, list[float]]:
         """{series: [min, mean, max]}, with a 4th item, the series' own count, only

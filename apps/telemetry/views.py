@@ -14,6 +14,7 @@ from apps.accounts.permissions import PolicyPermission
 from apps.accounts.policy import restrict
 from apps.alerts.models import Alert
 from apps.alerts.services import firing_counts
+from apps.core import outbox
 from apps.deployments.models import Deployment, Worker, WorkerState
 from apps.gateway import traffic
 from apps.gateway.models import Route
@@ -92,6 +93,7 @@ def prometheus_metrics(request):
             if name in numbers["routes"]
         ],
     )
+    exposition.outbox_families(out, outbox.state())
     return HttpResponse(out.text(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -56,10 +56,13 @@ def test_only_a_hash_of_the_secret_is_stored(ann, client_for):
     assert secret_part not in str(list(AuditEvent.objects.values_list("changes", flat=True)))
 
 
-def test_a_bearer_token_authenticates_as_its_owner(ann, client_for):
+def test_a_bearer_token_authenticates_as_its_owner(
+    ann, client_for, django_capture_on_commit_callbacks
+):
     created = _create(client_for(ann))
 
-    me = _bearer(created["secret"]).get("/api/v1/me/")
+    with django_capture_on_commit_callbacks(execute=True):  # last use is written on commit
+        me = _bearer(created["secret"]).get("/api/v1/me/")
 
     assert me.status_code == 200
     assert me.json()["username"] == "ann"

@@ -20,6 +20,7 @@ def test_healthz_tells_anonymous_callers_only_each_dependencys_state(client, db)
         "database": {"state": "up"},
         "redis": {"state": "up"},
         "celery": {"state": body["checks"]["celery"]["state"]},
+        "outbox": {"state": "ok"},
     }
     assert body["checks"]["celery"]["state"] in {"up", "none"}
 

@@ -126,3 +126,16 @@ def waiting_on_locks() -> int:
             " WHERE datname = current_database() AND wait_event_type = 'Lock'"
         )
         return cursor.fetchone()[0]
+
+
+def test_a_sample_merged_by_the_agents_buffer_counts_as_the_sweeps_it_stands_for(cluster):
+    node = Node.objects.create(cluster=cluster, hostname="merged")
+    minute = past_minute()
+    ingest = NodeIngest(node)
+    merged = {**sample(4, [gpu_sample(0, temperature=60)], ts=minute + 4), "coalesced": 3}
+    ingest.accept_sample(sample(1, [gpu_sample(0, temperature=20)], ts=minute + 1))
+    ingest.accept_sample(merged)
+    ingest.flush_rollups(include_current=True)
+    row = row_of(node, minute)
+    assert row.samples == 5 and ingest.lost == 0
+    assert row.series["gpu.0.temperature"] == [20.0, 52.0, 60.0]  # weighed 1 and 4
