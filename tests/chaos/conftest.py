@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -329,6 +330,11 @@ class Chaos:
             with contextlib.suppress(Exception):
                 program.stop()
         self._kill_engines()
+        for agent in self.agents.values():  # the engines' logs, before their disk goes
+            with contextlib.suppress(OSError):
+                shutil.copytree(
+                    agent.state_dir, self.logs / f"state-{agent.name}", ignore=_sockets
+                )
         self.redis.stop()
         self.postgres.destroy()
         self.console_data.unmount()
@@ -343,6 +349,10 @@ class Chaos:
                     pid = json.loads(record.read_text()).get("pid")
                     if pid:
                         os.killpg(pid, signal.SIGKILL)
+
+
+def _sockets(directory: str, names: list[str]) -> list[str]:
+    return [n for n in names if n.endswith((".sock", ".chaos-filler"))]
 
 
 class AgentRun:
@@ -414,9 +424,8 @@ def chaos():
         world.close()
         keep = os.environ.get("HANGAR_CHAOS_KEEP_LOGS")
         if keep:
-            import shutil
-
             shutil.copytree(world.logs, keep, dirs_exist_ok=True)
+        shutil.rmtree(world.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
