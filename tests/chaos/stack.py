@@ -30,7 +30,12 @@ from pathlib import Path
 
 from tests.support import processes
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# The newest PostgreSQL installed (Debian's layout: /usr/lib/postgresql/<version>/bin).
+PG_BIN = max(
+    Path("/usr/lib/postgresql").glob("*/bin"),
+    key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    default=Path("/usr/lib/postgresql/15/bin"),
+)
 HOST_ADDRESS = "10.231.7.1"  # the console's end of the veth pair
 NODE_ADDRESS = "10.231.7.2"  # the partitioned node's end, in its namespace
 TMPFS_SIZE = "48m"

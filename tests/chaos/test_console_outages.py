@@ -17,12 +17,12 @@ OUTAGE_S = stack.env_seconds("HANGAR_CHAOS_OUTAGE_S", 12, 60)
 RECOVERY_DEADLINE_S = 90
 
 
-def warm_up(chaos, samples: int = 6) -> None:
-    """Let every agent stream a few samples before breaking anything."""
+def warm_up(chaos, seconds: float = 3.0) -> None:
+    """Let every (fresh) agent stream for a few seconds before breaking anything."""
+    since = time.time() + seconds
     for agent in chaos.agents.values():
-        start = chaos.latest_seq(agent)
         stack.wait_until(
-            lambda a=agent, s=start: chaos.latest_seq(a) >= s + samples, 60, "telemetry flowing"
+            lambda a=agent: chaos.telemetry_flowing(a, since), 60, f"node {agent.name} streaming"
         )
 
 
@@ -123,6 +123,7 @@ def test_celery_killed_mid_task(chaos, agent_run, record, tmp_path):
     """Worker and beat killed with SIGKILL while a model checksum runs: it still finishes."""
     from apps.registry.models import Model, ModelVersion, VersionState
     from apps.registry.tasks import hash_version_task
+
     root = chaos.root / "models" / "big"
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "weights.bin", "wb") as weights:  # sparse: hashing reads 3 GiB of zeros

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -49,9 +50,9 @@ def test_node_state_directory_full(chaos, agent_run, record):
         scale_deployment(deployment, 2)
         try:
             stack.wait_until(
-                lambda: Worker.objects.filter(deployment=deployment, slot=1)
-                .exclude(error="")
-                .exists(),
+                lambda: (
+                    Worker.objects.filter(deployment=deployment, slot=1).exclude(error="").exists()
+                ),
                 60,
                 "the new worker's error",
             )
@@ -65,7 +66,7 @@ def test_node_state_directory_full(chaos, agent_run, record):
         disk.free()
         healed = time.time()
         ready_at = None
-        try:
+        with contextlib.suppress(AssertionError):
             ready_at = stack.wait_until(
                 lambda: Worker.objects.filter(
                     deployment=deployment, slot=1, state="ready"
@@ -74,8 +75,6 @@ def test_node_state_directory_full(chaos, agent_run, record):
                 "the new worker ready once space returned",
                 interval=1.0,
             )
-        except AssertionError:
-            pass
         broken_files = state_files_parse(disk.path)
         scale_deployment(Deployment.objects.get(pk=chaos.far_deployment), 1)
         counts = agent_run.finish()
@@ -145,9 +144,7 @@ def test_console_data_directory_full(chaos, agent_run, record):
         ),
         record.check("no partial backup left", not leftovers),
         record.check("web, telemetry and gateway served while full", web_ok and streaming),
-        record.check(
-            "the gateway served throughout", all(o.ok for o in gateway if o.at < healed)
-        ),
+        record.check("the gateway served throughout", all(o.ok for o in gateway if o.at < healed)),
         record.check("a backup works once space returns", worked.returncode == 0),
         record.check("no sample lost", sum(c["lost"] for c in counts.values()) == 0),
     ]
