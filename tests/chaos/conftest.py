@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import sys
@@ -87,6 +88,12 @@ class Agent:
         if self.proc is not None:
             processes.stop(self.proc)
             self.proc = None
+
+    def sent(self) -> int | None:
+        """Samples this run numbered and sent, from its last line (agents/stream.py)."""
+        log = (self.log_dir / f"agent-{self.name}-{self.runs}.log").read_text(errors="replace")
+        found = re.findall(r"stopped after (\d+) sweeps, (\d+) not sent", log)
+        return int(found[-1][0]) - int(found[-1][1]) if found else None
 
 
 class Chaos:
@@ -385,8 +392,9 @@ class AgentRun:
         """Stop the agents and count, once the console has written what it will."""
         sent = {}
         for name, agent in self.chaos.agents.items():
-            sent[name] = self.chaos.latest_seq(agent)
             agent.stop()
+            sent[name] = agent.sent()
+            assert sent[name] is not None, f"agent {name} did not say what it sent"
         for name, agent in self.chaos.agents.items():
             expected = sent[name]
             with contextlib.suppress(AssertionError):  # fewer: lost, counted below

@@ -201,17 +201,17 @@ class Tmpfs:
         run(["mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0755", "tmpfs", str(self.path)])
 
     def fill(self) -> None:
-        """Write until the filesystem says no space is left."""
-        with open(self.filler, "ab") as out:
-            block = b"\0" * (1 << 20)
-            with contextlib.suppress(OSError):
-                while True:
-                    out.write(block)
-                    out.flush()
-            with contextlib.suppress(OSError):
-                while True:
-                    out.write(b"\0" * 512)
-                    out.flush()
+        """Write until the filesystem says no space is left (unbuffered: nothing is
+        left to flush when the file is closed)."""
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for size in (1 << 20, 4096, 1):
+                block = b"\0" * size
+                with contextlib.suppress(OSError):
+                    while True:
+                        os.write(fd, block)
+        finally:
+            os.close(fd)
 
     def free(self) -> None:
         self.filler.unlink(missing_ok=True)

@@ -36,7 +36,7 @@ def test_node_state_directory_full(chaos, agent_run, record):
     """A worker started on a node whose disk is full fails with a clear error; nothing
     the agent keeps is torn; once space returns the worker starts."""
     from apps.deployments.models import Deployment, Worker
-    from apps.deployments.services import scale_deployment
+    from apps.deployments.services import create_deployment, stop_deployment
 
     far = chaos.agents["b"]
     disk = chaos.node_state
@@ -46,19 +46,28 @@ def test_node_state_directory_full(chaos, agent_run, record):
         started = time.time()
         disk.fill()
         assert disk.available() < 64 * 1024, disk.available()
-        deployment = Deployment.objects.get(pk=chaos.far_deployment)
-        scale_deployment(deployment, 2)
+        serving_deployment = Deployment.objects.get(pk=chaos.far_deployment)
+        deployment = create_deployment(
+            chaos.admin,
+            name="while-full",
+            cluster=chaos.cluster,
+            model_version=serving_deployment.model_version,
+            engine="reference",
+            replicas=1,
+            placement={"mode": "pinned", "targets": [{"node": far.node_id, "gpus": []}]},
+            port=None,
+        )
         try:
             stack.wait_until(
                 lambda: (
-                    Worker.objects.filter(deployment=deployment, slot=1).exclude(error="").exists()
+                    Worker.objects.filter(deployment=deployment, slot=0).exclude(error="").exists()
                 ),
                 60,
                 "the new worker's error",
             )
-            error = Worker.objects.get(deployment=deployment, slot=1).error
+            error = Worker.objects.get(deployment=deployment, slot=0).error
         except AssertionError:
-            worker = Worker.objects.filter(deployment=deployment, slot=1).first()
+            worker = Worker.objects.filter(deployment=deployment, slot=0).first()
             error = "" if worker is None else f"(no error; state {worker.state})"
         time.sleep(max(0.0, started + FULL_S - time.time()))
         streaming = chaos.telemetry_flowing(far, started + 1)
@@ -69,14 +78,14 @@ def test_node_state_directory_full(chaos, agent_run, record):
         with contextlib.suppress(AssertionError):
             ready_at = stack.wait_until(
                 lambda: Worker.objects.filter(
-                    deployment=deployment, slot=1, state="ready"
+                    deployment=deployment, slot=0, state="ready"
                 ).exists(),
                 120,
                 "the new worker ready once space returned",
                 interval=1.0,
             )
         broken_files = state_files_parse(disk.path)
-        scale_deployment(Deployment.objects.get(pk=chaos.far_deployment), 1)
+        stop_deployment(Deployment.objects.get(pk=deployment.pk))
         counts = agent_run.finish()
     clear = "space" in error.lower()
     record(
