@@ -10,7 +10,7 @@ from tests.chaos.test_console_outages import warm_up
 
 STEP_S = stack.env_seconds("HANGAR_CHAOS_CLOCK_STEP_S", 300, 300)
 HOLD_S = stack.env_seconds("HANGAR_CHAOS_CLOCK_HOLD_S", 10, 30)
-FOR_S = int(stack.env_seconds("HANGAR_CHAOS_ALERT_FOR_S", 40, 90))
+FOR_S = int(stack.env_seconds("HANGAR_CHAOS_ALERT_FOR_S", 30, 90))
 
 
 def test_node_clock_stepped(chaos, agent_run, record):

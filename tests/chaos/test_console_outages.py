@@ -26,6 +26,16 @@ def warm_up(chaos, seconds: float = 3.0) -> None:
         )
 
 
+def straddle_a_minute(length: float) -> None:
+    """Wait until a fault of `length` seconds starting now would have a minute end in its
+    middle: the worst moment for per-minute rollups, and the same one on every run."""
+    if length >= 60:
+        return  # every such outage holds a minute's end
+    start_at = 60 - length / 2
+    now = time.time() % 60
+    time.sleep((start_at - now) % 60)  # placing the fault, not asserting on time
+
+
 def recovered(chaos, healed: float) -> dict[str, float]:
     """Seconds from `healed` until each part works again (polled, with a deadline)."""
     times = {}
@@ -68,6 +78,7 @@ def test_postgres_down(chaos, agent_run, record):
     """The database away: telemetry is buffered nowhere but memory, the gateway serves on."""
     with agent_run:
         warm_up(chaos)
+        straddle_a_minute(OUTAGE_S)
         started = time.time()
         chaos.postgres.stop()
         time.sleep(OUTAGE_S)  # the fault's length, not an assertion

@@ -62,7 +62,7 @@ def test_node_state_directory_full(chaos, agent_run, record):
                 lambda: (
                     Worker.objects.filter(deployment=deployment, slot=0).exclude(error="").exists()
                 ),
-                60,
+                FULL_S,  # as long as the disk stays full
                 "the new worker's error",
             )
             error = Worker.objects.get(deployment=deployment, slot=0).error
