@@ -143,7 +143,7 @@ def test_console_data_directory_full(chaos, agent_run, record):
         requests_failed=sum(1 for o in gateway if not o.ok),
         samples=counts,
         samples_lost=sum(c["lost"] for c in counts.values()),
-        restarts={p.name: p.starts - 1 for p in chaos.programs},
+        restarts_since_setup={p.name: p.starts - 1 for p in chaos.programs},
     )
     checks = [
         record.check("the backup failed", failed.returncode != 0),
