@@ -2,19 +2,26 @@
 
     python -m tests.chaos.report [RESULTS.json] [--write docs/reliability.md]
 
-Prints the "Chaos suite" section's table; with --write, replaces the part of
-the file between the two `chaos-table` markers (the rest of the file, other
-sections included, is left as it is).
+Prints the "Chaos suite" section's table (RESULTS defaults to
+$HANGAR_CHAOS_RESULTS, else .chaos-results.json); with --write, replaces the
+part of the file between the two markers of the run's mode (`chaos-table
+short` or `chaos-table full`); the rest of the file, other sections included,
+is left as it is.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BEGIN, END = "<!-- chaos-table: begin -->", "<!-- chaos-table: end -->"
+
+
+def markers(mode: str) -> tuple[str, str]:
+    return f"<!-- chaos-table {mode}: begin -->", f"<!-- chaos-table {mode}: end -->"
+
 
 FAULTS = {
     "test_postgres_down": "PostgreSQL down",
@@ -75,23 +82,26 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(path: Path, text: str) -> None:
+def write(path: Path, text: str, mode: str) -> None:
+    begin, end = markers(mode)
     current = path.read_text()
-    if BEGIN not in current or END not in current:
-        raise SystemExit(f"{path} has no {BEGIN} ... {END} markers to write between")
-    head, rest = current.split(BEGIN, 1)
-    _old, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    if begin not in current or end not in current:
+        raise SystemExit(f"{path} has no {begin} ... {end} markers to write between")
+    head, rest = current.split(begin, 1)
+    _old, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text}{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="?", default=str(ROOT / ".chaos-results.json"))
+    default = os.environ.get("HANGAR_CHAOS_RESULTS", str(ROOT / ".chaos-results.json"))
+    parser.add_argument("results", nargs="?", default=default)
     parser.add_argument("--write", metavar="FILE", help="replace the table in FILE")
     args = parser.parse_args(argv)
-    text = table(json.loads(Path(args.results).read_text()))
+    results = json.loads(Path(args.results).read_text())
+    text = table(results)
     if args.write:
-        write(Path(args.write), text)
+        write(Path(args.write), text, results["mode"])
     print(text, end="")
     return 0
 
