@@ -352,10 +352,11 @@ class Chaos:
         self.namespace.destroy()
 
     def _kill_engines(self) -> None:
-        """Inference workers outlive their agents by design: end the ones we started."""
+        """Inference workers outlive their agents by design: end the ones we started
+        (each in its own process group; its pid in `workers/<id>/state.json`)."""
         for agent in self.agents.values():
-            for record in (agent.state_dir / "workers").glob("*.json"):
-                with contextlib.suppress(Exception):
+            for record in (agent.state_dir / "workers").glob("*/state.json"):
+                with contextlib.suppress(OSError, ValueError, TypeError):
                     pid = json.loads(record.read_text()).get("pid")
                     if pid:
                         os.killpg(pid, signal.SIGKILL)
