@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -10,6 +11,10 @@ from typing import Any, Protocol
 from agents import host, protocol
 
 HEALTH_INTERVAL_S = 10.0
+# A file holding seconds to add to this agent's sample timestamps, read at every
+# sweep: the chaos suite steps a running agent's clock with it, as an NTP step
+# or a wrong RTC would (docs/reliability.md). Unset in production.
+CLOCK_OFFSET_FILE = "HANGAR_AGENT_CLOCK_OFFSET_FILE"
 
 log = logging.getLogger("hangar.agent")
 
@@ -46,6 +51,18 @@ def open_source(
     return NvmlSource()
 
 
+def wall_clock() -> float:
+    """This host's time for sample timestamps (time.time(), or stepped: CLOCK_OFFSET_FILE)."""
+    path = os.environ.get(CLOCK_OFFSET_FILE)
+    if not path:
+        return time.time()
+    try:
+        with open(path) as f:
+            return time.time() + float(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return time.time()
+
+
 class Collector:
     def __init__(
         self,
@@ -75,7 +92,7 @@ class Collector:
 
     def sweep(self) -> dict[str, Any]:
         self.seq += 1
-        ts = time.time()
+        ts = wall_clock()
         gpus, faults = self.source.sample()
         try:
             host_sample = self.host.sample()

@@ -375,6 +375,9 @@ async def run_agent(
         sampler.stop()
         await asyncio.to_thread(sampler.join, 5)
         collector.close()
+        # What this run measured and what never left: the one account of samples
+        # the node itself keeps (the chaos suite compares it with the console's).
+        log.info("stopped after %d sweeps, %d not sent", collector.seq, len(buffer))
 
 
 async def _keep_health(stream: Stream, path: Path) -> None:

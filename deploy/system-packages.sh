@@ -6,6 +6,7 @@
 #   deploy/system-packages.sh build          before `make run`/`make test` create .venv
 #   deploy/system-packages.sh build test     .ci/run: also what the test suite drives
 #   deploy/system-packages.sh ci             .ci/run: what the install tests need
+#   deploy/system-packages.sh chaos          `make chaos`: the suite's own servers, namespaces
 #   deploy/system-packages.sh --list GROUP   the names only (make bundle records them)
 #
 # Why python-ldap stays (docs/install.md): LDAP login is a feature universities use,
@@ -16,22 +17,24 @@ declare -A PACKAGES=(
   [build]="gcc libc6-dev python3-dev libldap2-dev libsasl2-dev"
   [test]="slapd ldap-utils chromium chromium-driver redis-server postgresql nginx openssl systemd prometheus chrony"
   [ci]="mmdebstrap iproute2 git"
+  [chaos]="postgresql redis-server iproute2"
   [runtime]="python3 python3-venv redis-server postgresql nginx libldap-2.5-0 libsasl2-2 openssl"
 )
 declare -A WHY=(
   [build]="to compile python-ldap, the LDAP login, which has no wheel on PyPI"
   [test]="for the test suite (directory, browser, database, Redis, nginx, systemd-analyze, promtool, chronyc for the preflight clock check)"
   [ci]="to build and isolate the install tests' Debian roots"
+  [chaos]="for the chaos suite's own PostgreSQL and Redis and its network namespaces"
   [runtime]="for an installed console"
 )
 
 list=false
 if [[ ${1:-} == --list ]]; then list=true; shift; fi
-(($#)) || { echo "usage: $0 [--list] build|test|ci|runtime..." >&2; exit 2; }
+(($#)) || { echo "usage: $0 [--list] build|test|ci|chaos|runtime..." >&2; exit 2; }
 
 wanted=() reasons=()
 for group in "$@"; do
-  [[ -n ${PACKAGES[$group]:-} ]] || { echo "$0: unknown group '$group' (build, test, ci, runtime)" >&2; exit 2; }
+  [[ -n ${PACKAGES[$group]:-} ]] || { echo "$0: unknown group '$group' (build, test, ci, chaos, runtime)" >&2; exit 2; }
   read -ra names <<<"${PACKAGES[$group]}"
   wanted+=("${names[@]}")
   reasons+=("${WHY[$group]}")

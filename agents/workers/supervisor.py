@@ -45,8 +45,8 @@ from agents.workers.latency import ProbeWindow, PrometheusWindow
 from agents.workers.runlog import RunLogs, read_json, write_json
 
 log = logging.getLogger("hangar.agent.workers")
-# Health checks and scrapes go to 127.0.0.1: never through an HTTP proxy
-# from the environment.
+# Health checks and scrapes go to the worker on this node (probe_address):
+# never through an HTTP proxy from the environment.
 _LOCAL_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 ACTIVE_STATES = frozenset(
@@ -59,10 +59,19 @@ MAX_TAIL_LINES = protocol.MAX_TAIL_LINES
 LAST_LOG_LINES = protocol.MAX_LOG_LINES
 
 
+def probe_address(host: str) -> str:
+    """Where the node itself reaches a worker listening on `host`: that address, or
+    loopback for a wildcard bind. An engine bound to a LAN address alone
+    (`--worker-host 10.20.0.7`) does not answer on 127.0.0.1."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (comparing, not binding)
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass
 class SupervisorConfig:
     model_roots: list[str] = field(default_factory=lambda: ["/srv/models"])
-    host: str = "127.0.0.1"  # where workers listen; health checks always use 127.0.0.1
+    host: str = "127.0.0.1"  # where workers listen, and where health checks reach them
     worker_ports: tuple[int, int] = ports.DEFAULT_RANGE  # for specs with port 0 (ports.py)
     simulate: bool = False  # simulated GPUs: nothing holds them (no NVML)
     # Whose runtime the workers use: picks the variable that pins their devices
@@ -785,7 +794,8 @@ class WorkerRunner:
         The reference engine and vLLM leave /health and /metrics open, llama.cpp
         only /health; a generic engine may guard all of it.
         """
-        request = urllib.request.Request(f"http://127.0.0.1:{self.spec['port']}{path}")
+        url = f"http://{probe_address(self.cfg.host)}:{self.spec['port']}{path}"
+        request = urllib.request.Request(url)
         if self.spec["api_key"] is not None:
             request.add_header("Authorization", f"Bearer {self.spec['api_key']}")
         return request

@@ -379,6 +379,18 @@ def test_an_engine_on_its_declared_port_only_stays_ready(node):
     assert wait_state(sup, "ready")["pid"] == ready["pid"]
 
 
+def test_an_engine_bound_to_the_node_address_alone_is_probed_there_and_ready(node):
+    """`--worker-host ADDR` (docs/agent.md): the engine listens on ADDR only, so the
+    health checks go to ADDR, not to 127.0.0.1 where nothing answers (found by the
+    chaos suite, whose partitioned node serves on its veth address)."""
+    sup = node.supervisor(host="127.0.0.2")  # all of 127/8 is this host's; not 127.0.0.1
+    start(sup, reference_spec(node.model))
+    ready = wait_state(sup, "ready")
+    assert local_get(ready["port"], "/health", host="127.0.0.2") == 200
+    with pytest.raises(urllib.error.URLError):
+        local_get(ready["port"], "/health")  # nothing on 127.0.0.1: it was probed at its address
+
+
 def test_the_engine_table_can_allow_an_extra_listener(node, monkeypatch):
     from dataclasses import replace
 
@@ -402,8 +414,8 @@ def keyed_reference_spec(model) -> dict:
     return dict(reference_spec(model, "--backend", "stand-in"), api_key=ENGINE_KEY)
 
 
-def local_get(port: int, path: str, key: str | None = None) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+def local_get(port: int, path: str, key: str | None = None, host: str = "127.0.0.1") -> int:
+    request = urllib.request.Request(f"http://{host}:{port}{path}")
     if key is not None:
         request.add_header("Authorization", f"Bearer {key}")
     try:
