@@ -63,9 +63,7 @@ def test_a_host_without_a_usable_port_is_refused_with_an_example(monkeypatch, tm
         config.database(tmp_path)
 
 
-def test_the_standby_listed_first_is_passed_over_for_the_primary(
-    primary_and_standby, connect
-):
+def test_the_standby_listed_first_is_passed_over_for_the_primary(primary_and_standby, connect):
     primary, standby = primary_and_standby
     url = (
         f"postgres://postgres@127.0.0.1:{standby.port},127.0.0.1:{primary.port}/postgres"
@@ -84,9 +82,7 @@ def test_a_host_that_is_down_is_passed_over(primary_and_standby, connect):
     assert connect(url) == (False, primary.port)
 
 
-def test_without_read_write_the_first_host_that_answers_is_used(
-    primary_and_standby, connect
-):
+def test_without_read_write_the_first_host_that_answers_is_used(primary_and_standby, connect):
     """Why the setting matters: a standby listed first would otherwise get the writes."""
     primary, standby = primary_and_standby
     url = f"postgres://postgres@127.0.0.1:{standby.port},127.0.0.1:{primary.port}/postgres"

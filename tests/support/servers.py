@@ -78,7 +78,9 @@ class Servers:
             f"sentinel failover-timeout {master} 5000\n"
             f"sentinel parallel-syncs {master} 1\n"
         )
-        server = RedisServer(name, port, self.start(name, [shutil.which("redis-sentinel"), str(config)]))
+        server = RedisServer(
+            name, port, self.start(name, [shutil.which("redis-sentinel"), str(config)])
+        )
         processes.wait_for(server.client().ping, what=f"Sentinel {name}", process=server.proc)
         return server
 
@@ -86,7 +88,9 @@ class Servers:
 
     def postgres_primary(self, name: str) -> PostgresServer:
         data = self._pg_dir(name)
-        self._as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"])
+        self._as_postgres(
+            [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+        )
         with open(data / "postgresql.conf", "a") as conf:
             conf.write("wal_level = replica\nmax_wal_senders = 5\nfsync = off\n")
         with open(data / "pg_hba.conf", "a") as hba:
