@@ -9,6 +9,7 @@ python3 that `make ha` fills with the `ha` extra of pyproject.toml.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -125,12 +126,11 @@ class PatroniCluster:
         pid_file = member["data"] / "postmaster.pid"
         postmaster = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
         processes.stop(member["proc"], signal.SIGKILL)
-        if postmaster:
-            try:
+        # Only if that pid is still this member's postmaster (a stale file's pid may be reused).
+        cmdline = Path(f"/proc/{postmaster}/cmdline") if postmaster else None
+        if cmdline and cmdline.exists() and str(member["data"]) in cmdline.read_text():
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgid(postmaster), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
 
     def close(self) -> None:
         """Patroni starts PostgreSQL in a session of its own: each is ended here."""
