@@ -18,11 +18,26 @@ import time
 import psycopg
 import pytest
 
+from agents.enroll import write_credential
+from apps.telemetry import live
 from tests.ha.cluster import PatroniCluster
 from tests.support import processes
 from tests.support.servers import Servers
 
 DATABASE = "hangar"
+
+# Run by `manage.py shell` against the cluster: a node and what its agent needs.
+ENROLL = """
+import json
+from apps.inventory import broker
+from apps.inventory.models import Cluster
+from apps.inventory.services import create_enrollment_token, enroll_node
+from tests.telemetry.conftest import FACTS
+_token, secret = create_enrollment_token(Cluster.objects.create(name="ha"), None)
+node, credential = enroll_node(secret, "ha-node", FACTS, None)
+print(json.dumps({"node_id": node.pk, "credential": credential,
+                  **broker.credential_fields(node.pk, credential)}))
+"""
 
 
 @pytest.fixture
@@ -74,6 +89,29 @@ def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patr
         check=True,
         timeout=600,
     )
+    # Telemetry load: a node of this database, the real agent streaming into a Daphne
+    # that reaches the database through the same multi-host URL.
+    made = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", ENROLL],
+        cwd=processes.ROOT, env=env, check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    node = json.loads(made.stdout.strip().splitlines()[-1])
+    web = processes.free_port()
+    daphne = processes.start(
+        [str(processes.BIN / "daphne"), "-b", "127.0.0.1", "-p", str(web),
+         "console.asgi:application"],
+        {**env, "HANGAR_ALLOWED_HOSTS": "127.0.0.1"},
+        tmp_path / "daphne.log",
+    )  # fmt: skip
+    write_credential(tmp_path / "agent", {"console": f"http://127.0.0.1:{web}", **node})
+    agent = processes.start(
+        [str(processes.BIN / "hangar-agent"), "run", "--simulate", "2", "--no-celery",
+         "--interval", "0.1", "--state-dir", str(tmp_path / "agent")],
+        os.environ.copy(),
+        tmp_path / "agent.log",
+    )  # fmt: skip
+    latest = live.latest_key(node["node_id"])
+    processes.wait_for(lambda: live.client().get(latest) is not None, what="telemetry flowing")
     acks = tmp_path / "acks"
     writer = processes.start(
         [sys.executable, "-m", "tests.ha.writer", str(acks)], env, tmp_path / "writer.log"
@@ -93,10 +131,15 @@ def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patr
             what="more writes after the failover",
             process=writer,
         )
+        processes.stop(agent)  # its socket closes; the console flushes the minute rollups
+        time.sleep(1)
+        last_seq = json.loads(live.client().get(latest))["seq"]
     finally:
         (tmp_path / "acks.stop").touch()
         processes.wait_for(lambda: writer.poll() is not None, what="the writer to stop")
         processes.stop(writer)
+        processes.stop(agent)
+        processes.stop(daphne)
     done = acknowledged(acks)
     after = [t for _, t in done if t > killed_at]
     new_primary = patroni.primary()
@@ -110,6 +153,10 @@ def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patr
                 "SELECT changes->>'n' FROM audit_auditevent WHERE action = 'ha.probe'"
             )
         }
+        samples = conn.execute(
+            "SELECT coalesce(sum(samples), 0) FROM telemetry_nodemetricminute WHERE node_id = %s",
+            [node["node_id"]],
+        ).fetchone()[0]
     lost = sorted({n for n, _ in done} - stored)
     assert lost == [], f"acknowledged audit events missing after the failover: {lost[:20]}"
     verify = subprocess.run(
@@ -130,7 +177,11 @@ def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patr
         "failed_write_attempts": failed,
         "acknowledged_events": len(done),
         "acknowledged_events_lost": len(lost),
+        "samples_taken_up_to_seq": last_seq,
+        "samples_stored": samples,
+        "samples_lost": max(0, last_seq - samples),
     }
     print("\nHA figures:", json.dumps(figures))
     with open(os.environ.get("HANGAR_HA_FIGURES", tmp_path / "figures.jsonl"), "a") as out:
         out.write(json.dumps(figures) + "\n")
+    assert figures["samples_lost"] == 0
