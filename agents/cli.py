@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-celery", action="store_true", help="do not start the command worker")
     run.add_argument(
+        "--console",
+        action="append",
+        metavar="URL",
+        help=(
+            "a console host's address (repeatable or comma-separated), tried in turn when "
+            "one is lost; default: the address enrolled with (docs/ha.md)"
+        ),
+    )
+    run.add_argument(
         "--model-root",
         action="append",
         type=_model_root,
@@ -244,12 +253,20 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
 def _run(args: argparse.Namespace) -> int:
     from agents.collect import Collector, open_source
     from agents.enroll import EnrollError, read_credential
-    from agents.stream import HEALTH_FILE, CredentialRefused, run_agent, websocket_url
+    from agents.stream import (
+        HEALTH_FILE,
+        CredentialRefused,
+        console_list,
+        run_agent,
+        websocket_url,
+    )
     from agents.tasks import simulation_seed
 
     try:
         credential = read_credential(args.state_dir)
-        websocket_url(credential["console"])
+        consoles = console_list(args.console or credential["console"])
+        for address in consoles:
+            websocket_url(address)
     except (EnrollError, ValueError) as exc:
         return _fail(str(exc))
     from agents.workers.control import ControlServer
@@ -293,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
         watcher = asyncio.create_task(_watch_worker(args, stop)) if worker else None
         try:
             await run_agent(
-                credential["console"],
+                consoles,
                 credential["credential"],
                 collector,
                 args.interval,

@@ -21,7 +21,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -63,6 +63,19 @@ def describe_fill(fill: dict[str, Any]) -> str:
         f"buffer {fill['samples']}/{fill['capacity']} samples ({fill['percent']:g}% full, "
         f"{fill['sweeps']} sweeps, {fill['merged_total']} merged so far)"
     )
+
+
+def console_list(consoles: str | Sequence[str]) -> list[str]:
+    """Console addresses in the order to try them: a list, or one comma-separated string.
+
+    Several addresses are several console hosts of one installation (docs/ha.md):
+    the agent streams to one at a time and moves to the next when it is lost.
+    """
+    items = [consoles] if isinstance(consoles, str) else list(consoles)
+    found = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    if not found:
+        raise ValueError("no console address given")
+    return list(dict.fromkeys(found))  # each once, first mention first
 
 
 def backoff_delay(
@@ -151,14 +164,18 @@ class Sampler(threading.Thread):
 
 
 class Stream:
-    """Keeps one connection to the console up and drains the buffer into it.
+    """Keeps one connection to a console up and drains the buffer into it.
 
-    Create it inside the running event loop that will run it.
+    With several console addresses, a connection that is lost or refused moves the
+    agent to the next address; the backoff grows only once every address has
+    failed in a round. The buffer is the same whichever console takes it, so what
+    was not sent to one is sent to the next. Create it inside the running event
+    loop that will run it.
     """
 
     def __init__(
         self,
-        url: str,
+        urls: str | Sequence[str],
         credential: str,
         buffer: SampleBuffer,
         facts: FactsBox,
@@ -168,7 +185,8 @@ class Stream:
         rng: random.Random | None = None,
         workers: StatusFeed | None = None,
     ) -> None:
-        self.url = url
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self.index = 0  # the address in use or to try next
         self.credential = credential
         self.buffer = buffer
         self.facts = facts
@@ -183,6 +201,10 @@ class Stream:
         self.workers = workers
         if workers is not None:
             workers.set_notify(self.notify)
+
+    @property
+    def url(self) -> str:
+        return self.urls[self.index]
 
     def notify(self) -> None:
         """Called from the sampler thread after each push (and on worker changes)."""
@@ -223,10 +245,15 @@ class Stream:
                 log.exception("unexpected error in the stream")
             self.connected_since = None
             self.unreachable_since = self.unreachable_since or time.time()
-            delay = backoff_delay(attempt, self.rng, self.backoff_base, self.backoff_cap)
+            # Next address; the backoff counts whole rounds over the addresses.
+            self.index = (self.index + 1) % len(self.urls)
+            delay = backoff_delay(
+                attempt // len(self.urls), self.rng, self.backoff_base, self.backoff_cap
+            )
             attempt += 1
             log.info(
-                "reconnecting in %.1f s; console away for %.0f s; %s",
+                "reconnecting to %s in %.1f s; console away for %.0f s; %s",
+                self.url,
                 delay,
                 time.time() - self.unreachable_since,
                 describe_fill(self.buffer.fill()),
@@ -328,7 +355,7 @@ class Stream:
 
 
 async def run_agent(
-    console: str,
+    console: str | Sequence[str],
     credential: str,
     collector: Collector,
     interval: float,
@@ -342,6 +369,8 @@ async def run_agent(
 ) -> None:
     """Sample and stream until `stop` is set; raises CredentialRefused.
 
+    `console`: one address, several (a list or comma-separated), tried in turn.
+
     `workers`: the supervisor's status feed, whose changes go out as `worker`
     messages (and all of them after each hello). `health_path`: where to keep
     health.json.
@@ -349,7 +378,7 @@ async def run_agent(
     buffer = SampleBuffer() if buffer is None else buffer
     facts = FactsBox(await asyncio.to_thread(collector.facts))
     stream = Stream(
-        websocket_url(console),
+        [websocket_url(address) for address in console_list(console)],
         credential,
         buffer,
         facts,

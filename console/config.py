@@ -12,8 +12,10 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlparse
 
-# Standard library only, like this module: safe to import before Django is set up.
+# Neither imports Django: safe to import before Django is set up.
 from apps.core.forwarded import parse_networks
+from apps.core.redis_target import RedisTarget
+from apps.core.redis_target import from_environment as redis_target_from_environment
 
 PREFIX = "HANGAR_"
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -117,10 +119,17 @@ def database(directory: Path) -> dict:
         raise ConfigError(
             f"{PREFIX}DATABASE_URL scheme {scheme!r} is not supported; use postgres:// or sqlite://"
         )
+    url, hosts, ports = _several_hosts(url)
     try:
         config = dj_database_url.parse(url, conn_max_age=60)
     except Exception as exc:
         raise ConfigError(f"{PREFIX}DATABASE_URL cannot be parsed: {exc}") from None
+    if hosts:
+        # libpq takes lists: it tries each host in turn and, with
+        # target_session_attrs=read-write, keeps the first that accepts writes.
+        config["HOST"], config["PORT"] = hosts, ports
+        # A connection kept from before a failover is checked before reuse.
+        config["CONN_HEALTH_CHECKS"] = True
     if scheme == "sqlite":
         # WAL and a busy timeout let Daphne, Celery and beat share one file.
         config["OPTIONS"] = {
@@ -136,12 +145,42 @@ def database(directory: Path) -> dict:
     return config
 
 
-def redis_url() -> str:
-    url = raw("REDIS_URL", "redis://127.0.0.1:6379/0")
-    parsed = urlparse(url)
-    if parsed.scheme not in {"redis", "rediss", "unix"} or not (parsed.hostname or parsed.path):
-        raise ConfigError(f"{PREFIX}REDIS_URL={url!r} is not a redis:// URL")
-    return url
+def _several_hosts(url: str) -> tuple[str, str, str]:
+    """postgres://u@h1:5432,h2:5433/db -> (the URL with h1 alone, "h1,h2", "5432,5433").
+
+    ("url", "", "") for one host. dj-database-url reads one host only; libpq reads
+    comma-separated HOST and PORT lists.
+    """
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    auth, at, hostlist = netloc.rpartition("@")
+    if "," not in hostlist:
+        return url, "", ""
+    hosts, ports = [], []
+    for item in hostlist.split(","):
+        if item.startswith("["):  # [IPv6]:port
+            host, _, port = item[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = item.partition(":")
+        port = port or "5432"
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"{PREFIX}DATABASE_URL host {item!r} is not HOST:PORT; "
+                "use postgres://user@host1:5432,host2:5432/name"
+            )
+        hosts.append(host)
+        ports.append(port)
+    first = f"{hosts[0]}:{ports[0]}" if ":" not in hosts[0] else f"[{hosts[0]}]:{ports[0]}"
+    return f"{scheme}{sep}{auth}{at}{first}{slash}{tail}", ",".join(hosts), ",".join(ports)
+
+
+def redis_target() -> RedisTarget:
+    """HANGAR_REDIS_URL, and the Sentinels when configured (apps/core/redis_target.py)."""
+    try:
+        return redis_target_from_environment()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def bind(name: str = "BIND", default: str = "127.0.0.1:8000") -> tuple[str, int]:

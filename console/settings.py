@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from redis.connection import parse_url as parse_redis_url
-
 from console import config
 from console.ldap import ldap_settings
 from console.sso import sso_settings
@@ -22,7 +20,10 @@ BIND_HOST, BIND_PORT = config.bind()
 WEB_PROCESSES = config.integer("WEB_PROCESSES", 2, minimum=1)
 ALLOWED_HOSTS = config.listing("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = config.listing("CSRF_TRUSTED_ORIGINS", [])
-REDIS_URL = config.redis_url()
+# Every Redis user connects through REDIS (apps/core/redis_target.py): one server, or
+# the master Sentinels name (HANGAR_REDIS_SENTINELS, HANGAR_REDIS_MASTER).
+REDIS = config.redis_target()
+REDIS_URL = REDIS.url
 # Served behind TLS (a reverse proxy or Daphne with a certificate): cookies get the
 # Secure flag and plain HTTP is redirected. Off for the loopback quick start.
 HTTPS = config.boolean("HTTPS", False)
@@ -100,7 +101,7 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "hangar",
-        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2, **REDIS.cache_options()},
     }
 }
 
@@ -110,8 +111,8 @@ CHANNEL_LAYERS = {
         # Pub/sub channels are server-wide, not per database: the prefix keeps
         # consoles on other Redis databases of the same server out of our groups.
         "CONFIG": {
-            "hosts": [REDIS_URL],
-            "prefix": f"asgi.db{parse_redis_url(REDIS_URL).get('db', 0)}",
+            "hosts": [REDIS.channel_layer_host()],
+            "prefix": f"asgi.db{REDIS.db}",
         },
     }
 }
@@ -200,8 +201,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_SETTINGS": {"validatorUrl": None},
 }
 
-CELERY_BROKER_URL = REDIS_URL
-CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_BROKER_URL = REDIS.celery_url()
+CELERY_RESULT_BACKEND = REDIS.celery_url()
+CELERY_BROKER_TRANSPORT_OPTIONS = REDIS.celery_transport_options()
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = REDIS.celery_transport_options()
+# Beat sends only while it holds the leader lock in Redis, so one beat per console
+# host may run and exactly one sends (console/beat.py).
+CELERY_BEAT_SCHEDULER = "console.beat:LeaderScheduler"
+BEAT_LOCK_SECONDS = config.integer("BEAT_LOCK_SECONDS", 15, minimum=3)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "console"
@@ -238,9 +245,7 @@ AUDIT_ARCHIVE_DIR = DATA_DIR / "audit-archive"
 # is each node's own ACL user (apps/inventory/broker.py), never the console's.
 AGENT_BROKER_URL = config.raw("AGENT_BROKER_URL", REDIS_URL)
 # Keeps node users and channels of consoles sharing one Redis server apart.
-AGENT_BROKER_NAMESPACE = config.raw(
-    "AGENT_BROKER_NAMESPACE", f"db{parse_redis_url(REDIS_URL).get('db', 0)}"
-)
+AGENT_BROKER_NAMESPACE = config.raw("AGENT_BROKER_NAMESPACE", f"db{REDIS.db}")
 LOGIN_FAILURE_LIMIT = config.integer("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_LOCK_MINUTES = config.integer("LOGIN_LOCK_MINUTES", 15, minimum=1)
 API_TOKEN_MAX_DAYS = config.integer("API_TOKEN_MAX_DAYS", 365, minimum=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from apps.accounts.models import RoleBinding
 from apps.inventory import broker
 from apps.inventory.models import Cluster
 from tests.support import processes
+
+# tests/ha (`make ha`) starts Patroni, etcd and Sentinels and kills them, minutes per
+# case: not part of `make test` (docs/ha.md).
+collect_ignore = [] if os.environ.get("HANGAR_HA_TESTS") else ["ha"]
 
 pytest_plugins = ["tests.support.ldap_fixtures"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 
-import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
@@ -30,9 +29,7 @@ def check_database() -> dict:
 
 def check_redis() -> dict:
     try:
-        client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
-        )
+        client = settings.REDIS.client(socket_connect_timeout=1, socket_timeout=1)
         client.ping()
     except Exception as exc:
         return {"state": "down", "error": str(exc)[:200]}

@@ -55,7 +55,7 @@ def changed_channel() -> str:
 
 
 def client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+    return settings.REDIS.client(socket_connect_timeout=2, socket_timeout=5)
 
 
 def upstream_host(node) -> str:

@@ -153,7 +153,7 @@ def set_user(client: redis.Redis, node_id: int, credential_hash: str) -> None:
 
 def admin_client() -> redis.Redis:
     """The console's own connection (its Redis user must be allowed ACL SETUSER/DELUSER)."""
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+    return settings.REDIS.client(socket_connect_timeout=2, socket_timeout=5)
 
 
 def agent_broker_url(node_id: int, credential: str) -> str:

@@ -257,7 +257,5 @@ def batcher_for_this_loop(channel_layer) -> TelemetryBatcher:
     loop = asyncio.get_running_loop()
     batcher = _batchers.get(loop)
     if batcher is None:
-        batcher = _batchers[loop] = TelemetryBatcher(
-            aioredis.Redis.from_url(settings.REDIS_URL), channel_layer
-        )
+        batcher = _batchers[loop] = TelemetryBatcher(settings.REDIS.async_client(), channel_layer)
     return batcher

@@ -47,7 +47,7 @@ _redis: dict[int, aioredis.Redis] = {}
 def async_redis() -> aioredis.Redis:
     loop_id = id(asyncio.get_running_loop())
     if loop_id not in _redis:
-        _redis[loop_id] = aioredis.Redis.from_url(settings.REDIS_URL)
+        _redis[loop_id] = settings.REDIS.async_client()
     return _redis[loop_id]
 
 

@@ -38,9 +38,7 @@ _client: redis.Redis | None = None
 def client() -> redis.Redis:
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
-        )
+        _client = settings.REDIS.client(socket_timeout=2, socket_connect_timeout=2)
     return _client
 
 

@@ -15,7 +15,13 @@ from agents import protocol
 from agents.buffer import SampleBuffer, weight
 from agents.collect import Collector
 from agents.simulate import SimulatedSource
-from agents.stream import CredentialRefused, backoff_delay, run_agent, websocket_url
+from agents.stream import (
+    CredentialRefused,
+    backoff_delay,
+    console_list,
+    run_agent,
+    websocket_url,
+)
 from tests.agents.agent_helpers import (
     CREDENTIAL,
     REPO_ROOT,
@@ -30,7 +36,7 @@ from tests.agents.agent_helpers import (
 class AgentThread:
     """The real agent loop (simulated GPUs, fast interval and backoff) on a thread."""
 
-    def __init__(self, console_url: str, interval: float = 0.05) -> None:
+    def __init__(self, console_url: str | list[str], interval: float = 0.05) -> None:
         self.buffer = SampleBuffer()
         self.collector = Collector(SimulatedSource(2, seed=1))
         self.error: BaseException | None = None
@@ -41,7 +47,7 @@ class AgentThread:
         self._thread.start()
         self._ready.wait(WAIT_S)
 
-    async def _main(self, console_url: str, interval: float) -> None:
+    async def _main(self, console_url: str | list[str], interval: float) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self._ready.set()
         try:
@@ -71,7 +77,7 @@ class AgentThread:
 def start_agent():
     agents: list[AgentThread] = []
 
-    def start(console_url: str) -> AgentThread:
+    def start(console_url: str | list[str]) -> AgentThread:
         agents.append(AgentThread(console_url))
         return agents[-1]
 
@@ -172,6 +178,66 @@ def test_samples_taken_during_an_outage_arrive_as_a_batch_after_hello(start_agen
         assert all(weight(s) == 1 for s in batch["samples"])  # short outage: nothing merged
     finally:
         console.close()
+
+
+def test_console_addresses_come_as_a_list_or_comma_separated_each_once():
+    assert console_list("https://a, https://b") == ["https://a", "https://b"]
+    assert console_list(["https://a,https://b", "https://a", "https://c"]) == [
+        "https://a",
+        "https://b",
+        "https://c",
+    ]
+    with pytest.raises(ValueError):
+        console_list(" , ")
+
+
+def record_until(console: FakeConsole, type_: str, seqs: list[int]) -> dict:
+    """Like wait_for, keeping the sequence numbers of every sample passed on the way."""
+    while True:
+        _, message = console.next_message()
+        if message["type"] in ("telemetry", "batch"):
+            seqs.extend(seqs_of(message))
+        if message["type"] == type_:
+            return message
+
+
+def test_when_its_console_host_goes_down_the_agent_streams_to_the_next_losing_nothing(
+    start_agent,
+):
+    first, second = FakeConsole().start(), FakeConsole().start()
+    seqs: list[int] = []
+    try:
+        start_agent([first.url, second.url])
+        for _ in range(3):
+            record_until(first, "telemetry", seqs)
+        first.stop()  # the first host is lost
+        record_until(second, "hello", seqs)  # the agent moved on, and says hello there
+        for _ in range(3):
+            record_until(second, "telemetry", seqs)
+        while not first.messages.empty():  # what the first had before it went
+            record_until(first, first.messages.queue[-1][1]["type"], seqs)
+        assert len(seqs) == len(set(seqs))
+        # Everything from the first sample to the last arrived on one host or the other.
+        assert sorted(seqs) == list(range(min(seqs), max(seqs) + 1))
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_agent_goes_back_to_the_first_console_when_the_second_is_lost(start_agent):
+    first, second = FakeConsole().start(), FakeConsole().start()
+    try:
+        start_agent([first.url, second.url])
+        first.wait_for("telemetry")
+        first.stop()
+        second.wait_for("telemetry")
+        first.start()  # back on its port
+        second.stop()
+        number, message = first.wait_for("hello")
+        assert number == 2 and message["type"] == "hello"
+    finally:
+        first.close()
+        second.close()
 
 
 def test_a_refused_credential_stops_the_agent_without_retrying(start_agent):

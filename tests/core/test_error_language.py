@@ -297,6 +297,9 @@ ENGLISH_ON_PURPOSE = {
     ("core/forwarded.py", "ValueError"): "becomes the one-line start-up error naming "
     "HANGAR_TRUSTED_PROXIES (console and hangar-gateway alike), before any request; the "
     "module is standard library only, for the gateway",
+    ("core/redis_target.py", "ValueError"): "becomes the one-line start-up error naming "
+    "HANGAR_REDIS_URL / HANGAR_REDIS_SENTINELS / HANGAR_REDIS_MASTER (console and "
+    "hangar-gateway alike), before any request; shared with the gateway, which has no Django",
     ("deployments/placement.py", "RuntimeError"): "a programming guard: placement runs "
     "inside the transaction that creates its workers",
     ("gateway/proxy/config.py", "ConfigError"): "the hangar-gateway process's one-line "

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from apps.core import health
+from apps.core.redis_target import RedisTarget
 from tests.support import processes
 
 
@@ -80,7 +81,7 @@ def test_the_celery_ping_is_not_repeated_within_the_cache_window(client, db, set
 
 @pytest.mark.django_db
 def test_healthz_is_503_when_redis_is_down(client, settings):
-    settings.REDIS_URL = f"redis://127.0.0.1:{processes.free_port()}/0"
+    settings.REDIS = RedisTarget(f"redis://127.0.0.1:{processes.free_port()}/0")
     response = client.get("/healthz")
     assert response.status_code == 503
     body = response.json()
@@ -92,7 +93,7 @@ def test_healthz_is_503_when_redis_is_down(client, settings):
 def test_healthz_shows_the_error_text_to_logged_in_users(client, settings, admin_user):
     client.force_login(admin_user)
     port = processes.free_port()
-    settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    settings.REDIS = RedisTarget(f"redis://127.0.0.1:{port}/0")
     body = client.get("/healthz").json()
     assert body["checks"]["redis"]["state"] == "down"
     assert str(port) in body["checks"]["redis"]["error"]

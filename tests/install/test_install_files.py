@@ -41,6 +41,7 @@ def variables_read_by_the_code() -> set[str]:
     readers = [
         *(ROOT / "console").glob("*.py"),
         ROOT / "apps/gateway/proxy/config.py",
+        ROOT / "apps/core/redis_target.py",  # HANGAR_REDIS_*, for console and gateway
         *(ROOT / "agents").glob("*.py"),
     ]
     for path in readers:
@@ -50,7 +51,7 @@ def variables_read_by_the_code() -> set[str]:
         names |= {
             "HANGAR_" + n
             for n in re.findall(
-                r'\b(?:raw|boolean|integer|listing|bind|choice|_choice|_raw|_number|_bind|_networks|_url)\(\s*"([A-Z0-9_]+)"',
+                r'\b(?:raw|read|boolean|integer|listing|bind|choice|_choice|_raw|_number|_bind|_networks|_url)\(\s*"([A-Z0-9_]+)"',
                 text,
             )
         }

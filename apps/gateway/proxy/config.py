@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
+from apps.core import redis_target
 from apps.core.forwarded import parse_networks
+from apps.core.redis_target import RedisTarget
 
 
 class ConfigError(Exception):
@@ -52,7 +53,8 @@ def _networks(name: str, default: str = "") -> tuple:
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    redis_url: str
+    # One server or the master Sentinels name, as the console's (apps/core/redis_target.py).
+    redis: RedisTarget
     namespace: str
     host: str
     port: int
@@ -77,16 +79,15 @@ class GatewayConfig:
 
 
 def load() -> GatewayConfig:
-    redis_url = _raw("REDIS_URL", "redis://127.0.0.1:6379/0")
-    parsed = urlparse(redis_url)
-    if parsed.scheme not in {"redis", "rediss", "unix"}:
-        raise ConfigError(f"HANGAR_REDIS_URL={redis_url!r} is not a redis:// URL")
-    db = (parsed.path or "/0").lstrip("/") or "0"
+    try:
+        redis = redis_target.from_environment()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     host, port = _bind("GATEWAY_BIND", "127.0.0.1:8400")
     admin_host, admin_port = _bind("GATEWAY_ADMIN_BIND", "127.0.0.1:8401")
     return GatewayConfig(
-        redis_url=redis_url,
-        namespace=_raw("AGENT_BROKER_NAMESPACE", f"db{db}"),
+        redis=redis,
+        namespace=_raw("AGENT_BROKER_NAMESPACE", f"db{redis.db}"),
         host=host,
         port=port,
         admin_host=admin_host,

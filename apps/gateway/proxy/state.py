@@ -125,9 +125,7 @@ class View:
         self.confirmed_at = 0.0  # the console's last confirmation we saw
         self.redis_ok = False
         self.in_flight: dict[int, int] = {}
-        self._redis = aioredis.Redis.from_url(
-            config.redis_url, socket_connect_timeout=2, socket_timeout=5
-        )
+        self._redis = config.redis.async_client(socket_connect_timeout=2, socket_timeout=5)
 
     @property
     def redis(self) -> aioredis.Redis:
