@@ -174,6 +174,9 @@ def test_a_lost_console_host_leaves_the_other_serving(
     env["HANGAR_REDIS_URL"] = env["HANGAR_REDIS_URL"].replace("127.0.0.1", netns.GATEWAY)
     a, b = lan.host("console-a", 11), lan.host("console-b", 12)
     env["HANGAR_ALLOWED_HOSTS"] = f"127.0.0.1,{a.address},{b.address}"
+    # The engines' node has no agent (the test starts its engines): beat's offline
+    # sweep must not take it, and its workers, out of the gateway's snapshot.
+    env["HANGAR_NODE_GRACE_SECONDS"] = "86400"
     host_a, host_b = ConsoleHost(a, env, tmp_path), ConsoleHost(b, env, tmp_path)
     console_port, gateway_port = processes.free_port(), processes.free_port()
     (tmp_path / "nginx.conf").write_text(
