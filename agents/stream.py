@@ -42,8 +42,10 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 10.0
 # A console host whose link is gone resets nothing: sends pile up unacknowledged and
 # websockets' keepalive ping waits behind them. The kernel ends the connection when
-# sent data stays unacknowledged this long (TCP_USER_TIMEOUT), so the agent moves on.
-UNACKED_TIMEOUT_S = 15
+# sent data stays unacknowledged this long (TCP_USER_TIMEOUT), so the agent moves on
+# to the next console before the node's silence (HANGAR_NODE_GRACE_SECONDS, 15 s)
+# marks it offline.
+UNACKED_TIMEOUT_S = 8
 FACTS_REFRESH_S = 300.0
 HEALTH_FILE = "health.json"
 HEALTH_EVERY_S = 5.0

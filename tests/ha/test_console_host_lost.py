@@ -1,16 +1,20 @@
 """One console host is lost under telemetry and gateway load.
 
-Two console hosts, each a Daphne and a `hangar-gateway` (sharing PostgreSQL and
-Redis, as in docs/ha.md), behind one nginx whose upstreams list both; the real
-agent knows both console addresses; four clients call the gateway without pause
-through nginx. Host A's processes are killed at once. Required: the gateway goes
-on serving through host B with no more failed requests than were in flight on
-A, the agent moves to B, and the console answers through nginx. Samples that
-reached A but not yet its minute rollup are measured (A's in-memory minute).
+Two console hosts, each a network namespace of the LAN (tests/ha/netns.py:
+10.77.0.11 and .12) running a Daphne, a Celery worker, beat and a
+`hangar-gateway`, sharing PostgreSQL and Redis (the test's, reached through the
+bridge at 10.77.0.1), behind one nginx in the root namespace whose upstreams list
+both; the real agent knows both console addresses; four clients call the gateway
+without pause through nginx. Host A's link is cut (its eth0 set down inside its
+namespace): nothing is reset, its connections hang. Required: the gateway goes on
+serving through host B with no more failed requests than were in flight when the
+link went, the agent moves to B, and the console answers through nginx. Samples
+that reached A but not yet its minute rollup are measured (A's in-memory minute).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -24,6 +28,7 @@ from django.db.models import Sum
 from redis import Redis
 
 from agents.enroll import write_credential
+from apps.deployments.models import DesiredState
 from apps.gateway import snapshot
 from apps.inventory import broker
 from apps.inventory.models import Node
@@ -127,6 +132,7 @@ class Load:
     def __init__(self, url: str, key: str) -> None:
         self.url, self.key = url, key
         self.ok = self.failed = self.in_flight = 0
+        self.failures: collections.Counter = collections.Counter()  # status, what it said
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(CLIENTS)]
@@ -138,17 +144,18 @@ class Load:
             with self.lock:
                 self.in_flight += 1
             try:
-                status = http(
+                status, body, _ = http(
                     "POST", f"{self.url}/v1/chat/completions", CHAT, self.key, timeout=30
-                )[0]
-            except OSError:
-                status = 0
+                )
+            except OSError as exc:
+                status, body = 0, type(exc).__name__
             with self.lock:
                 self.in_flight -= 1
                 if status == 200:
                     self.ok += 1
                 else:
                     self.failed += 1
+                    self.failures[f"{status} {str(body)[:120]}"] += 1
 
     def close(self) -> None:
         self.stop.set()
@@ -163,7 +170,8 @@ def test_a_lost_console_host_leaves_the_other_serving(
     # The engines listen on the root namespace's loopback; the hosts reach them on the LAN.
     for port in deployment.workers.values_list("port", flat=True):
         lan.forward(port)
-    Node.objects.filter(workers__deployment=deployment).update(worker_host=netns.GATEWAY)
+    # Meant to run, as placed workers are: beat's reconciler (on the hosts) leaves them be.
+    deployment.workers.update(desired_state=DesiredState.RUNNING)
     key = consumer_key()
     snapshot.publish()
     database = connection.settings_dict
@@ -174,9 +182,6 @@ def test_a_lost_console_host_leaves_the_other_serving(
     env["HANGAR_REDIS_URL"] = env["HANGAR_REDIS_URL"].replace("127.0.0.1", netns.GATEWAY)
     a, b = lan.host("console-a", 11), lan.host("console-b", 12)
     env["HANGAR_ALLOWED_HOSTS"] = f"127.0.0.1,{a.address},{b.address}"
-    # The engines' node has no agent (the test starts its engines): beat's offline
-    # sweep must not take it, and its workers, out of the gateway's snapshot.
-    env["HANGAR_NODE_GRACE_SECONDS"] = "86400"
     host_a, host_b = ConsoleHost(a, env, tmp_path), ConsoleHost(b, env, tmp_path)
     console_port, gateway_port = processes.free_port(), processes.free_port()
     (tmp_path / "nginx.conf").write_text(
@@ -214,13 +219,24 @@ def test_a_lost_console_host_leaves_the_other_serving(
         agent = processes.start(
             [str(processes.BIN / "hangar-agent"), "run", "--simulate", "2", "--no-celery",
              "--interval", "0.1", "--state-dir", str(tmp_path / "agent"),
-             "--console", host_a.web, "--console", host_b.web],
+             "--console", host_a.web, "--console", host_b.web,
+             # This node's workers, as the console hosts reach them (the LAN's side).
+             "--worker-host", netns.GATEWAY],
             os.environ.copy(),
             tmp_path / "agent.log",
         )  # fmt: skip
         processes.wait_for(
             lambda: live.client().get(live.latest_key(node.pk)) is not None, what="telemetry"
         )
+        # The engines are this node's: it is online while its agent streams (beat's
+        # offline sweep takes a node that is silent for HANGAR_NODE_GRACE_SECONDS, and
+        # its workers leave the gateway's snapshot with it).
+        deployment.workers.update(node=node)
+        processes.wait_for(
+            lambda: Node.objects.get(pk=node.pk).worker_host == netns.GATEWAY,
+            what="the node's worker address from its facts",
+        )
+        snapshot.publish()
         load = Load(f"http://127.0.0.1:{gateway_port}", key)
         processes.wait_for(lambda: load.ok >= 20, what="gateway load flowing")
         failed_before, in_flight = load.failed, load.in_flight
@@ -268,6 +284,8 @@ def test_a_lost_console_host_leaves_the_other_serving(
         "gateway_requests_ok": load.ok,
         "gateway_requests_failed": failed,
         "gateway_requests_in_flight_at_kill": in_flight,
+        "gateway_failures": dict(load.failures.most_common(5)),
+        "engine_node_state_after": Node.objects.get(pk=node.pk).state,
         "samples_taken_up_to_seq": last,
         "samples_stored": stored(),
         "samples_lost": max(0, last - stored()),
