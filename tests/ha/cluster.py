@@ -64,6 +64,12 @@ class PatroniCluster:
         host = self.lan.host(name, number)
         address = host.address
         root = self.servers.root
+        # Each member's own socket directory (the namespaces share the file system),
+        # outside its data directory (pg_basebackup would copy the socket's lock file).
+        sockets = root / f"{name}-sockets"
+        sockets.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(sockets, "postgres", "postgres")
         config = {
             "scope": SCOPE,
             "name": name,
@@ -98,8 +104,7 @@ class PatroniCluster:
                     "superuser": {"username": "postgres", "password": "postgres"},
                     "replication": {"username": "postgres", "password": "postgres"},
                 },
-                # Each member's own: the file system is shared by the namespaces.
-                "parameters": {"unix_socket_directories": str(root / name)},
+                "parameters": {"unix_socket_directories": str(sockets)},
             },
         }
         path = root / f"{name}.yml"
