@@ -142,15 +142,8 @@ class PatroniCluster:
         hosts = ",".join(f"{m['address']}:{m['pg']}" for m in self.members)
         return f"postgres://postgres:postgres@{hosts}/{name}?target_session_attrs=read-write"
 
-    def lose(self, member: dict) -> None:
-        """The host is gone: its processes end at once, then its link goes down (what
-        was connected got its reset from the dying processes; what connects anew waits
-        for its connect timeout, as for a host that is off)."""
-        self.kill(member)
-        member["host"].cut()
-
     def kill(self, member: dict) -> None:
-        """Patroni and its PostgreSQL end at once, without a word."""
+        """The host is gone: Patroni and its PostgreSQL end at once, without a word."""
         pid_file = member["data"] / "postmaster.pid"
         postmaster = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
         processes.stop(member["proc"], signal.SIGKILL)

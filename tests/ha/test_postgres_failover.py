@@ -2,8 +2,8 @@
 
 The console's own code writes audit events without pause (tests/ha/writer.py)
 through a multi-host HANGAR_DATABASE_URL with target_session_attrs=read-write;
-the primary's host is lost (its Patroni and PostgreSQL killed, then its link cut;
-each member and etcd is a network namespace, tests/ha/cluster.py). Required: writes resume (within
+the primary's Patroni and PostgreSQL are killed (each member and etcd is a
+network namespace, tests/ha/cluster.py). Required: writes resume (within
 the deadline of the poll; the time is measured and recorded in docs/ha.md),
 every acknowledged event is on the new primary, and the hash chain verifies.
 """
@@ -121,7 +121,7 @@ def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patr
     try:
         processes.wait_for(lambda: len(acknowledged(acks)) >= 20, what="writes", process=writer)
         killed_at = time.time()
-        patroni.lose(primary)
+        patroni.kill(primary)
         processes.wait_for(
             lambda: any(t > killed_at + 0.5 for _, t in acknowledged(acks)),
             timeout=120,
@@ -175,7 +175,7 @@ def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patr
         line.startswith("write ") for line in (tmp_path / "writer.log").read_text().splitlines()
     )
     figures = {
-        "case": "postgres primary lost (killed, link cut; Patroni + etcd, synchronous_mode)",
+        "case": "postgres primary killed (Patroni + etcd, synchronous_mode)",
         "writes_back_after_s": round(min(after) - killed_at, 1),
         "failed_write_attempts": failed,
         "acknowledged_events": len(done),
