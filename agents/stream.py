@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,12 @@ log = logging.getLogger("hangar.agent")
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 10.0
+# A console host whose link is gone resets nothing: sends pile up unacknowledged and
+# websockets' keepalive ping waits behind them. The kernel ends the connection when
+# sent data stays unacknowledged this long (TCP_USER_TIMEOUT), so the agent moves on
+# to the next console before the node's silence (HANGAR_NODE_GRACE_SECONDS, 15 s)
+# marks it offline.
+UNACKED_TIMEOUT_S = 8
 FACTS_REFRESH_S = 300.0
 HEALTH_FILE = "health.json"
 HEALTH_EVERY_S = 5.0
@@ -223,6 +230,7 @@ class Stream:
                     open_timeout=10,
                     close_timeout=5,
                 ) as ws:
+                    _limit_unacked(ws)
                     self.connections += 1
                     log.info("connected to %s", self.url)
                     welcomed = await self._session(ws)
@@ -352,6 +360,14 @@ class Stream:
                 # included, so a shutdown mid-send loses nothing in memory).
                 self.buffer.requeue(samples)
                 raise
+
+
+def _limit_unacked(ws: ClientConnection) -> None:
+    sock = ws.transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux
+    if sock is not None and option is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, UNACKED_TIMEOUT_S * 1000)
 
 
 async def run_agent(

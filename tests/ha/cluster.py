@@ -1,4 +1,8 @@
-"""A PostgreSQL pair under Patroni with etcd, on loopback ports of the test's own.
+"""A PostgreSQL pair under Patroni with etcd, each a host (network namespace) of the LAN.
+
+etcd is 10.77.0.20, the members 10.77.0.21 and .22 (tests/ha/netns.py), each with
+its PostgreSQL on 5432 and Patroni's REST API on 8008; the test and the console
+processes reach them from the root namespace, through the bridge.
 
 etcd 3.4 (/usr/bin/etcd) is the DCS; two Patroni members each run a PostgreSQL
 15 (`synchronous_mode: true`, so a commit the console was told about is on the
@@ -18,48 +22,62 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.ha.netns import SUBNET, Lan
 from tests.support import processes
 from tests.support.servers import PG_BIN, Servers
 
 PATRONI = processes.ROOT / ".ha-venv" / "bin" / "patroni"
 SCOPE = "hangar-ha"
+PG_PORT, API_PORT, ETCD_PORT = 5432, 8008, 2379
 
 
 class PatroniCluster:
-    def __init__(self, servers: Servers, members: int = 2) -> None:
-        self.servers = servers
+    def __init__(self, servers: Servers, lan: Lan, members: int = 2) -> None:
+        self.servers, self.lan = servers, lan
         if os.geteuid() == 0:
             shutil.chown(servers.root, "postgres", "postgres")
-        self.etcd_port = processes.free_port()
-        peer = processes.free_port()
+        etcd_host = lan.host("etcd", 20)
+        client = f"http://{etcd_host.address}:{ETCD_PORT}"
+        peer = f"http://{etcd_host.address}:{ETCD_PORT + 1}"
+        self.etcd_address = f"{etcd_host.address}:{ETCD_PORT}"
         self.etcd = servers.start(
             "etcd",
-            [
-                "/usr/bin/etcd",
-                "--name=etcd1",
-                f"--data-dir={servers.root / 'etcd'}",
-                f"--listen-client-urls=http://127.0.0.1:{self.etcd_port}",
-                f"--advertise-client-urls=http://127.0.0.1:{self.etcd_port}",
-                f"--listen-peer-urls=http://127.0.0.1:{peer}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-                f"--initial-cluster=etcd1=http://127.0.0.1:{peer}",
-            ],
+            etcd_host.argv(
+                [
+                    "/usr/bin/etcd",
+                    "--name=etcd1",
+                    f"--data-dir={servers.root / 'etcd'}",
+                    f"--listen-client-urls={client}",
+                    f"--advertise-client-urls={client}",
+                    f"--listen-peer-urls={peer}",
+                    f"--initial-advertise-peer-urls={peer}",
+                    f"--initial-cluster=etcd1={peer}",
+                ]
+            ),
         )
         processes.wait_for(
-            lambda: _get(f"http://127.0.0.1:{self.etcd_port}/health")[0] == 200,
-            what="etcd",
-            process=self.etcd,
+            lambda: _get(f"{client}/health")[0] == 200, what="etcd", process=self.etcd
         )
-        self.members = [self._member(f"pg{i}") for i in range(members)]
+        self.members = [self._member(f"pg{i}", 21 + i) for i in range(members)]
 
-    def _member(self, name: str) -> dict:
-        pg, api = processes.free_port(), processes.free_port()
+    def _member(self, name: str, number: int) -> dict:
+        host = self.lan.host(name, number)
+        address = host.address
         root = self.servers.root
+        # Each member's own socket directory (the namespaces share the file system),
+        # outside its data directory (pg_basebackup would copy the socket's lock file).
+        sockets = root / f"{name}-sockets"
+        sockets.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(sockets, "postgres", "postgres")
         config = {
             "scope": SCOPE,
             "name": name,
-            "restapi": {"listen": f"127.0.0.1:{api}", "connect_address": f"127.0.0.1:{api}"},
-            "etcd3": {"hosts": f"127.0.0.1:{self.etcd_port}"},
+            "restapi": {
+                "listen": f"{address}:{API_PORT}",
+                "connect_address": f"{address}:{API_PORT}",
+            },
+            "etcd3": {"hosts": self.etcd_address},
             "bootstrap": {
                 "dcs": {
                     # The smallest TTL Patroni takes; a lost primary's key expires in it.
@@ -72,13 +90,13 @@ class PatroniCluster:
                 },
                 "pg_hba": [
                     "local all all trust",
-                    "host replication all 127.0.0.1/32 trust",
-                    "host all all 127.0.0.1/32 trust",
+                    f"host replication all {SUBNET}.0/24 trust",
+                    f"host all all {SUBNET}.0/24 trust",
                 ],
             },
             "postgresql": {
-                "listen": f"127.0.0.1:{pg}",
-                "connect_address": f"127.0.0.1:{pg}",
+                "listen": f"{address}:{PG_PORT}",
+                "connect_address": f"{address}:{PG_PORT}",
                 "data_dir": str(root / name),
                 "bin_dir": str(PG_BIN),
                 "pgpass": str(root / f"{name}.pgpass"),
@@ -86,20 +104,23 @@ class PatroniCluster:
                     "superuser": {"username": "postgres", "password": "postgres"},
                     "replication": {"username": "postgres", "password": "postgres"},
                 },
-                "parameters": {"unix_socket_directories": str(root)},
+                "parameters": {"unix_socket_directories": str(sockets)},
             },
         }
         path = root / f"{name}.yml"
         path.write_text(json.dumps(config))  # JSON is YAML
-        proc = self.servers.start(name, [str(PATRONI), str(path)], user="postgres")
-        return {"name": name, "pg": pg, "api": api, "proc": proc, "data": root / name}
+        # `ip netns exec` needs root; PostgreSQL refuses it: runuser inside the namespace.
+        argv = ["runuser", "-u", "postgres", "--", str(PATRONI), str(path)]
+        proc = self.servers.start(name, host.argv(argv))
+        return {"name": name, "host": host, "address": address, "pg": PG_PORT,
+                "api": f"{address}:{API_PORT}", "proc": proc, "data": root / name}  # fmt: skip
 
     def role(self, member: dict) -> str:
         """'primary', 'replica' or '' (down), as the member's REST API says."""
         if member["proc"].poll() is not None:
             return ""
         for role in ("primary", "replica"):
-            if _get(f"http://127.0.0.1:{member['api']}/{role}")[0] == 200:
+            if _get(f"http://{member['api']}/{role}")[0] == 200:
                 return role
         return ""
 
@@ -112,13 +133,13 @@ class PatroniCluster:
 
         def ready() -> bool:
             roles = sorted(self.role(m) for m in self.members)
-            sync = any(_get(f"http://127.0.0.1:{m['api']}/sync")[0] == 200 for m in self.members)
+            sync = any(_get(f"http://{m['api']}/sync")[0] == 200 for m in self.members)
             return roles == ["primary"] + ["replica"] * (len(self.members) - 1) and sync
 
         processes.wait_for(ready, timeout=timeout, what="a Patroni primary and sync standby")
 
     def database_url(self, name: str) -> str:
-        hosts = ",".join(f"127.0.0.1:{m['pg']}" for m in self.members)
+        hosts = ",".join(f"{m['address']}:{m['pg']}" for m in self.members)
         return f"postgres://postgres:postgres@{hosts}/{name}?target_session_attrs=read-write"
 
     def kill(self, member: dict) -> None:

@@ -1,4 +1,6 @@
-"""The gateway's and the telemetry tests' fixtures, for the HA cases."""
+"""The gateway's and the telemetry tests' fixtures, and the LAN of namespaces, for the HA cases."""
+
+import pytest
 
 from tests.gateway.conftest import (  # noqa: F401 (fixtures)
     consumer_key,
@@ -7,3 +9,14 @@ from tests.gateway.conftest import (  # noqa: F401 (fixtures)
     serving,
     start_gateway,
 )
+from tests.ha.netns import Lan
+
+
+@pytest.fixture
+def lan(tmp_path):
+    """A bridge and the namespaces made on it; all removed after the test, passed or not."""
+    made = Lan(tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()

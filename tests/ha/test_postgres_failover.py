@@ -2,7 +2,8 @@
 
 The console's own code writes audit events without pause (tests/ha/writer.py)
 through a multi-host HANGAR_DATABASE_URL with target_session_attrs=read-write;
-the primary's Patroni and PostgreSQL are killed. Required: writes resume (within
+the primary's Patroni and PostgreSQL are killed (each member and etcd is a
+network namespace, tests/ha/cluster.py). Required: writes resume (within
 the deadline of the poll; the time is measured and recorded in docs/ha.md),
 every acknowledged event is on the new primary, and the hash chain verifies.
 """
@@ -41,11 +42,11 @@ print(json.dumps({"node_id": node.pk, "credential": credential,
 
 
 @pytest.fixture
-def patroni():
+def patroni(lan):
     servers = Servers()
     cluster = None
     try:
-        cluster = PatroniCluster(servers)
+        cluster = PatroniCluster(servers, lan)
         cluster.wait_ready()
         yield cluster
     finally:
@@ -76,7 +77,8 @@ def acknowledged(path) -> list[tuple[int, float]]:
 def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patroni, tmp_path):
     primary = patroni.primary()
     with psycopg.connect(
-        f"host=127.0.0.1 port={primary['pg']} user=postgres password=postgres dbname=postgres",
+        f"host={primary['address']} port={primary['pg']} user=postgres password=postgres"
+        " dbname=postgres",
         autocommit=True,
     ) as conn:
         conn.execute(f"CREATE DATABASE {DATABASE}")
@@ -145,7 +147,8 @@ def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patr
     new_primary = patroni.primary()
     assert new_primary is not None and new_primary["name"] != primary["name"]
     with psycopg.connect(
-        f"host=127.0.0.1 port={new_primary['pg']} user=postgres password=postgres dbname={DATABASE}"
+        f"host={new_primary['address']} port={new_primary['pg']} user=postgres"
+        f" password=postgres dbname={DATABASE}"
     ) as conn:
         stored = {
             int(row[0])

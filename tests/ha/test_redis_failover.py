@@ -3,7 +3,8 @@
 Real parts: a master, its replica and three Sentinels (quorum 2); a Daphne
 serving the console with HANGAR_REDIS_SENTINELS (so its cache, channel layer
 and live telemetry find the master through Sentinel); the real agent with
-simulated GPUs streaming every 0.1 s. The master is killed. Required: the
+simulated GPUs streaming every 0.1 s. Redis servers and Sentinels are each a
+network namespace of the LAN (tests/ha/netns.py). The master is killed (`kill -9`). Required: the
 console's Redis writes work again (/healthz answers 200 again; the time is
 measured), and every sample the agent took reached the minute rollups.
 """
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 import urllib.request
 
 import pytest
+import redis
 from django.db.models import Sum
 
 from agents.enroll import write_credential
@@ -28,15 +31,59 @@ from tests.support.servers import Servers
 from tests.telemetry.conftest import FACTS
 
 MASTER = "hangar-ha"
+REDIS_PORT, SENTINEL_PORT = 6379, 26379
+
+
+class RedisHost:
+    """A redis-server (or Sentinel) alone in a namespace of the LAN, on its usual port."""
+
+    def __init__(self, servers: Servers, host, argv: list[str], port: int) -> None:
+        self.host, self.address, self.port = host, host.address, port
+        self.proc = servers.start(host.name, host.argv(argv))
+        processes.wait_for(self.client().ping, what=f"Redis {host.name}", process=self.proc)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(
+            host=self.address, port=self.port, socket_timeout=2, socket_connect_timeout=2
+        )
+
+    def kill(self) -> None:
+        processes.stop(self.proc, signal.SIGKILL)
+
+
+def redis_host(servers: Servers, lan, name: str, number: int, replica_of=None) -> RedisHost:
+    host = lan.host(name, number)
+    # No password on this test LAN: protected mode would refuse the other hosts.
+    argv = [shutil.which("redis-server"), "--port", str(REDIS_PORT), "--bind", host.address,
+            "--protected-mode", "no",
+            "--save", "", "--appendonly", "no", "--dir", str(servers.root),
+            "--dbfilename", f"{name}.rdb"]  # fmt: skip
+    if replica_of is not None:
+        argv += ["--replicaof", replica_of.address, str(REDIS_PORT)]
+    return RedisHost(servers, host, argv, REDIS_PORT)
+
+
+def sentinel_host(servers: Servers, lan, name: str, number: int, master: RedisHost) -> RedisHost:
+    host = lan.host(name, number)
+    config = servers.root / f"{name}.conf"
+    config.write_text(
+        f"port {SENTINEL_PORT}\nbind {host.address}\nprotected-mode no\ndir {servers.root}\n"
+        f"sentinel monitor {MASTER} {master.address} {REDIS_PORT} 2\n"
+        f"sentinel down-after-milliseconds {MASTER} 1000\n"
+        f"sentinel failover-timeout {MASTER} 5000\n"
+        f"sentinel parallel-syncs {MASTER} 1\n"
+    )
+    return RedisHost(servers, host, [shutil.which("redis-sentinel"), str(config)], SENTINEL_PORT)
 
 
 @pytest.fixture
-def sentinels():
+def sentinels(lan):
+    """Master 10.77.0.31, replica .32, Sentinels .41 to .43: each a namespace of its own."""
     servers = Servers()
     try:
-        master = servers.redis("master")
-        replica = servers.redis("replica", replica_of=master.port)
-        watchers = [servers.sentinel(f"sentinel{i}", MASTER, master.port, 2) for i in range(3)]
+        master = redis_host(servers, lan, "redis-a", 31)
+        replica = redis_host(servers, lan, "redis-b", 32, replica_of=master)
+        watchers = [sentinel_host(servers, lan, f"sentinel{i}", 41 + i, master) for i in range(3)]
         processes.wait_for(
             lambda: replica.client().info("replication")["master_link_status"] == "up",
             what="the replica in sync",
@@ -47,7 +94,7 @@ def sentinels():
             ),
             what="the Sentinels finding each other",
         )
-        yield master, replica, ",".join(f"127.0.0.1:{w.port}" for w in watchers)
+        yield master, replica, ",".join(f"{w.address}:{w.port}" for w in watchers)
     finally:
         servers.close()
 
