@@ -58,6 +58,7 @@ chaos: $(STAMP)
 # environment of the system's python3 with the `ha` extra of pyproject.toml.
 HA_VENV := .ha-venv
 $(HA_VENV)/.installed: pyproject.toml
+	@deploy/system-packages.sh ha
 	@test -x $(HA_VENV)/bin/python || /usr/bin/python3 -m venv $(HA_VENV)
 	$(HA_VENV)/bin/python -m pip install --quiet "$$($(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["ha"])')"
 	@touch $@
@@ -66,6 +67,7 @@ ha: export HANGAR_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hangar
 ha: export HANGAR_DATA_DIR ?= $(CURDIR)/.test-data
 ha: export HANGAR_HA_TESTS = 1
 ha: $(STAMP) $(HA_VENV)/.installed
+	@deploy/system-packages.sh ha
 	$(BIN)/python -m pytest tests/ha -s $(PYTEST_ARGS)
 
 bench-telemetry: $(STAMP)

@@ -18,6 +18,7 @@ declare -A PACKAGES=(
   [test]="slapd ldap-utils chromium chromium-driver redis-server postgresql nginx openssl systemd prometheus chrony"
   [ci]="mmdebstrap iproute2 git"
   [chaos]="postgresql redis-server iproute2"
+  [ha]="postgresql redis-server redis-sentinel etcd-server nginx socat iproute2 python3-venv"
   [runtime]="python3 python3-venv redis-server postgresql nginx libldap-2.5-0 libsasl2-2 openssl"
 )
 declare -A WHY=(
@@ -25,6 +26,7 @@ declare -A WHY=(
   [test]="for the test suite (directory, browser, database, Redis, nginx, systemd-analyze, promtool, chronyc for the preflight clock check)"
   [ci]="to build and isolate the install tests' Debian roots"
   [chaos]="for the chaos suite's own PostgreSQL and Redis and its network namespaces"
+  [ha]="for make ha: Patroni's PostgreSQL, etcd, Redis with Sentinel, nginx, and the network namespaces"
   [runtime]="for an installed console"
 )
 
@@ -34,7 +36,7 @@ if [[ ${1:-} == --list ]]; then list=true; shift; fi
 
 wanted=() reasons=()
 for group in "$@"; do
-  [[ -n ${PACKAGES[$group]:-} ]] || { echo "$0: unknown group '$group' (build, test, ci, chaos, runtime)" >&2; exit 2; }
+  [[ -n ${PACKAGES[$group]:-} ]] || { echo "$0: unknown group '$group' (build, test, ci, chaos, ha, runtime)" >&2; exit 2; }
   read -ra names <<<"${PACKAGES[$group]}"
   wanted+=("${names[@]}")
   reasons+=("${WHY[$group]}")
