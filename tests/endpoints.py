@@ -66,7 +66,7 @@ def _enroll_body(world: World) -> dict:
     return {"token": secret, "hostname": "fresh-host"}
 
 
-def _agents_answer_fast(monkeypatch) -> None:
+def _agents_answer_fast(monkeypatch, settings) -> None:
     """No agent runs here, and the matrix tests who may ask, not the round trip
     (tests/inventory does that with real agents): answer "unreachable" at once."""
     from apps.inventory import commands
@@ -77,11 +77,9 @@ def _agents_answer_fast(monkeypatch) -> None:
     monkeypatch.setattr(commands, "ask_node", unreachable)
 
 
-def _sso_on(monkeypatch) -> None:
+def _sso_on(monkeypatch, settings) -> None:
     """CAS and OIDC configured as console/settings.py does, at addresses nothing
     answers: the matrix rows ask who may call, not the identity server."""
-    from django.conf import UserSettingsHolder, settings
-
     from console.sso import sso_settings
 
     nowhere = "http://127.0.0.1:9"
@@ -95,11 +93,13 @@ def _sso_on(monkeypatch) -> None:
         "HANGAR_OIDC_JWKS_ENDPOINT": f"{nowhere}/jwks",
     }.items():
         monkeypatch.setenv(name, value)
-    # As override_settings does: a layer over the settings, taken off when the test ends.
-    layer = UserSettingsHolder(settings._wrapped)
+    # Through pytest-django's `settings` fixture, which stacks and undoes its
+    # overrides in order. A layer of our own swapped into settings._wrapped was
+    # put back in the wrong order against that fixture (which turns on fast MD5
+    # password hashing here): MD5 stayed on for the rest of the session, so every
+    # later live console refused the passwords the tests had set.
     for name, value in sso_settings().items():
-        setattr(layer, name, value)
-    monkeypatch.setattr(settings, "_wrapped", layer)
+        setattr(settings, name, value)
 
 
 # A CAS server's single-logout request for a ticket no session holds.
@@ -713,7 +713,7 @@ def make_subject(subject: str, world: World, make_user):
     return make_user(f"as-{subject}", *roles)
 
 
-def perform(row: Endpoint, subject: str, where: str | None, make_user, monkeypatch):
+def perform(row: Endpoint, subject: str, where: str | None, make_user, monkeypatch, settings):
     """Build a world, log `subject` in, make the row's request.
 
     Returns (world, response, the audit events the request wrote).
@@ -726,7 +726,7 @@ def perform(row: Endpoint, subject: str, where: str | None, make_user, monkeypat
     from apps.audit.models import AuditEvent
 
     if row.setup is not None:
-        row.setup(monkeypatch)
+        row.setup(monkeypatch, settings)  # pytest's and pytest-django's fixtures
     world = build_world(None)
     user = make_subject(subject, world, make_user)
     client = APIClient()

@@ -52,7 +52,7 @@ CASES = [
 @pytest.mark.parametrize(("row", "subject", "where", "separated"), CASES)
 def test_role_matrix(row, subject, where, separated, make_user, monkeypatch, settings):
     settings.SEPARATION_OF_DUTIES = separated
-    _world, response, events = perform(row, subject, where, make_user, monkeypatch)
+    _world, response, events = perform(row, subject, where, make_user, monkeypatch, settings)
     expected = expected_status(row, subject, where)
 
     if expected == LOGIN_REDIRECT:

@@ -71,7 +71,7 @@ def deployments_world(world) -> dict[str, dict[str, int]]:
     return placed
 
 
-def model_directory(monkeypatch) -> None:
+def model_directory(monkeypatch, _settings=None) -> None:
     """A real directory under the model roots for version registration rows."""
     root = tempfile.mkdtemp(prefix="hangar-matrix-models-")
     monkeypatch.setattr(settings, "MODEL_ROOTS", [root])
