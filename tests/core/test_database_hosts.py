@@ -53,7 +53,9 @@ def test_several_hosts_become_libpq_host_and_port_lists(monkeypatch, tmp_path):
     found = config.database(tmp_path)
     assert (found["HOST"], found["PORT"]) == ("db1,db2,fd00::3", "5432,5433,5432")
     assert (found["USER"], found["PASSWORD"], found["NAME"]) == ("hangar", "pw", "hangar")
-    assert found["OPTIONS"] == {"target_session_attrs": "read-write"}
+    # The URL's own option, beside the connect timeout every PostgreSQL URL gets
+    # (a host that is gone must not hold a request longer: docs/reliability.md).
+    assert found["OPTIONS"] == {"target_session_attrs": "read-write", "connect_timeout": 5}
     assert found["CONN_HEALTH_CHECKS"] is True
 
 
