@@ -46,28 +46,8 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
     Role.OPERATOR: frozenset(_READ | {"deployments.operate", "alerts.acknowledge"}),
     Role.MODEL_MANAGER: frozenset(_READ | {"models.manage", "gateway.manage"}),
     Role.AUDITOR: frozenset(_READ | {"audit.view", "audit.export"}),
-    Role.ADMIN: frozenset(
-        _READ
-        | {
-            "deployments.operate",
-            "deployments.manage",
-            "alerts.acknowledge",
-            "alerts.manage",
-            "models.manage",
-            "gateway.manage",
-            "keys.manage",
-            "audit.view",
-            "audit.export",
-            "inventory.change",
-            "inventory.enroll",
-            "accounts.view",
-            "accounts.manage",
-            "settings.manage",
-            "security.view",
-            "projects.manage",
-        }
-    ),
-    # Narrower administrators; in the ordinary mode they are simply smaller roles.
+    # The three separated administrators (三员分立); in the ordinary mode they are
+    # simply smaller roles, and together they are the admin (below).
     Role.SYSTEM_ADMIN: frozenset(
         _READ
         | {
@@ -93,6 +73,13 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
     # usage of one's own need no action (object checks in apps.gateway.projects).
     Role.CONSUMER: frozenset({"gateway.use"}),
 }
+# The admin holds exactly what the three separated administrators hold between
+# them: one list per duty, so the two modes cannot drift apart.
+ROLE_ACTIONS[Role.ADMIN] = (
+    ROLE_ACTIONS[Role.SYSTEM_ADMIN]
+    | ROLE_ACTIONS[Role.SECURITY_ADMIN]
+    | ROLE_ACTIONS[Role.AUDIT_ADMIN]
+)
 
 # The three roles of separation mode: an account holding one holds no other role.
 DUTY_ROLES = frozenset({Role.SYSTEM_ADMIN, Role.SECURITY_ADMIN, Role.AUDIT_ADMIN})
