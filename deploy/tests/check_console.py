@@ -3,8 +3,9 @@
 Run with any Python 3.11 (standard library only: it runs inside the test roots,
 before or without the console's virtual environment). The same judgement as
 tests/core/test_make_run.py: /healthz answers 200 with status "ok", the admin
-logs in, and the API lists the local node as `online`. Prints one line of
-JSON on success; one line naming what did not happen on failure (exit 1).
+logs in (replacing the generated password and enrolling the second factor, as
+the first login asks), and the API lists the local node as `online`. Prints one
+line of JSON on success; one line naming what did not happen on failure (exit 1).
 
 usage: check_console.py URL PASSWORD_SOURCE [--timeout S]
 PASSWORD_SOURCE is a file holding the output that printed
@@ -14,8 +15,13 @@ PASSWORD_SOURCE is a file holding the output that printed
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import hmac
 import json
 import re
+import secrets
+import struct
 import sys
 import time
 import urllib.error
@@ -28,6 +34,21 @@ from pathlib import Path
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
+
+
+def csrf_token(jar) -> str:
+    return next(c.value for c in jar if c.name == "csrftoken")
+
+
+def totp(secret: str, at: float | None = None) -> str:
+    """RFC 6238 with the defaults pyotp uses (SHA-1, 30 s, 6 digits): the root has
+    no virtual environment to import pyotp from."""
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    counter = int((time.time() if at is None else at) // 30)
+    digest = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = digest[-1] & 0x0F
+    code = struct.unpack(">I", digest[offset : offset + 4])[0] & 0x7FFFFFFF
+    return f"{code % 1_000_000:06d}"
 
 
 def main() -> int:
@@ -73,17 +94,39 @@ def main() -> int:
 
     secret = wait("the admin password in " + str(args.password_source), password)
     request("/login/")
-    csrf = next(c.value for c in jar if c.name == "csrftoken")
-    form = urllib.parse.urlencode(
-        {"username": "admin", "password": secret, "csrfmiddlewaretoken": csrf, "next": "/"}
-    ).encode()
-    status, _ = request(
-        "/login/",
-        form,
-        {"Content-Type": "application/x-www-form-urlencoded", "Referer": base + "/"},
-    )
+
+    def post(path, fields):
+        fields = {**fields, "csrfmiddlewaretoken": csrf_token(jar)}
+        return request(
+            path,
+            urllib.parse.urlencode(fields).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded", "Referer": base + "/"},
+        )
+
+    status, _ = post("/login/", {"username": "admin", "password": secret, "next": "/"})
     if status != 302:
         sys.exit(f"check_console: the admin login answered {status}, not 302")
+    # What a person does next (tests/support/browserless.py, first_admin_login):
+    # the generated password must be replaced, then the second factor that the
+    # default policy (HANGAR_REQUIRE_2FA=admins) asks of administrators enrolled.
+    new_password = "Clean-root check " + secrets.token_urlsafe(12)
+    status, _ = post(
+        "/account/password/",
+        {
+            "current_password": secret,
+            "new_password": new_password,
+            "new_password_again": new_password,
+        },
+    )
+    if status != 302:
+        sys.exit(f"check_console: the forced password change answered {status}, not 302")
+    status, page = request("/account/second-factor/")
+    found = re.search(rb"<code>([A-Z2-7]{16,})</code>", page)
+    if status != 200 or not found:
+        sys.exit(f"check_console: the second-factor page answered {status} without a secret")
+    status, page = post("/account/second-factor/", {"code": totp(found.group(1).decode())})
+    if status != 200 or b"recovery codes" not in page:
+        sys.exit(f"check_console: enrolling the second factor answered {status}")
 
     def local_node_online():
         status, body = request("/api/v1/nodes/")
