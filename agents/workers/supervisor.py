@@ -186,7 +186,10 @@ class Supervisor:
                 log.exception("command %s failed", verb)
                 result = _result(operation_id, False, f"the agent failed: {exc}")
             if verb in MUTATING_VERBS:
-                self.operations.put(operation_id, result)
+                try:
+                    self.operations.put(operation_id, result)
+                except OSError as exc:  # the answer still goes back; a repeat acts again
+                    log.error("cannot record operation %s: %s", operation_id, exc)
             return result
 
     def key_file(self, worker_id: int) -> Path:
@@ -216,11 +219,40 @@ class Supervisor:
                 f"worker {spec['worker_id']} runs with a different spec; stop it first",
                 runner.snapshot(),
             )
-        if runner is None:
-            runner = WorkerRunner(self, spec, {})
-            self.runners[runner.id] = runner
-        accepted = runner.start(spec, operation_id)
+        try:
+            if runner is None:
+                runner = WorkerRunner(self, spec, {})
+                self.runners[runner.id] = runner
+            accepted = runner.start(spec, operation_id)
+        except OSError as exc:
+            return self._refuse_start(operation_id, spec, runner, exc)
         return _result(operation_id, True, "accepted", accepted)
+
+    def _refuse_start(
+        self, operation_id: str, spec: dict[str, Any], runner: WorkerRunner | None, exc: OSError
+    ) -> dict[str, Any]:
+        """A start the node cannot keep on disk (its state directory full or unwritable).
+
+        The answer to the task alone would be lost: nothing reads it. So the worker's
+        status says why, which the console shows on the worker and which makes its
+        reconcile ask again (apps/deployments/services.reconcile) until space returns.
+        The runner is left not wanting to run, so that next start is not taken for
+        "already running".
+        """
+        error = (
+            f"cannot start: the agent cannot write to its state directory ({exc.strerror or exc})"
+        )
+        log.error("worker %s: %s", spec["worker_id"], error)
+        if runner is not None:
+            runner.desired = "stopped"
+            runner._set(state="pending", operation_id=operation_id, error=error, progress=None)
+            status = runner.snapshot()
+        else:  # not even its directory could be made
+            status = WorkerRunner.status_of(
+                spec, {}, state="pending", operation_id=operation_id, error=error
+            )
+            self.on_status(status)
+        return _result(operation_id, False, error, status)
 
     def _stop_worker(self, operation_id: str, request: dict[str, Any]) -> dict[str, Any]:
         runner = self.runners.get(self._worker_id(request))
@@ -234,7 +266,10 @@ class Supervisor:
         if runner is None:
             return _result(operation_id, False, "no such worker on this node")
         runner.stop(operation_id)
-        runner.start(runner.spec, operation_id)
+        try:
+            runner.start(runner.spec, operation_id)
+        except OSError as exc:
+            return self._refuse_start(operation_id, runner.spec, runner, exc)
         return _result(operation_id, True, "restarted", runner.snapshot())
 
     def _tail_logs(self, operation_id: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -351,15 +386,22 @@ class WorkerRunner:
         self.pids_seen: set[int] = set()
         self.health_failures = 0
         self.window: PrometheusWindow | ProbeWindow = self._new_window()
-        self.status: dict[str, Any] = {
-            "worker_id": self.id,
+        self.status: dict[str, Any] = self.status_of(spec, saved)
+
+    # --- status -----------------------------------------------------------------
+
+    @staticmethod
+    def status_of(spec: dict[str, Any], saved: dict[str, Any], **changes: Any) -> dict[str, Any]:
+        """A worker's status (protocol §4) from its spec and its saved state.json."""
+        return {
+            "worker_id": spec["worker_id"],
             "deployment_id": spec.get("deployment_id"),
             "state": saved.get("state", "stopped"),
             "pid": None,
             "port": spec["port"],
             "gpus": list(spec["gpus"]),
-            "restarts": self.restarts,
-            "run": self.run,
+            "restarts": saved.get("restarts", 0),
+            "run": saved.get("run", 0),
             "exit_code": saved.get("exit_code"),
             "exit_signal": saved.get("exit_signal"),
             "cause": saved.get("cause"),
@@ -369,9 +411,8 @@ class WorkerRunner:
             "last_log": [],
             "operation_id": saved.get("operation_id"),
             "ts": time.time(),
+            **changes,
         }
-
-    # --- status -----------------------------------------------------------------
 
     @property
     def active(self) -> bool:

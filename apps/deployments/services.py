@@ -561,8 +561,12 @@ def reconcile() -> dict:
             and worker.reported_at >= worker.dispatched_at
         )
         if worker.desired_state == DesiredState.RUNNING:
-            missing = worker.state == WorkerState.STOPPED or (
-                worker.state in IN_PROGRESS and not reported_since
+            missing = (
+                worker.state == WorkerState.STOPPED
+                or (worker.state in IN_PROGRESS and not reported_since)
+                # The agent could not take the start (its state directory full):
+                # it said why on the worker, and the start is asked for again.
+                or (worker.state == WorkerState.PENDING and bool(worker.error))
             )
             if node_up and waited and missing:
                 with transaction.atomic():

@@ -510,3 +510,41 @@ def test_metrics_are_scraped_from_a_worker_with_a_key(node):
 
     metrics = wait_until(scraped, what="requests counted from /metrics")
     assert metrics["source"] == "prometheus" and metrics["error_rate"] == 0.0
+
+
+def test_a_start_the_state_directory_cannot_keep_says_why_on_the_status_then_starts(node):
+    """ENOSPC in the chaos suite (tests/chaos); here the worker's directory is a file."""
+    sup = node.supervisor()
+    blocker = node.state_dir / "workers" / "1"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a directory")
+    answer = start(sup, fake_spec(node.model))
+    assert not answer["ok"]
+    assert "cannot write to its state directory" in answer["detail"]
+    told = [s for s in node.recorder.statuses if s["worker_id"] == 1]
+    assert [s["state"] for s in told] == ["pending"]
+    assert told[0]["error"] == answer["detail"]
+
+    blocker.unlink()  # space is back; the console's reconcile asks again
+    assert start(sup, fake_spec(node.model))["ok"]
+    status = wait_state(sup, "ready")
+    assert status["error"] is None and status["run"] == 1
+
+
+def test_a_start_whose_spec_cannot_be_written_is_not_taken_for_already_running(node):
+    sup = node.supervisor()
+    spec = fake_spec(node.model)
+    start(sup, spec)
+    wait_state(sup, "ready")
+    stop(sup)
+    spec_file = node.state_dir / "workers" / "1" / "spec.json"
+    spec_file.unlink()
+    spec_file.mkdir()  # the atomic rename onto it fails, as a full disk's write does
+    answer = start(sup, spec)
+    assert not answer["ok"] and answer["worker"]["state"] == "pending"
+    assert "state directory" in answer["worker"]["error"]
+    assert sup.runners[1].snapshot()["pid"] is None
+
+    spec_file.rmdir()
+    assert start(sup, spec)["detail"] == "accepted"
+    assert wait_state(sup, "ready", run=2)["error"] is None

@@ -177,6 +177,37 @@ def test_reconcile_resends_a_start_that_got_no_answer(admin_api, cluster, versio
     assert reconcile()["start"] == 0
 
 
+def test_reconcile_asks_again_for_a_start_the_node_could_not_keep(
+    admin_api, admin_user, client, cluster, version, gpu_node
+):
+    """The agent answered a start with the reason on the worker (its state
+    directory full): the page shows it, and the start is sent again, not left
+    pending with an answer nobody read."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    deploy(admin_api, cluster, version, gpu_node, replicas=1)
+    worker = Worker.objects.get()
+    error = "cannot start: the agent cannot write to its state directory (No space left on device)"
+    report(worker, "pending", error=error)
+    worker.refresh_from_db()
+    assert (worker.state, worker.error) == (WorkerState.PENDING, error)
+    assert reconcile()["start"] == 0  # not before REDISPATCH_AFTER
+    Worker.objects.update(dispatched_at=timezone.now() - timedelta(minutes=1))
+    first = worker.last_operation_id
+    assert reconcile()["start"] == 1
+    worker.refresh_from_db()
+    assert worker.last_operation_id != first
+    client.force_login(admin_user)
+    page = client.get(f"/deployments/{worker.deployment_id}/")
+    assert page.status_code == 200 and error in page.content.decode()
+
+    report(worker, "pending", error=None)  # taken this time: verifying follows
+    Worker.objects.update(dispatched_at=timezone.now() - timedelta(minutes=1))
+    assert reconcile()["start"] == 0
+
+
 def test_an_agent_cannot_report_for_another_nodes_worker(admin_api, cluster, version, gpu_node):
     deploy(admin_api, cluster, version, gpu_node, replicas=1)
     other = make_node(cluster, "intruder")
