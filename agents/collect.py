@@ -102,6 +102,9 @@ class Collector:
         sample = {
             "seq": self.seq,
             "ts": ts,
+            # A clock that NTP or a person cannot step: the console measures alert
+            # durations with it (apps/alerts/evaluation.py), `ts` places the sample.
+            "mono": round(time.monotonic(), 3),
             "simulated": self.source.simulated,
             "gpus": gpus,
             "host": host_sample,

@@ -265,7 +265,7 @@ def _gpu_facts(g: Any, i: int) -> dict[str, Any]:
 # --- samples -----------------------------------------------------------------
 
 _SAMPLE_REQUIRED = frozenset({"seq", "ts", "simulated", "gpus", "host", "faults"})
-_SAMPLE_KEYS = _SAMPLE_REQUIRED | {"coalesced", "workers", "health"}
+_SAMPLE_KEYS = _SAMPLE_REQUIRED | {"mono", "coalesced", "workers", "health"}
 _GPU_SAMPLE_KEYS = frozenset(
     {
         "index",
@@ -300,9 +300,11 @@ def validate_sample(d: Any) -> dict[str, Any]:
     for i, fault in enumerate(faults):
         _text(fault, f"sample.faults[{i}]")
     workers = _list(d.get("workers", []), "sample.workers", MAX_WORKERS)
+    mono = _number(d.get("mono"), "sample.mono", 0, _TS_MAX)
     return {
         "seq": _integer(d["seq"], "sample.seq", 0, _COUNTER_MAX, nullable=False),
         "ts": float(ts),
+        **({"mono": float(mono)} if mono is not None else {}),
         "simulated": _boolean(d["simulated"], "sample.simulated"),
         "gpus": gpus,
         "host": _host(d["host"]),

@@ -98,6 +98,17 @@ class SeriesState:
     since: float
     state: str  # PENDING or FIRING (an acknowledged alert still fires)
     condition: tuple | None = None  # the rule's condition when this began
+    since_mono: float | None = None  # the node's monotonic clock then, if it sent one
+
+    def elapsed(self, ts: float, mono: float | None) -> float:
+        """How long the condition has held. By the node's monotonic clock where both
+        samples carry it: `ts` is wall-clock time, which NTP or a person can step by
+        minutes, and a step must not make a pending alert fire early (or never).
+        Without it (older agents, states restored from the database), or when it went
+        backwards (the host rebooted), by the timestamps."""
+        if mono is not None and self.since_mono is not None and mono >= self.since_mono:
+            return mono - self.since_mono
+        return ts - self.since
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,29 +163,34 @@ class NodeEvaluator:
         for key in [k for k, s in self.states.items() if conditions.get(k[0]) != s.condition]:
             del self.states[key]
 
-    def observe(self, values: dict[str, float], ts: float, ruleset: RuleSet) -> list[Change]:
+    def observe(
+        self, values: dict[str, float], ts: float, ruleset: RuleSet, mono: float | None = None
+    ) -> list[Change]:
+        """`ts` the sample's wall-clock time, `mono` the node's monotonic clock (SAMPLE.mono)."""
         if ruleset.version != self._version:
             self._adopt(ruleset)
         changes: list[Change] = []
         for series, value in values.items():
             rules = self._rules_for(series, ruleset)
             for rule in rules:
-                changes.extend(self._step(rule, series, value, ts))
+                changes.extend(self._step(rule, series, value, ts, mono))
         return changes
 
-    def _step(self, rule: CompiledRule, series: str, value: float, ts: float) -> Iterable[Change]:
+    def _step(
+        self, rule: CompiledRule, series: str, value: float, ts: float, mono: float | None
+    ) -> Iterable[Change]:
         key = (rule.id, series)
         current = self.states.get(key)
         if current is None:
             if not rule.breached(value):
                 return ()
             state = FIRING if rule.for_seconds <= 0 else PENDING
-            self.states[key] = SeriesState(ts, state, rule.condition)
+            self.states[key] = SeriesState(ts, state, rule.condition, mono)
             return (Change(state, rule, series, value, ts, ts),)
         if rule.cleared(value):
             del self.states[key]
             return (Change(RESOLVED, rule, series, value, ts, current.since, current.state),)
-        if current.state == PENDING and ts - current.since >= rule.for_seconds:
+        if current.state == PENDING and current.elapsed(ts, mono) >= rule.for_seconds:
             current.state = FIRING
             return (Change(FIRING, rule, series, value, ts, current.since),)
         return ()

@@ -214,7 +214,9 @@ async def _evaluate_samples(node, samples: list[dict]) -> None:
         evaluator = await database_sync_to_async(_evaluator_for)(node, ruleset)
     changes: list[Change] = []
     for sample in samples:
-        changes += evaluator.observe(alert_series(sample), sample["ts"], ruleset)
+        changes += evaluator.observe(
+            alert_series(sample), sample["ts"], ruleset, mono=sample.get("mono")
+        )
     if changes:
         # The evaluator has moved on: these transitions exist only here, so while
         # the database is away they are kept for it (apps/core/outbox.py).

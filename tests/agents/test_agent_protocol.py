@@ -82,6 +82,8 @@ def test_a_good_sample_comes_back_cleaned_as_a_new_dict():
     assert cleaned is not sample
     assert cleaned["gpus"][1]["temperature"] == 41
     assert cleaned["coalesced"] == 0  # optional field gets its default
+    assert "mono" not in cleaned  # absent from older agents, and stays absent
+    assert validate_sample({**sample, "mono": 8123.25})["mono"] == 8123.25
 
 
 def test_a_faulted_gpu_may_have_no_readings_and_no_uuid():
@@ -146,6 +148,8 @@ BAD_SAMPLES = {
     "fault not text": (_set("faults", [42]), "sample.faults[0]"),
     "too many faults": (_set("faults", ["x"] * 65), "at most 64"),
     "coalesced negative": (_set("coalesced", -1), "coalesced"),
+    "mono negative": (_set("mono", -1.0), "sample.mono = -1.0 is outside"),
+    "mono as text": (_set("mono", "12"), "sample.mono must be a number"),
     "simulated as text": (_set("simulated", "no"), "sample.simulated"),
 }
 

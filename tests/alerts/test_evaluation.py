@@ -1,4 +1,4 @@
-"""The in-memory evaluator: transitions only, durations on sample time, hysteresis."""
+"""The in-memory evaluator: transitions only, durations on the node's clocks, hysteresis."""
 
 from apps.alerts.evaluation import (
     FIRING,
@@ -47,6 +47,43 @@ def test_a_condition_is_pending_until_it_held_for_its_duration_then_fires_once()
     ruleset = RuleSet((rule(for_seconds=3),), 1)
     evaluator = NodeEvaluator(1, 1)
     assert run(evaluator, ruleset, [80, 90, 91, 92, 93, 94, 95]) == [(PENDING, 1.0), (FIRING, 4.0)]
+
+
+def stepped(evaluator, ruleset, values, step_at, step_by, series="gpu.0.temperature"):
+    """One sample a second, the node's wall clock stepped by `step_by` before sample
+    `step_at`; its monotonic clock (SAMPLE.mono) runs on. [(kind, real second)]."""
+    seen = []
+    for i, value in enumerate(values):
+        ts = 1_000.0 + i + (step_by if i >= step_at else 0.0)
+        changes = evaluator.observe({series: value}, ts, ruleset, mono=50.0 + i)
+        seen += [(c.kind, i) for c in changes]
+    return seen
+
+
+def test_a_clock_stepped_forward_does_not_make_a_pending_alert_fire_early():
+    ruleset = RuleSet((rule(for_seconds=5),), 1)
+    seen = stepped(NodeEvaluator(1, 1), ruleset, [90] * 8, step_at=2, step_by=300.0)
+    assert seen == [(PENDING, 0), (FIRING, 5)]
+
+
+def test_a_clock_stepped_back_does_not_hold_a_pending_alert_back():
+    ruleset = RuleSet((rule(for_seconds=5),), 1)
+    seen = stepped(NodeEvaluator(1, 1), ruleset, [90] * 8, step_at=2, step_by=-600.0)
+    assert seen == [(PENDING, 0), (FIRING, 5)]
+
+
+def test_without_a_monotonic_clock_durations_fall_back_to_the_timestamps():
+    ruleset = RuleSet((rule(for_seconds=5),), 1)
+    evaluator = NodeEvaluator(1, 1)
+    # An older agent: no mono. Its stepped clock still decides, as before.
+    assert evaluator.observe({"gpu.0.temperature": 90}, 1_000.0, ruleset)[0].kind == PENDING
+    assert evaluator.observe({"gpu.0.temperature": 90}, 1_300.0, ruleset)[0].kind == FIRING
+    # A reboot sets the monotonic clock back: the timestamps decide then too.
+    rebooted = NodeEvaluator(1, 1)
+    rebooted.observe({"gpu.0.temperature": 90}, 1_000.0, ruleset, mono=900.0)
+    assert rebooted.observe({"gpu.0.temperature": 90}, 1_002.0, ruleset, mono=3.0) == []
+    changes = rebooted.observe({"gpu.0.temperature": 90}, 1_006.0, ruleset, mono=7.0)
+    assert [c.kind for c in changes] == [FIRING]
 
 
 def test_a_condition_that_clears_while_pending_never_fires():
