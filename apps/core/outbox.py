@@ -76,9 +76,9 @@ def first_line(exc: BaseException) -> str:
 def client() -> redis.Redis:
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
-        )
+        # Through Sentinel where there is one (apps/core/redis_target.py): the outbox
+        # is most needed during a failover.
+        _client = settings.REDIS.client(socket_timeout=2, socket_connect_timeout=2)
     return _client
 
 

@@ -80,6 +80,20 @@ def test_the_client_and_the_asyncio_client_write_to_the_master(sentinel_pair):
     assert master.client(db=DB).mget("plain", "async") == [b"1", b"2"]
 
 
+def test_the_outbox_keeps_on_the_master(sentinel_pair, settings, monkeypatch):
+    """The outbox matters most in a failover: it must not talk to the URL's host."""
+    from apps.core import outbox
+
+    _, master, _, environ = sentinel_pair
+    settings.REDIS = redis_target.from_environment(environ)
+    monkeypatch.setattr(outbox, "_client", None)
+    record = '{"kind": "test", "args": {}, "kept_at": 0}'
+    assert outbox.client().rpush(outbox.QUEUE, record) == 1
+    assert outbox.state()["waiting"] == 1
+    assert master.client(db=DB).lrange(outbox.QUEUE, 0, -1) == [record.encode()]
+    master.client(db=DB).delete(outbox.QUEUE)
+
+
 def test_the_django_cache_uses_the_master(sentinel_pair):
     _, master, _, environ = sentinel_pair
     target = redis_target.from_environment(environ)
