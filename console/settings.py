@@ -228,6 +228,7 @@ CELERY_BEAT_SCHEDULE = {
     "forward-audit": {"task": "audit.forward_events", "schedule": 5.0},
     "sweep-alerts": {"task": "alerts.sweep", "schedule": 5.0},
     "drain-outbox": {"task": "core.drain_outbox", "schedule": 10.0},
+    "resume-checksums": {"task": "registry.resume_checksums", "schedule": 30.0},
     "publish-gateway-snapshot": {"task": "gateway.publish_snapshot", "schedule": 5.0},
     "judge-gateway-traffic": {"task": "gateway.judge_traffic", "schedule": 5.0},
     "flush-gateway-usage": {"task": "gateway.flush_usage", "schedule": 10.0},

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+import uuid
+from datetime import timedelta
 
+import redis
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -15,6 +21,16 @@ from apps.registry.models import ModelVersion, VersionState
 from apps.registry.paths import PathRefused, check_model_path, list_files
 
 PROGRESS_EVERY_SECONDS = 0.5
+log = logging.getLogger(__name__)
+
+# A checksum under way holds a lease in Redis that it renews as it reads. A worker
+# killed mid-checksum stops renewing it, and beat's registry.resume_checksums
+# queues the draft again within a minute, rather than kombu giving the unacked
+# task back after its visibility timeout (an hour). A second copy of the task
+# (that one, or kombu's later) finds the lease held, or the version ready.
+LEASE_SECONDS = 30
+RESUME_AFTER = timedelta(seconds=60)  # a new draft's own task has had its chance
+REQUEUED_SECONDS = 300  # one resume per draft in that long, however busy the queue
 
 
 class VersionInUse(Exception):
@@ -31,11 +47,55 @@ def register_version(serializer) -> ModelVersion:
     return version
 
 
+def _redis() -> redis.Redis:
+    return settings.REDIS.client(socket_timeout=2, socket_connect_timeout=2)
+
+
+class ChecksumLease:
+    """Who is checksumming a version now (see LEASE_SECONDS)."""
+
+    def __init__(self, version_id: int, client: redis.Redis | None = None):
+        self.key = f"hangar:registry:checksum:{version_id}"
+        self.token = uuid.uuid4().hex
+        self.client = client or _redis()
+
+    def take(self) -> bool:
+        """False if another worker holds it. Redis away: go ahead (a checksum twice
+        is wasted reading, never a wrong result)."""
+        try:
+            return bool(self.client.set(self.key, self.token, nx=True, ex=LEASE_SECONDS))
+        except redis.RedisError as exc:
+            log.warning("checksum lease %s not taken (%s); hashing anyway", self.key, exc)
+            return True
+
+    def renew(self) -> None:
+        with contextlib.suppress(redis.RedisError):  # the next renewal tries again
+            self.client.set(self.key, self.token, xx=True, ex=LEASE_SECONDS)
+
+    def release(self) -> None:
+        try:
+            if self.client.get(self.key) == self.token.encode():
+                self.client.delete(self.key)
+        except redis.RedisError:
+            pass  # it expires
+
+
 def hash_version(version_id: int) -> ModelVersion:
     """Checksum every file of a draft version, then make it ready (and immutable)."""
     version = ModelVersion.objects.get(pk=version_id)
     if version.state != VersionState.DRAFT:
         return version
+    lease = ChecksumLease(version.pk)
+    if not lease.take():
+        log.info("model version %s: another worker is checksumming it", version.pk)
+        return version
+    try:
+        return _checksum(version, lease)
+    finally:
+        lease.release()
+
+
+def _checksum(version: ModelVersion, lease: ChecksumLease) -> ModelVersion:
     try:
         directory = check_model_path(version.path)
         files = list_files(directory)
@@ -51,6 +111,7 @@ def hash_version(version_id: int) -> ModelVersion:
         done += count
         if time.monotonic() - last_report >= PROGRESS_EVERY_SECONDS:
             last_report = time.monotonic()
+            lease.renew()
             ModelVersion.objects.filter(pk=version.pk).update(
                 progress={"done_bytes": done, "total_bytes": total}
             )
@@ -65,6 +126,8 @@ def hash_version(version_id: int) -> ModelVersion:
     ]
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if version.state != VersionState.DRAFT:  # a copy that outlived its lease
+            return version
         version.files = entries
         version.size_bytes = total
         version.progress = {"done_bytes": total, "total_bytes": total}
@@ -78,6 +141,28 @@ def hash_version(version_id: int) -> ModelVersion:
         changes={"files": len(entries), "size_bytes": total},
     )
     return version
+
+
+def resume_checksums() -> list[int]:
+    """Queue again each draft whose checksum no worker holds (beat, every 30 s):
+    its worker was killed mid-read, or its task was lost. Drafts that failed with
+    an error wait for people (the path is wrong, not the worker)."""
+    from apps.registry.tasks import hash_version_task
+
+    drafts = ModelVersion.objects.filter(
+        state=VersionState.DRAFT, error="", created_at__lt=timezone.now() - RESUME_AFTER
+    ).values_list("pk", flat=True)
+    client = _redis()
+    queued = []
+    for pk in drafts:
+        if client.exists(ChecksumLease(pk, client).key):
+            continue
+        if client.set(f"hangar:registry:checksum-queued:{pk}", 1, nx=True, ex=REQUEUED_SECONDS):
+            hash_version_task.delay(pk)
+            queued.append(pk)
+    if queued:
+        log.warning("model versions %s: no worker held their checksums; queued again", queued)
+    return queued
 
 
 def retire_version(version: ModelVersion) -> None:

@@ -10,6 +10,7 @@ from apps.deployments.models import Deployment, DesiredState
 from apps.registry.models import Model, ModelVersion, VersionState
 from apps.registry.paths import PathRefused, check_model_path
 from apps.registry.services import hash_version
+from tests.support import processes
 
 
 @pytest.fixture
@@ -181,3 +182,67 @@ def test_a_version_a_stopped_deployment_uses_cannot_be_retired_until_it_moves_on
     deployment.save(update_fields=["model_version"])
     assert admin_api.post(f"/api/v1/model-versions/{v1.pk}/retire/").status_code == 200
     assert ModelVersion.objects.get(pk=v1.pk).state == VersionState.RETIRED
+
+
+@pytest.fixture
+def roots_for_workers(model_root, monkeypatch):
+    """The console worker (a process of its own) sees the same model root."""
+    monkeypatch.setenv("HANGAR_MODEL_ROOTS", str(model_root))
+    return model_root
+
+
+def test_a_checksum_no_worker_holds_is_queued_again_and_a_held_one_is_not(
+    roots_for_workers, model, console_worker
+):
+    """A worker killed mid-checksum leaves its task unacknowledged for kombu's hour;
+    its lease runs out, and beat's resume queues the draft to a live worker."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from apps.registry import services
+
+    version = ModelVersion.objects.create(
+        model=model, label="v1", format="safetensors", path=str(roots_for_workers / "minilm" / "v1")
+    )
+    ModelVersion.objects.filter(pk=version.pk).update(
+        created_at=timezone.now() - timedelta(minutes=5)
+    )
+    client = settings.REDIS.client()
+    lease = services.ChecksumLease(version.pk)
+    # The killed worker's lease, still running out: nobody else may take the draft.
+    client.set(lease.key, "killed-worker", ex=2)
+    assert services.resume_checksums() == []
+    assert services.hash_version(version.pk).state == VersionState.DRAFT  # a copy: no-op
+    assert ModelVersion.objects.get(pk=version.pk).progress == {}
+
+    processes.wait_for(lambda: not client.exists(lease.key), what="the lease running out")
+    assert services.resume_checksums() == [version.pk]
+    assert services.resume_checksums() == []  # queued once, not every beat
+    processes.wait_for(
+        lambda: ModelVersion.objects.get(pk=version.pk).state == VersionState.READY,
+        what="the live worker's checksum",
+    )
+    assert not client.exists(lease.key)  # released by the worker that finished
+    ready = ModelVersion.objects.get(pk=version.pk)
+    assert {f["path"] for f in ready.files} == {"config.json", "model.safetensors"}
+    assert services.resume_checksums() == []
+
+
+def test_a_draft_that_failed_with_an_error_is_not_queued_again(model, model_root):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.registry import services
+
+    version = ModelVersion.objects.create(
+        model=model, label="v1", format="other", path="/not/under/a/root"
+    )
+    with pytest.raises(PathRefused):
+        hash_version(version.pk)
+    ModelVersion.objects.filter(pk=version.pk).update(
+        created_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert services.resume_checksums() == []
