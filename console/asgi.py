@@ -21,6 +21,7 @@ from django.conf import settings
 from django.urls import path
 
 from apps.core.forwarded import ForwardedClientMiddleware
+from apps.telemetry import listening
 from apps.telemetry.consumers import AgentConsumer, TelemetryConsumer
 
 # The client address (audit source, login lockout, agent sockets) comes from the
@@ -44,3 +45,6 @@ routes = ProtocolTypeRouter(
     }
 )
 application = ForwardedClientMiddleware(routes, settings.TRUSTED_PROXIES)
+
+# The offline sweep counts a node's silence only while a web process listens.
+listening.start_beating()

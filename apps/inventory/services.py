@@ -266,13 +266,20 @@ def copy_last_seen(last_seen: dict[int, float]) -> int:
     return len(changed)
 
 
-def mark_offline_nodes(last_seen: dict[int, float], now: float) -> list[int]:
-    """Nodes whose last heartbeat is older than the grace period go offline."""
+def mark_offline_nodes(
+    last_seen: dict[int, float], now: float, listening_since: float = 0.0
+) -> list[int]:
+    """Nodes silent for longer than the grace period go offline.
+
+    Silence counts only from `listening_since`, when the console's web processes
+    began to listen (apps/telemetry/listening.py): time when nobody could hear a
+    node is not the node's fault."""
     grace = settings.NODE_GRACE_SECONDS
     moved = []
     for node in Node.objects.filter(state__in=[NodeState.ONLINE, NodeState.DEGRADED]):
         seen = last_seen.get(node.pk)
-        if seen is None or now - seen > grace:
+        heard_at = listening_since if seen is None else max(seen, listening_since)
+        if now - heard_at > grace:
             silent = "never" if seen is None else f"{now - seen:.0f} s"
             if transition_node(node, NodeState.OFFLINE, f"no heartbeat for {silent}"):
                 moved.append(node.pk)

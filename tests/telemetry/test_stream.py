@@ -200,6 +200,47 @@ def test_browser_sockets_need_a_login_a_same_origin_and_a_cluster_in_scope(
     browser.close()
 
 
+def test_silence_counts_only_while_the_console_listens(enrolled, settings):
+    """A web restart slower than the grace: the nodes are not blamed for it."""
+    node, _ = enrolled
+    Node.objects.filter(pk=node.pk).update(state=NodeState.ONLINE)
+    settings.NODE_GRACE_SECONDS = 15
+    now = time.time()
+    # Heard a minute ago, then the only web process died; its successor listens
+    # since 3 s: the node has 12 s more to reconnect.
+    assert mark_offline_nodes({node.pk: now - 60}, now, listening_since=now - 3) == []
+    assert mark_offline_nodes({}, now, listening_since=now - 3) == []
+    later = now + 13
+    assert mark_offline_nodes({node.pk: now - 60}, later, listening_since=now - 3) == [node.pk]
+    node.refresh_from_db()
+    assert "73 s" in node.state_reason  # the reason says how long it was last heard
+
+
+def test_the_offline_sweep_judges_nobody_while_no_web_process_listens(daphne, enrolled, settings):
+    """Daphne beats into Redis while it runs (apps/telemetry/listening.py); killed,
+    its beat goes stale, and the sweep then marks no node offline."""
+    import signal
+
+    from apps.inventory.tasks import mark_offline_nodes_task
+    from apps.telemetry import listening
+    from tests.support import processes
+
+    node, _ = enrolled
+    Node.objects.filter(pk=node.pk).update(state=NodeState.ONLINE)
+    settings.NODE_GRACE_SECONDS = 1
+    wait_for(lambda: listening.listening_since(time.time()), what="Daphne's beat")
+    assert time.time() - 120 < listening.listening_since(time.time()) <= time.time()
+    processes.stop(daphne, signal.SIGKILL)
+    wait_for(
+        lambda: listening.listening_since(time.time()) is None,
+        timeout=listening.STALE_S + 10,
+        what="the killed Daphne's beat going stale",
+    )
+    assert live.client().hgetall(listening.KEY) == {}  # the dead field is removed
+    assert mark_offline_nodes_task() == []
+    assert node_state(node) == NodeState.ONLINE
+
+
 def test_a_silent_node_goes_offline_after_the_grace_period(enrolled, settings):
     node, _ = enrolled
     Node.objects.filter(pk=node.pk).update(state=NodeState.ONLINE)

@@ -1,0 +1,65 @@
+"""Whether the console is there to hear its agents.
+
+Each web process (Daphne, console/asgi.py) writes every second, into one Redis
+hash, since when it has been listening. The offline sweep judges a node's
+silence only over time when some web process was listening: a web restart
+slower than HANGAR_NODE_GRACE_SECONDS must not mark every node offline, and so
+take their workers out of the gateway's routes, for the console's own absence
+(docs/reliability.md, "Daphne killed").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+import redis
+
+from apps.telemetry import live
+
+KEY = "hangar:listening"
+BEAT_S = 1.0
+STALE_S = 5.0  # a process silent this long is gone (SIGKILL leaves its field)
+log = logging.getLogger(__name__)
+_started: threading.Thread | None = None
+
+
+def start_beating() -> None:
+    """Start this process's beat (once per process; a daemon thread)."""
+    global _started
+    if _started is not None:
+        return
+    field = f"{socket.gethostname()}:{os.getpid()}"
+    since = time.time()
+
+    def beat() -> None:
+        while True:
+            try:
+                live.client().hset(KEY, field, f"{since},{time.time()}")
+            except redis.RedisError as exc:  # the sweep cannot run either
+                log.debug("listening beat not written: %s", exc)
+            time.sleep(BEAT_S)
+
+    _started = threading.Thread(target=beat, name="hangar-listening", daemon=True)
+    _started.start()
+
+
+def listening_since(now: float) -> float | None:
+    """The earliest start among the web processes alive now; None if none is."""
+    client = live.client()
+    alive, gone = [], []
+    for field, value in client.hgetall(KEY).items():
+        try:
+            since, last = (float(part) for part in value.split(b","))
+        except ValueError:
+            since, last = 0.0, 0.0  # not ours to read: forget it
+        if now - last <= STALE_S:
+            alive.append(since)
+        else:
+            gone.append(field)
+    if gone:
+        client.hdel(KEY, *gone)
+    return min(alive) if alive else None
