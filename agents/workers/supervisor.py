@@ -398,7 +398,7 @@ class WorkerRunner:
             "deployment_id": spec.get("deployment_id"),
             "state": saved.get("state", "stopped"),
             "pid": None,
-            "port": spec["port"],
+            "port": spec["port"] or None,  # 0: the agent picks one when it starts
             "gpus": list(spec["gpus"]),
             "restarts": saved.get("restarts", 0),
             "run": saved.get("run", 0),

@@ -512,21 +512,26 @@ def test_metrics_are_scraped_from_a_worker_with_a_key(node):
     assert metrics["source"] == "prometheus" and metrics["error_rate"] == 0.0
 
 
-def test_a_start_the_state_directory_cannot_keep_says_why_on_the_status_then_starts(node):
-    """ENOSPC in the chaos suite (tests/chaos); here the worker's directory is a file."""
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned port", "the agent picks"])
+def test_a_start_the_state_directory_cannot_keep_says_why_on_the_status_then_starts(node, pinned):
+    """ENOSPC in the chaos suite (tests/chaos); here the worker's directory is a file.
+    The status must follow the protocol (the node fixture checks every one), port 0
+    ("any port", the agent picks at start) included."""
     sup = node.supervisor()
     blocker = node.state_dir / "workers" / "1"
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a directory")
-    answer = start(sup, fake_spec(node.model))
+    spec = fake_spec(node.model) if pinned else fake_spec(node.model, port=0)
+    answer = start(sup, spec)
     assert not answer["ok"]
     assert "cannot write to its state directory" in answer["detail"]
     told = [s for s in node.recorder.statuses if s["worker_id"] == 1]
     assert [s["state"] for s in told] == ["pending"]
     assert told[0]["error"] == answer["detail"]
 
+    assert node.recorder.errors == []
     blocker.unlink()  # space is back; the console's reconcile asks again
-    assert start(sup, fake_spec(node.model))["ok"]
+    assert start(sup, spec)["ok"]
     status = wait_state(sup, "ready")
     assert status["error"] is None and status["run"] == 1
 
