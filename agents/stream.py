@@ -34,6 +34,7 @@ from agents import __version__, protocol
 from agents.buffer import SampleBuffer
 from agents.collect import Collector
 from agents.files import write_private
+from agents.unacked import Unacknowledged
 from agents.workers.feed import StatusFeed
 
 log = logging.getLogger("hangar.agent")
@@ -284,16 +285,31 @@ class Stream:
     async def _session(self, ws: ClientConnection) -> bool:
         """Talk over one connection until it ends; True if the console welcomed us."""
         welcomed = asyncio.Event()
+        unacked = Unacknowledged.of(ws)
         reader = asyncio.create_task(self._read(ws, welcomed))
-        sender = asyncio.create_task(self._send(ws))
+        sender = asyncio.create_task(self._send(ws, unacked))
+        closed_by_console = False
         try:
             done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                task.result()  # re-raise ConnectionClosed and friends
+                try:
+                    task.result()  # re-raise ConnectionClosed and friends
+                except ConnectionClosed as exc:
+                    closed_by_console = exc.rcvd is not None
+                    raise
         finally:
             for task in (reader, sender):
                 task.cancel()
             await asyncio.gather(reader, sender, return_exceptions=True)
+            # A console that closes has read what came before its close; a connection
+            # that just died took its unacknowledged bytes along (agents/unacked.py).
+            lost_with_it = [] if closed_by_console else unacked.unacknowledged()
+            if lost_with_it:
+                log.warning(
+                    "connection ended with %d samples unacknowledged; sending them again",
+                    len(lost_with_it),
+                )
+                self.buffer.requeue(lost_with_it)
         return welcomed.is_set()
 
     async def _read(self, ws: ClientConnection, welcomed: asyncio.Event) -> None:
@@ -330,7 +346,7 @@ class Stream:
         for status in await asyncio.to_thread(self.workers.snapshot):
             await ws.send(json.dumps(protocol.worker(status)))
 
-    async def _send(self, ws: ClientConnection) -> None:
+    async def _send(self, ws: ClientConnection, unacked: Unacknowledged) -> None:
         facts_version, facts = self.facts.get()
         await ws.send(json.dumps(protocol.hello(facts, __version__)))
         await self._send_all_workers(ws)
@@ -345,6 +361,7 @@ class Stream:
                 # Not requeued if a send fails: the next hello sends every worker anew.
                 for status in self.workers.take():
                     await ws.send(json.dumps(protocol.worker(status)))
+            unacked.settle()  # at least once per sweep: the wake below is the sampler's
             samples = self.buffer.take(protocol.MAX_BATCH_SAMPLES)
             if not samples:
                 await self.wake.wait()
@@ -360,6 +377,7 @@ class Stream:
                 # included, so a shutdown mid-send loses nothing in memory).
                 self.buffer.requeue(samples)
                 raise
+            unacked.sent(samples)
 
 
 def _limit_unacked(ws: ClientConnection) -> None:
