@@ -37,6 +37,7 @@ from apps.telemetry import live
 from apps.telemetry.models import NodeMetricMinute
 from tests.gateway.conftest import http
 from tests.ha import netns
+from tests.ha.beats import double_runs
 from tests.support import processes
 from tests.telemetry.conftest import FACTS
 
@@ -182,7 +183,15 @@ def test_a_lost_console_host_leaves_the_other_serving(
     env["HANGAR_REDIS_URL"] = env["HANGAR_REDIS_URL"].replace("127.0.0.1", netns.GATEWAY)
     a, b = lan.host("console-a", 11), lan.host("console-b", 12)
     env["HANGAR_ALLOWED_HOSTS"] = f"127.0.0.1,{a.address},{b.address}"
-    host_a, host_b = ConsoleHost(a, env, tmp_path), ConsoleHost(b, env, tmp_path)
+    host_a = ConsoleHost(a, env, tmp_path)
+    # A's beat leads, and has sent its first jobs, before B's starts: the cut then
+    # takes the leader with it, and B's beat must take over with no job run twice.
+    processes.wait_for(
+        lambda: b"Sending due task" in (tmp_path / f"beat-{a.name}.log").read_bytes(),
+        timeout=90,
+        what="host A's beat leading and sending",
+    )
+    host_b = ConsoleHost(b, env, tmp_path)
     console_port, gateway_port = processes.free_port(), processes.free_port()
     (tmp_path / "nginx.conf").write_text(
         NGINX.format(root=tmp_path, a=a.address, b=b.address, web=WEB, gw=GATEWAY,
@@ -253,6 +262,13 @@ def test_a_lost_console_host_leaves_the_other_serving(
         processes.wait_for(lambda: seq() > seq_at_kill + 10, timeout=120, what="agent on B")
         agent_moved_after = time.monotonic() - killed_at
         processes.wait_for(lambda: healthy(console), what="console through nginx")
+        processes.wait_for(
+            lambda: b"beat: leading" in (tmp_path / f"beat-{b.name}.log").read_bytes(),
+            timeout=60,
+            what="host B's beat taking over",
+        )
+        beat_taken_over_after = time.monotonic() - killed_at
+        time.sleep(6)  # a round of B's 5 s jobs
         load.close()
         failed = load.failed - failed_before
         processes.stop(agent)  # its socket closes; host B flushes the minute rollups
@@ -277,8 +293,13 @@ def test_a_lost_console_host_leaves_the_other_serving(
             processes.stop(proc, signal.SIGKILL)
         for proc in [*host_b.procs, nginx]:
             processes.stop(proc)
+    beat_runs = double_runs([tmp_path / f"beat-{h.host.name}.log" for h in (host_a, host_b)])
     figures = {
         "case": "console host lost (link cut: Daphne, worker, beat, gateway), nginx upstreams",
+        "beat_sends_by_host": beat_runs["sends_by_beat"],
+        "beat_taken_over_after_s": round(beat_taken_over_after, 1),
+        "beat_ran_twice": beat_runs["ran_twice"],
+        "beat_entries_twice": beat_runs["entries_twice"],
         "gateway_served_again_after_s": round(served_again_after, 1),
         "agent_streaming_to_b_after_s": round(agent_moved_after, 1),
         "gateway_requests_ok": load.ok,
@@ -294,3 +315,6 @@ def test_a_lost_console_host_leaves_the_other_serving(
     with open(os.environ.get("HANGAR_HA_FIGURES", tmp_path / "figures.jsonl"), "a") as out:
         out.write(json.dumps(figures) + "\n")
     assert failed <= in_flight <= CLIENTS
+    sent_by_a, sent_by_b = beat_runs["sends_by_beat"]
+    assert sent_by_a > 0 and sent_by_b > 0, beat_runs  # B took over from A
+    assert beat_runs["ran_twice"] == 0, beat_runs

@@ -6,7 +6,8 @@ and live telemetry find the master through Sentinel); the real agent with
 simulated GPUs streaming every 0.1 s. Redis servers and Sentinels are each a
 network namespace of the LAN (tests/ha/netns.py). The master is killed (`kill -9`). Required: the
 console's Redis writes work again (/healthz answers 200 again; the time is
-measured), and every sample the agent took reached the minute rollups.
+measured), every sample the agent took reached the minute rollups, and two beats
+(the leader lock is a key in this Redis) sent no scheduled job twice.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from agents.enroll import write_credential
 from apps.inventory import broker
 from apps.inventory.services import create_enrollment_token, enroll_node
 from apps.telemetry.models import NodeMetricMinute
+from tests.ha import beats as beats_twice
 from tests.support import processes
 from tests.support.servers import Servers
 from tests.telemetry.conftest import FACTS
@@ -129,9 +131,25 @@ def test_a_lost_redis_master_is_replaced_and_no_sample_is_lost(
         tmp_path / "daphne.log",
     )
     url = f"http://127.0.0.1:{port}"
+    # Two beats, as two console hosts run them: the leader lock lives in this Redis.
+    beat_logs = [tmp_path / f"beat-{i}.log" for i in (1, 2)]
+    celery_beat = [str(processes.BIN / "celery"), "-A", "console.celery", "beat", "-l", "info"]
+    beats = [
+        processes.start(
+            [*celery_beat, "-s", str(tmp_path / f"beat-{i}")],
+            processes.console_env(**redis_env),
+            log,
+        )
+        for i, log in enumerate(beat_logs, 1)
+    ]
     agent = None
     try:
         processes.wait_for(lambda: healthy(url), what="Daphne on Sentinel", process=daphne)
+        processes.wait_for(
+            lambda: any(b"beat: leading" in log.read_bytes() for log in beat_logs),
+            timeout=60,
+            what="one beat leading",
+        )
         _token, secret = create_enrollment_token(cluster, None)
         node, credential = enroll_node(secret, "ha-node", FACTS, None)
         write_credential(
@@ -184,9 +202,16 @@ def test_a_lost_redis_master_is_replaced_and_no_sample_is_lost(
         if agent is not None:
             processes.stop(agent)
         processes.stop(daphne, signal.SIGTERM)
+        for beat in beats:
+            processes.stop(beat)
+    beat_runs = beats_twice.double_runs(beat_logs)
     figures = {
         "case": "redis master killed (Sentinel x3, quorum 2)",
         "writes_back_after_s": round(writes_back_after, 1),
+        "beat_sends": beat_runs["sends"],
+        "beat_sends_by_beat": beat_runs["sends_by_beat"],
+        "beat_ran_twice": beat_runs["ran_twice"],
+        "beat_entries_twice": beat_runs["entries_twice"],
         "samples_taken_up_to_seq": last["seq"],
         "samples_stored": stored(),
         "samples_lost": max(0, last["seq"] - stored()),
@@ -196,3 +221,4 @@ def test_a_lost_redis_master_is_replaced_and_no_sample_is_lost(
     with open(os.environ.get("HANGAR_HA_FIGURES", tmp_path / "figures.jsonl"), "a") as out:
         out.write(json.dumps(figures) + "\n")
     assert figures["samples_lost"] == 0 and figures["samples_stored_twice"] == 0
+    assert beat_runs["sends"] > 0 and beat_runs["ran_twice"] == 0, beat_runs
