@@ -288,22 +288,26 @@ class Stream:
         unacked = Unacknowledged.of(ws)
         reader = asyncio.create_task(self._read(ws, welcomed))
         sender = asyncio.create_task(self._send(ws, unacked))
-        closed_by_console = False
+        ended_well = False  # the console closed, or the agent is stopping
         try:
             done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 try:
                     task.result()  # re-raise ConnectionClosed and friends
                 except ConnectionClosed as exc:
-                    closed_by_console = exc.rcvd is not None
+                    ended_well = exc.rcvd is not None
                     raise
+        except asyncio.CancelledError:
+            ended_well = True  # stopping: what is still in memory goes with the agent
+            raise
         finally:
             for task in (reader, sender):
                 task.cancel()
             await asyncio.gather(reader, sender, return_exceptions=True)
             # A console that closes has read what came before its close; a connection
             # that just died took its unacknowledged bytes along (agents/unacked.py).
-            lost_with_it = [] if closed_by_console else unacked.unacknowledged()
+            unacked.settle()  # the last word of the socket, if it still has one
+            lost_with_it = [] if ended_well else unacked.unacknowledged()
             if lost_with_it:
                 log.warning(
                     "connection ended with %d samples unacknowledged; sending them again",

@@ -49,12 +49,21 @@ def bytes_queued(sock: socket.socket) -> int | None:
         return None
 
 
+# Under TLS the offsets of the kernel (ciphertext) and of the transport's buffer
+# (plaintext) differ: a message's end cannot be placed in the TCP stream. Then a
+# message counts as acknowledged only once everything written so far is (the
+# kernel's queue and the transport's buffer both empty): never too early, at the
+# cost of sending a few samples twice after a cut.
+EVERYTHING = -1
+
+
 class Unacknowledged:
     """Per connection: (stream offset where a message ends, its samples), oldest first."""
 
     def __init__(self, sock: socket.socket | None, transport: Any = None) -> None:
         self.sock = sock
         self.transport = transport
+        self.tls = transport is not None and transport.get_extra_info("ssl_object") is not None
         self.pending: deque[tuple[int, list[dict[str, Any]]]] = deque()
 
     @classmethod
@@ -63,16 +72,23 @@ class Unacknowledged:
         sock = transport.get_extra_info("socket") if transport is not None else None
         return cls(sock, transport)
 
+    def _buffered(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
     def _end_of_stream(self) -> int | None:
         """How many bytes the agent has written: acknowledged + in the kernel's
-        queue + still in the asyncio transport's buffer."""
+        queue + still in the asyncio transport's buffer. The queue is read first:
+        an acknowledgement between the two reads then makes the end later, never
+        earlier, than it is (a sample kept too long, not one given up)."""
         if self.sock is None:
             return None
-        acked, queued = bytes_acked(self.sock), bytes_queued(self.sock)
+        if self.tls:
+            return EVERYTHING
+        queued = bytes_queued(self.sock)
+        acked = bytes_acked(self.sock)
         if acked is None or queued is None:
             return None
-        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
-        return acked + queued + buffered
+        return acked + queued + self._buffered()
 
     def sent(self, samples: list[dict[str, Any]]) -> None:
         """Right after the message carrying `samples` was handed to the connection."""
@@ -81,8 +97,13 @@ class Unacknowledged:
             self.pending.append((end, samples))
 
     def settle(self) -> None:
-        """Forget what the peer has acknowledged (call at least once per sweep)."""
+        """Forget what the peer has acknowledged (each sweep, and when the
+        connection ends, while its socket can still say)."""
         if not self.pending or self.sock is None:
+            return
+        if self.tls:
+            if bytes_queued(self.sock) == 0 and self._buffered() == 0:
+                self.pending.clear()
             return
         acked = bytes_acked(self.sock)
         if acked is None:

@@ -69,15 +69,23 @@ class ChecksumLease:
             return True
 
     def renew(self) -> None:
+        """Extend the lease if it is still ours (one that lapsed may be another's now)."""
         with contextlib.suppress(redis.RedisError):  # the next renewal tries again
-            self.client.set(self.key, self.token, xx=True, ex=LEASE_SECONDS)
+            self.client.eval(_RENEW, 1, self.key, self.token, LEASE_SECONDS)
 
     def release(self) -> None:
-        try:
-            if self.client.get(self.key) == self.token.encode():
-                self.client.delete(self.key)
-        except redis.RedisError:
-            pass  # it expires
+        with contextlib.suppress(redis.RedisError):  # it expires
+            self.client.eval(_RELEASE, 1, self.key, self.token)
+
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def hash_version(version_id: int) -> ModelVersion:
@@ -99,10 +107,10 @@ def _checksum(version: ModelVersion, lease: ChecksumLease) -> ModelVersion:
     try:
         directory = check_model_path(version.path)
         files = list_files(directory)
+        total = sum(f.stat().st_size for f in files)
     except (PathRefused, OSError) as exc:
         ModelVersion.objects.filter(pk=version.pk).update(error=in_english(exc)[:500])
         raise
-    total = sum(f.stat().st_size for f in files)
     done = 0
     last_report = 0.0
 
@@ -116,14 +124,18 @@ def _checksum(version: ModelVersion, lease: ChecksumLease) -> ModelVersion:
                 progress={"done_bytes": done, "total_bytes": total}
             )
 
-    entries = [
-        {
-            "path": str(f.relative_to(directory)),
-            "size": f.stat().st_size,
-            "sha256": sha256_file(f, progress),
-        }
-        for f in files
-    ]
+    try:
+        entries = [
+            {
+                "path": str(f.relative_to(directory)),
+                "size": f.stat().st_size,
+                "sha256": sha256_file(f, progress),
+            }
+            for f in files
+        ]
+    except OSError as exc:  # a file gone or unreadable mid-way: people must look
+        ModelVersion.objects.filter(pk=version.pk).update(error=in_english(exc)[:500])
+        raise
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update().get(pk=version.pk)
         if version.state != VersionState.DRAFT:  # a copy that outlived its lease

@@ -48,10 +48,18 @@ def start_beating() -> None:
 
 
 def listening_since(now: float) -> float | None:
-    """The earliest start among the web processes alive now; None if none is."""
+    """The earliest start among the web processes alive now; None if none is.
+
+    0.0 (judge as always) while no web process has ever beaten here: web processes
+    of a release before this one, during a rolling upgrade, say nothing. So when
+    all are gone the newest dead one's field stays, to tell "none listens" from
+    "none says"."""
     client = live.client()
+    beats = client.hgetall(KEY)
+    if not beats:
+        return 0.0
     alive, gone = [], []
-    for field, value in client.hgetall(KEY).items():
+    for field, value in beats.items():
         try:
             since, last = (float(part) for part in value.split(b","))
         except ValueError:
@@ -59,7 +67,9 @@ def listening_since(now: float) -> float | None:
         if now - last <= STALE_S:
             alive.append(since)
         else:
-            gone.append(field)
+            gone.append((last, field))
+    if not alive and gone:
+        gone.remove(max(gone))
     if gone:
-        client.hdel(KEY, *gone)
+        client.hdel(KEY, *(field for _last, field in gone))
     return min(alive) if alive else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -287,6 +288,11 @@ def test_hangar_agent_run_streams_to_the_console_and_stops_on_sigterm(fake_conso
             agent.wait()
     assert agent.returncode == 0, stderr
     assert stderr.strip().splitlines()[-1].endswith("stopped")
+    # What the console already got is not counted as still to send (nor sent
+    # again): a stop is not a lost connection (agents/unacked.py).
+    assert "unacknowledged" not in stderr
+    [(sweeps, unsent)] = re.findall(r"stopped after (\d+) sweeps, (\d+) not sent", stderr)
+    assert int(sweeps) >= 1 and int(unsent) == 0, stderr
 
 
 def test_hangar_agent_run_exits_3_with_one_line_when_the_credential_is_refused(tmp_path):

@@ -67,3 +67,65 @@ def test_without_a_socket_nothing_is_tracked_and_nothing_sent_again():
     tracker.sent([{"seq": 1}])
     tracker.settle()
     assert tracker.unacknowledged() == []
+
+
+def test_under_tls_samples_count_as_arrived_only_once_everything_has(tmp_path):
+    """TLS hides where a message ends in the TCP stream: nothing is given up early."""
+    import asyncio
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def scenario():
+        reading = asyncio.Event()
+        received = 0
+
+        async def handle(reader, writer):
+            nonlocal received
+            await reading.wait()  # reads nothing until told: its window closes
+            while chunk := await reader.read(1 << 16):
+                received += len(chunk)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        _reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
+        tracker = Unacknowledged(writer.transport.get_extra_info("socket"), writer.transport)
+        assert tracker.tls
+        for n in range(400):
+            writer.write(MESSAGE)
+            tracker.sent([{"seq": n}])
+        # More after them, until both kernels are full and the transport holds the rest.
+        for _ in range(100_000):
+            if writer.transport.get_write_buffer_size() > 1 << 20:
+                break
+            writer.write(MESSAGE * 64)
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.3)
+        tracker.settle()
+        kept = len(tracker.unacknowledged())
+        reading.set()
+        await writer.drain()
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            tracker.settle()
+            if not tracker.unacknowledged():
+                break
+        left = len(tracker.unacknowledged())
+        writer.close()
+        server.close()
+        return kept, left
+
+    kept, left = asyncio.run(scenario())
+    assert kept == 400  # nothing counted as arrived while the peer read nothing
+    assert left == 0  # and everything once it had read it all

@@ -246,3 +246,47 @@ def test_a_draft_that_failed_with_an_error_is_not_queued_again(model, model_root
         created_at=timezone.now() - timedelta(minutes=5)
     )
     assert services.resume_checksums() == []
+
+
+def test_a_file_that_cannot_be_read_mid_checksum_is_an_error_not_a_retry(
+    model, model_root, monkeypatch
+):
+    """resume_checksums would queue a draft without an error again every 5 minutes.
+    A read error (a failing disk) cannot be made here as root: it is injected."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.registry import services
+
+    def failing_disk(path, progress):
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(services, "sha256_file", failing_disk)
+    path = model_root / "minilm" / "v1"
+    version = ModelVersion.objects.create(model=model, label="v1", format="other", path=str(path))
+    with pytest.raises(OSError):
+        hash_version(version.pk)
+    version.refresh_from_db()
+    assert version.state == VersionState.DRAFT and "Input/output error" in version.error
+    ModelVersion.objects.filter(pk=version.pk).update(
+        created_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert services.resume_checksums() == []
+
+
+def test_a_lease_is_renewed_and_released_only_by_its_holder(db, settings):
+    from apps.registry.services import LEASE_SECONDS, ChecksumLease
+
+    mine, theirs = ChecksumLease(99), ChecksumLease(99)
+    assert mine.take() and not theirs.take()
+    client = settings.REDIS.client()
+    client.set(mine.key, "someone-else", ex=5)  # mine lapsed; another took it
+    mine.renew()
+    mine.release()
+    assert client.get(mine.key) == b"someone-else" and client.ttl(mine.key) <= 5
+    client.set(mine.key, mine.token, ex=5)
+    mine.renew()
+    assert client.ttl(mine.key) > 5 and client.ttl(mine.key) <= LEASE_SECONDS
+    mine.release()
+    assert not client.exists(mine.key)

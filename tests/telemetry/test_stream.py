@@ -236,9 +236,14 @@ def test_the_offline_sweep_judges_nobody_while_no_web_process_listens(daphne, en
         timeout=listening.STALE_S + 10,
         what="the killed Daphne's beat going stale",
     )
-    assert live.client().hgetall(listening.KEY) == {}  # the dead field is removed
+    # The dead process's field stays, the newest of the dead: "none listens".
+    assert len(live.client().hgetall(listening.KEY)) == 1
     assert mark_offline_nodes_task() == []
     assert node_state(node) == NodeState.ONLINE
+    # No web process ever beat here (all of a release before this one): judge as always.
+    live.client().delete(listening.KEY)
+    assert listening.listening_since(time.time()) == 0.0
+    assert mark_offline_nodes_task() == [node.pk]
 
 
 def test_a_silent_node_goes_offline_after_the_grace_period(enrolled, settings):
