@@ -5,7 +5,9 @@ through a multi-host HANGAR_DATABASE_URL with target_session_attrs=read-write;
 the primary's Patroni and PostgreSQL are killed (each member and etcd is a
 network namespace, tests/ha/cluster.py). Required: writes resume (within
 the deadline of the poll; the time is measured and recorded in docs/ha.md),
-every acknowledged event is on the new primary, and the hash chain verifies.
+every acknowledged event is on the new primary, the hash chain verifies, and
+alerts that fire before, during and after the gap reach their webhook once each
+(through a real Celery worker on the same URL).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import pytest
 
 from agents.enroll import write_credential
 from apps.telemetry import live
+from tests.alerts.conftest import webhook
 from tests.ha.cluster import PatroniCluster
 from tests.support import processes
 from tests.support.servers import Servers
+
+__all__ = ["webhook"]  # the recording webhook receiver of tests/alerts
 
 DATABASE = "hangar"
 
@@ -39,6 +44,33 @@ node, credential = enroll_node(secret, "ha-node", FACTS, None)
 print(json.dumps({"node_id": node.pk, "credential": credential,
                   **broker.credential_fields(node.pk, credential)}))
 """
+
+
+# Rules that fire one after another across the failover (each `for` later than the
+# last), all telling one webhook: each alert must be delivered once, not twice.
+ALERT_DELAYS_S = (0, 6, 12, 18, 24, 30, 36, 42)
+RULES = """
+import json
+from apps.alerts.models import AlertRule, Receiver
+receiver = Receiver.objects.create(name="ha-hook", kind="webhook", url={url!r})
+for delay in {delays!r}:
+    rule = AlertRule.objects.create(
+        name=f"ha-{{delay}}", metric="host.cpu_percent", comparison=">=", threshold=0,
+        scope="node", node_id={node_id}, for_seconds=delay, severity="warning",
+    )
+    rule.receivers.set([receiver])
+print("ok")
+"""
+
+
+def deliveries_by_alert(hooks) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    with hooks.lock:
+        for request in hooks.received:
+            body = request["body"]
+            if body["event"] == "firing" and body["alert"]["rule"]["name"].startswith("ha-"):
+                counts[body["alert"]["id"]] = counts.get(body["alert"]["id"], 0) + 1
+    return counts
 
 
 @pytest.fixture
@@ -74,7 +106,9 @@ def acknowledged(path) -> list[tuple[int, float]]:
     return [(int(n), float(t)) for n, t in (line.split() for line in path.read_text().splitlines())]
 
 
-def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patroni, tmp_path):
+def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(
+    patroni, webhook, tmp_path
+):
     primary = patroni.primary()
     with psycopg.connect(
         f"host={primary['address']} port={primary['pg']} user=postgres password=postgres"
@@ -98,6 +132,19 @@ def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patr
         cwd=processes.ROOT, env=env, check=True, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     node = json.loads(made.stdout.strip().splitlines()[-1])
+    rules = RULES.format(url=webhook.url, delays=ALERT_DELAYS_S, node_id=node["node_id"])
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", rules],
+        cwd=processes.ROOT, env=env, check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    # The alert deliveries' worker, on the same multi-host URL.
+    worker = processes.start(
+        [str(processes.BIN / "celery"), "-A", "console.celery", "worker", "-Q", "console",
+         "--pool", "threads", "-c", "2", "--without-gossip", "--without-mingle",
+         "-n", f"ha-deliveries-{processes.free_port()}@%h", "-l", "info"],
+        env,
+        tmp_path / "worker.log",
+    )  # fmt: skip
     web = processes.free_port()
     daphne = processes.start(
         [str(processes.BIN / "daphne"), "-b", "127.0.0.1", "-p", str(web),
@@ -133,6 +180,14 @@ def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patr
             what="more writes after the failover",
             process=writer,
         )
+        # Every rule has fired (the last one 42 s after the first sample) and told the
+        # webhook; the worker's retries of what the gap held back have run.
+        processes.wait_for(
+            lambda: len(deliveries_by_alert(webhook)) >= len(ALERT_DELAYS_S),
+            timeout=120,
+            what="every rule's alert delivered",
+        )
+        time.sleep(5)  # a second delivery of any of them would come now
         processes.stop(agent)  # its socket closes; the console flushes the minute rollups
         time.sleep(1)
         last_seq = json.loads(live.client().get(latest))["seq"]
@@ -142,6 +197,8 @@ def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patr
         processes.stop(writer)
         processes.stop(agent)
         processes.stop(daphne)
+        processes.stop(worker)
+    delivered = deliveries_by_alert(webhook)
     done = acknowledged(acks)
     after = [t for _, t in done if t > killed_at]
     new_primary = patroni.primary()
@@ -183,8 +240,13 @@ def test_a_lost_primary_is_replaced_and_no_acknowledged_audit_event_is_lost(patr
         "samples_taken_up_to_seq": last_seq,
         "samples_stored": samples,
         "samples_lost": max(0, last_seq - samples),
+        "alerts_delivered": len(delivered),
+        "alert_deliveries": sum(delivered.values()),
+        "alert_deliveries_twice": sum(n - 1 for n in delivered.values()),
     }
     print("\nHA figures:", json.dumps(figures))
     with open(os.environ.get("HANGAR_HA_FIGURES", tmp_path / "figures.jsonl"), "a") as out:
         out.write(json.dumps(figures) + "\n")
     assert figures["samples_lost"] == 0
+    assert len(delivered) == len(ALERT_DELAYS_S), delivered
+    assert figures["alert_deliveries_twice"] == 0, delivered
