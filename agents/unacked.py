@@ -49,14 +49,6 @@ def bytes_queued(sock: socket.socket) -> int | None:
         return None
 
 
-# Under TLS the offsets of the kernel (ciphertext) and of the transport's buffer
-# (plaintext) differ: a message's end cannot be placed in the TCP stream. Then a
-# message counts as acknowledged only once everything written so far is (the
-# kernel's queue and the transport's buffer both empty): never too early, at the
-# cost of sending a few samples twice after a cut.
-EVERYTHING = -1
-
-
 class Unacknowledged:
     """Per connection: (stream offset where a message ends, its samples), oldest first."""
 
@@ -83,7 +75,7 @@ class Unacknowledged:
         if self.sock is None:
             return None
         if self.tls:
-            return EVERYTHING
+            return 0  # unplaceable (see settle): only the order of `pending` counts
         queued = bytes_queued(self.sock)
         acked = bytes_acked(self.sock)
         if acked is None or queued is None:
@@ -102,6 +94,10 @@ class Unacknowledged:
         if not self.pending or self.sock is None:
             return
         if self.tls:
+            # The kernel counts ciphertext, the transport's buffer plaintext: a
+            # message's end cannot be placed in the TCP stream. Everything counts as
+            # arrived once everything written has (queue and buffer empty): never
+            # too early, at the cost of a few samples sent twice after a cut.
             if bytes_queued(self.sock) == 0 and self._buffered() == 0:
                 self.pending.clear()
             return

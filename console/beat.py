@@ -15,42 +15,28 @@ Sentinel keeps available (docs/ha.md says what a failover of Redis can do to it)
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import socket
 import time
-import uuid
 from datetime import timedelta
 
 import redis
 from celery.beat import PersistentScheduler
 from django.conf import settings
 
+from apps.core.lease import RedisLease
+
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "hangar:beat:leader"
 LAST_RUN_KEY = "hangar:beat:last-run"
 
-# Extend the lock only if it is still ours (a beat that lost it must not take it back).
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
 
-
-class LeaderLock:
-    """A token in Redis with a TTL; `held()` is true only while surely ours."""
+class LeaderLock(RedisLease):
+    """The leader lease (apps/core/lease.py); `held()` is true only while surely ours."""
 
     def __init__(self, client: redis.Redis, ttl_s: float, key: str = LOCK_KEY) -> None:
-        self.client = client
-        self.key = key
-        self.ttl_s = ttl_s
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        super().__init__(client, ttl_s, key)
         self.valid_until = 0.0  # monotonic time up to which we may act as leader
-        self._renew = client.register_script(RENEW)
 
     def held(self) -> bool:
         return time.monotonic() < self.valid_until
@@ -58,11 +44,8 @@ class LeaderLock:
     def refresh(self) -> bool:
         """Renew the lock if ours, else try to take it; True if we lead now."""
         started = time.monotonic()
-        ttl_ms = int(self.ttl_s * 1000)
         try:
-            ours = bool(self._renew(keys=[self.key], args=[self.token, ttl_ms])) or bool(
-                self.client.set(self.key, self.token, nx=True, px=ttl_ms)
-            )
+            ours = self.take_or_renew()
         except redis.RedisError as exc:
             log.warning("beat: cannot reach Redis for the leader lock (%s)", exc)
             ours = False
@@ -72,16 +55,8 @@ class LeaderLock:
         return ours
 
     def release(self) -> None:
-        if not self.held():
-            return
-        with contextlib.suppress(redis.RedisError):
-            self.client.eval(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                "return redis.call('DEL', KEYS[1]) end return 0",
-                1,
-                self.key,
-                self.token,
-            )
+        if self.held():
+            super().release()
         self.valid_until = 0.0
 
 

@@ -236,17 +236,13 @@ class Supervisor:
         The answer to the task alone would be lost: nothing reads it. So the worker's
         status says why, which the console shows on the worker and which makes its
         reconcile ask again (apps/deployments/services.reconcile) until space returns.
-        The runner is left not wanting to run, so that next start is not taken for
-        "already running".
         """
         error = (
             f"cannot start: the agent cannot write to its state directory ({exc.strerror or exc})"
         )
         log.error("worker %s: %s", spec["worker_id"], error)
         if runner is not None:
-            runner.desired = "stopped"
-            runner._set(state="pending", operation_id=operation_id, error=error, progress=None)
-            status = runner.snapshot()
+            status = runner.refuse(operation_id, error)
         else:  # not even its directory could be made
             status = WorkerRunner.status_of(
                 spec, {}, state="pending", operation_id=operation_id, error=error
@@ -501,6 +497,13 @@ class WorkerRunner:
         accepted = self.snapshot()
         self._spawn(adopted=False)
         return accepted
+
+    def refuse(self, operation_id: str, error: str) -> dict[str, Any]:
+        """A start that could not be taken: not wanting to run (so the next start is
+        not "already running"), pending, saying why. Returns the status."""
+        self.desired = "stopped"
+        self._set(state="pending", operation_id=operation_id, error=error, progress=None)
+        return self.snapshot()
 
     def _agent_port(self) -> int:
         """The port this worker chose before, while still free; else a new free one."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from datetime import timedelta
 
 import redis
@@ -17,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 from agents.workers.verify import sha256_file
 from apps.audit import recorder
 from apps.core.i18n import in_english, lazy_message
+from apps.core.lease import RedisLease
 from apps.registry.models import ModelVersion, VersionState
 from apps.registry.paths import PathRefused, check_model_path, list_files
 
@@ -51,41 +51,18 @@ def _redis() -> redis.Redis:
     return settings.REDIS.client(socket_timeout=2, socket_connect_timeout=2)
 
 
-class ChecksumLease:
-    """Who is checksumming a version now (see LEASE_SECONDS)."""
-
-    def __init__(self, version_id: int, client: redis.Redis | None = None):
-        self.key = f"hangar:registry:checksum:{version_id}"
-        self.token = uuid.uuid4().hex
-        self.client = client or _redis()
-
-    def take(self) -> bool:
-        """False if another worker holds it. Redis away: go ahead (a checksum twice
-        is wasted reading, never a wrong result)."""
-        try:
-            return bool(self.client.set(self.key, self.token, nx=True, ex=LEASE_SECONDS))
-        except redis.RedisError as exc:
-            log.warning("checksum lease %s not taken (%s); hashing anyway", self.key, exc)
-            return True
-
-    def renew(self) -> None:
-        """Extend the lease if it is still ours (one that lapsed may be another's now)."""
-        with contextlib.suppress(redis.RedisError):  # the next renewal tries again
-            self.client.eval(_RENEW, 1, self.key, self.token, LEASE_SECONDS)
-
-    def release(self) -> None:
-        with contextlib.suppress(redis.RedisError):  # it expires
-            self.client.eval(_RELEASE, 1, self.key, self.token)
+def checksum_key(version_id: int) -> str:
+    return f"hangar:registry:checksum:{version_id}"
 
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+def _take(lease: RedisLease) -> bool:
+    """False if another worker holds it. Redis away: go ahead (a checksum twice is
+    wasted reading, never a wrong result)."""
+    try:
+        return lease.take_or_renew()
+    except redis.RedisError as exc:
+        log.warning("checksum lease %s not taken (%s); hashing anyway", lease.key, exc)
+        return True
 
 
 def hash_version(version_id: int) -> ModelVersion:
@@ -93,24 +70,23 @@ def hash_version(version_id: int) -> ModelVersion:
     version = ModelVersion.objects.get(pk=version_id)
     if version.state != VersionState.DRAFT:
         return version
-    lease = ChecksumLease(version.pk)
-    if not lease.take():
+    lease = RedisLease(_redis(), LEASE_SECONDS, checksum_key(version.pk))
+    if not _take(lease):
         log.info("model version %s: another worker is checksumming it", version.pk)
         return version
     try:
         return _checksum(version, lease)
+    except (PathRefused, OSError) as exc:  # a path refused, a file gone mid-way: people look
+        ModelVersion.objects.filter(pk=version.pk).update(error=in_english(exc)[:500])
+        raise
     finally:
         lease.release()
 
 
-def _checksum(version: ModelVersion, lease: ChecksumLease) -> ModelVersion:
-    try:
-        directory = check_model_path(version.path)
-        files = list_files(directory)
-        total = sum(f.stat().st_size for f in files)
-    except (PathRefused, OSError) as exc:
-        ModelVersion.objects.filter(pk=version.pk).update(error=in_english(exc)[:500])
-        raise
+def _checksum(version: ModelVersion, lease: RedisLease) -> ModelVersion:
+    directory = check_model_path(version.path)
+    files = list_files(directory)
+    total = sum(f.stat().st_size for f in files)
     done = 0
     last_report = 0.0
 
@@ -119,23 +95,20 @@ def _checksum(version: ModelVersion, lease: ChecksumLease) -> ModelVersion:
         done += count
         if time.monotonic() - last_report >= PROGRESS_EVERY_SECONDS:
             last_report = time.monotonic()
-            lease.renew()
+            with contextlib.suppress(redis.RedisError):  # the next report tries again
+                lease.take_or_renew()
             ModelVersion.objects.filter(pk=version.pk).update(
                 progress={"done_bytes": done, "total_bytes": total}
             )
 
-    try:
-        entries = [
-            {
-                "path": str(f.relative_to(directory)),
-                "size": f.stat().st_size,
-                "sha256": sha256_file(f, progress),
-            }
-            for f in files
-        ]
-    except OSError as exc:  # a file gone or unreadable mid-way: people must look
-        ModelVersion.objects.filter(pk=version.pk).update(error=in_english(exc)[:500])
-        raise
+    entries = [
+        {
+            "path": str(f.relative_to(directory)),
+            "size": f.stat().st_size,
+            "sha256": sha256_file(f, progress),
+        }
+        for f in files
+    ]
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update().get(pk=version.pk)
         if version.state != VersionState.DRAFT:  # a copy that outlived its lease
@@ -167,7 +140,7 @@ def resume_checksums() -> list[int]:
     client = _redis()
     queued = []
     for pk in drafts:
-        if client.exists(ChecksumLease(pk, client).key):
+        if client.exists(checksum_key(pk)):
             continue
         if client.set(f"hangar:registry:checksum-queued:{pk}", 1, nx=True, ex=REQUEUED_SECONDS):
             hash_version_task.delay(pk)

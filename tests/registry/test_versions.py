@@ -210,21 +210,21 @@ def test_a_checksum_no_worker_holds_is_queued_again_and_a_held_one_is_not(
         created_at=timezone.now() - timedelta(minutes=5)
     )
     client = settings.REDIS.client()
-    lease = services.ChecksumLease(version.pk)
+    lease_key = services.checksum_key(version.pk)
     # The killed worker's lease, still running out: nobody else may take the draft.
-    client.set(lease.key, "killed-worker", ex=2)
+    client.set(lease_key, "killed-worker", ex=2)
     assert services.resume_checksums() == []
     assert services.hash_version(version.pk).state == VersionState.DRAFT  # a copy: no-op
     assert ModelVersion.objects.get(pk=version.pk).progress == {}
 
-    processes.wait_for(lambda: not client.exists(lease.key), what="the lease running out")
+    processes.wait_for(lambda: not client.exists(lease_key), what="the lease running out")
     assert services.resume_checksums() == [version.pk]
     assert services.resume_checksums() == []  # queued once, not every beat
     processes.wait_for(
         lambda: ModelVersion.objects.get(pk=version.pk).state == VersionState.READY,
         what="the live worker's checksum",
     )
-    assert not client.exists(lease.key)  # released by the worker that finished
+    assert not client.exists(lease_key)  # released by the worker that finished
     ready = ModelVersion.objects.get(pk=version.pk)
     assert {f["path"] for f in ready.files} == {"config.json", "model.safetensors"}
     assert services.resume_checksums() == []
@@ -273,20 +273,3 @@ def test_a_file_that_cannot_be_read_mid_checksum_is_an_error_not_a_retry(
         created_at=timezone.now() - timedelta(minutes=5)
     )
     assert services.resume_checksums() == []
-
-
-def test_a_lease_is_renewed_and_released_only_by_its_holder(db, settings):
-    from apps.registry.services import LEASE_SECONDS, ChecksumLease
-
-    mine, theirs = ChecksumLease(99), ChecksumLease(99)
-    assert mine.take() and not theirs.take()
-    client = settings.REDIS.client()
-    client.set(mine.key, "someone-else", ex=5)  # mine lapsed; another took it
-    mine.renew()
-    mine.release()
-    assert client.get(mine.key) == b"someone-else" and client.ttl(mine.key) <= 5
-    client.set(mine.key, mine.token, ex=5)
-    mine.renew()
-    assert client.ttl(mine.key) > 5 and client.ttl(mine.key) <= LEASE_SECONDS
-    mine.release()
-    assert not client.exists(mine.key)
