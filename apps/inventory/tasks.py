@@ -17,7 +17,7 @@ def mark_offline_nodes_task() -> list[int]:
     last_seen = last_seen_all()
     copy_last_seen(last_seen)
     now = time.time()
-    since = listening_since(now)
+    since = listening_since()
     if since is None:
         log.warning("no web process is listening to the agents: nodes are not judged")
         return []

@@ -24,6 +24,13 @@ KEY = "hangar:listening"
 BEAT_S = 1.0
 STALE_S = 5.0  # a process silent this long is gone (SIGKILL leaves its field)
 log = logging.getLogger(__name__)
+# A beat is "<since>,<Redis's own time>": staleness is judged on Redis's clock, so
+# hosts whose clocks disagree by seconds are still told alive from gone. `since`
+# stays the web host's clock, as node heartbeats (hangar:last_seen) are.
+_BEAT = """
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ',' .. t[1] .. '.' .. string.format('%06d', t[2]))
+"""
 _started: threading.Thread | None = None
 
 
@@ -38,7 +45,7 @@ def start_beating() -> None:
     def beat() -> None:
         while True:
             try:
-                live.client().hset(KEY, field, f"{since},{time.time()}")
+                live.client().eval(_BEAT, 1, KEY, field, since)
             except redis.RedisError as exc:  # the sweep cannot run either
                 log.debug("listening beat not written: %s", exc)
             time.sleep(BEAT_S)
@@ -47,7 +54,7 @@ def start_beating() -> None:
     _started.start()
 
 
-def listening_since(now: float) -> float | None:
+def listening_since() -> float | None:
     """The earliest start among the web processes alive now; None if none is.
 
     0.0 (judge as always) while no web process has ever beaten here: web processes
@@ -58,6 +65,8 @@ def listening_since(now: float) -> float | None:
     beats = client.hgetall(KEY)
     if not beats:
         return 0.0
+    seconds, micros = client.time()  # the clock the beats were written by
+    now = seconds + micros / 1e6
     alive, gone = [], []
     for field, value in beats.items():
         try:

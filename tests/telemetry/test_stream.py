@@ -228,11 +228,11 @@ def test_the_offline_sweep_judges_nobody_while_no_web_process_listens(daphne, en
     node, _ = enrolled
     Node.objects.filter(pk=node.pk).update(state=NodeState.ONLINE)
     settings.NODE_GRACE_SECONDS = 1
-    wait_for(lambda: listening.listening_since(time.time()), what="Daphne's beat")
-    assert time.time() - 120 < listening.listening_since(time.time()) <= time.time()
+    wait_for(lambda: listening.listening_since(), what="Daphne's beat")
+    assert time.time() - 120 < listening.listening_since() <= time.time()
     processes.stop(daphne, signal.SIGKILL)
     wait_for(
-        lambda: listening.listening_since(time.time()) is None,
+        lambda: listening.listening_since() is None,
         timeout=listening.STALE_S + 10,
         what="the killed Daphne's beat going stale",
     )
@@ -242,7 +242,7 @@ def test_the_offline_sweep_judges_nobody_while_no_web_process_listens(daphne, en
     assert node_state(node) == NodeState.ONLINE
     # No web process ever beat here (all of a release before this one): judge as always.
     live.client().delete(listening.KEY)
-    assert listening.listening_since(time.time()) == 0.0
+    assert listening.listening_since() == 0.0
     assert mark_offline_nodes_task() == [node.pk]
 
 
